@@ -1,0 +1,652 @@
+//! The job file: what to compute. Parsed strictly (unknown keys are errors naming the key),
+//! checked as a whole before anything touches the network, and fingerprinted so a resumed run
+//! can refuse a changed spec and say what changed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+/// A problem with the job file; the message names the file and the field.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    /// The file could not be read.
+    #[error("{path}: cannot read job file: {source}")]
+    Read {
+        /// The job file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The job file.
+        path: PathBuf,
+        /// The parser's message, with line, column and key.
+        message: String,
+    },
+    /// The TOML parsed but a value is not allowed.
+    #[error("{path}: field `{field}`: {message}")]
+    Invalid {
+        /// The job file.
+        path: PathBuf,
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Which of the two CAI pipelines a job runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineKind {
+    /// SL-CAI: initial answer, then rounds of critique and revision.
+    CritiqueRevise,
+    /// RL-CAI: a feedback model labels a pair of answers under a principle.
+    Pairwise,
+}
+
+/// The whole job file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// Job id, `[a-z0-9-]{1,64}`; names queues, Redis keys and the default output directory.
+    pub name: String,
+    /// Which pipeline to run.
+    pub pipeline: PipelineKind,
+    /// Root of every random choice (principles, A/B order, sampling seeds).
+    #[serde(default)]
+    pub seed: u64,
+    /// Output directory; default `out/<name>` under the current directory.
+    #[serde(default)]
+    pub output: Option<PathBuf>,
+    /// The corpus and how to read it.
+    pub input: InputSpec,
+    /// The constitution file.
+    pub constitution: ConstitutionSpec,
+    /// Settings of the critique-revise pipeline.
+    #[serde(default)]
+    pub critique_revise: Option<CritiqueReviseSpec>,
+    /// Settings of the pairwise pipeline.
+    #[serde(default)]
+    pub pairwise: Option<PairwiseSpec>,
+    /// Models by the name the pipeline sections use.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelSpec>,
+}
+
+/// Where the corpus is and which fields to read.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputSpec {
+    /// `.jsonl`, `.jsonl.gz` or `.jsonl.zst`, relative to the job file.
+    pub path: PathBuf,
+    /// A string field holding one user turn.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// A `[{role, content}]` field holding the conversation.
+    #[serde(default)]
+    pub messages: Option<String>,
+    /// An HH-style `"\n\nHuman: …\n\nAssistant: …"` field.
+    #[serde(default)]
+    pub transcript: Option<String>,
+    /// A field holding the sample id (string or integer); default: the content key.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Read only the first N lines.
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+/// How the conversation of a corpus line is found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConversationField {
+    /// A string field: one user turn.
+    Prompt(String),
+    /// A `[{role, content}]` field.
+    Messages(String),
+    /// An HH transcript field.
+    Transcript(String),
+}
+
+impl InputSpec {
+    /// The conversation selector that is set ([`JobSpec::check`] allows at most one). `None`
+    /// only for a pairwise job whose candidates are HH transcripts: their shared prefix is
+    /// the conversation.
+    pub fn conversation_field(&self) -> Option<ConversationField> {
+        match (&self.prompt, &self.messages, &self.transcript) {
+            (Some(field), _, _) => Some(ConversationField::Prompt(field.clone())),
+            (_, Some(field), _) => Some(ConversationField::Messages(field.clone())),
+            (_, _, Some(field)) => Some(ConversationField::Transcript(field.clone())),
+            (None, None, None) => None,
+        }
+    }
+}
+
+/// The constitution file and whether to use its demonstrations.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConstitutionSpec {
+    /// HF JSON or cai TOML, relative to the job file.
+    pub path: PathBuf,
+    /// Prepend the constitution's demonstrations to critique and revision requests.
+    #[serde(default = "default_true")]
+    pub few_shot: bool,
+}
+
+/// Which revisions become SFT rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SftMode {
+    /// One row per prompt: the last revision (the HF replication).
+    Final,
+    /// One row per round (the paper: every revision is a target).
+    Every,
+}
+
+/// Settings of the critique-revise pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CritiqueReviseSpec {
+    /// The model that answers, critiques and revises.
+    pub model: String,
+    /// Rounds of critique and revision; a principle is drawn with replacement for each.
+    #[serde(default = "default_revisions")]
+    pub revisions: u32,
+    /// Which revisions become SFT rows.
+    #[serde(default = "default_sft")]
+    pub sft: SftMode,
+    /// A corpus field with an existing first answer; otherwise the model writes it.
+    #[serde(default)]
+    pub initial: Option<String>,
+    /// Keep earlier rounds' critiques and revisions in the context (default: each round
+    /// restarts from the conversation and the latest revision, as the paper's reading suggests).
+    #[serde(default)]
+    pub keep_history: bool,
+}
+
+/// How the feedback model's answer is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeMode {
+    /// Read option probabilities straight from the next-token log-probabilities.
+    Logprobs,
+    /// Reason step by step first, then read the answer; the result is clamped.
+    Cot,
+}
+
+/// Where the two candidate answers come from: two models samples.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateSpec {
+    /// The policy model that samples the candidates.
+    pub model: String,
+    /// How many candidates; must be 2.
+    #[serde(default = "default_two")]
+    pub n: u32,
+}
+
+/// Settings of the pairwise pipeline.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairwiseSpec {
+    /// The feedback model.
+    pub judge: String,
+    /// Two corpus fields holding the candidates (strings or HH transcripts sharing the prompt).
+    #[serde(default)]
+    pub candidates: Option<[String; 2]>,
+    /// Or: sample the two candidates from a model.
+    #[serde(default)]
+    pub generate: Option<GenerateSpec>,
+    /// Principles drawn per label; their readings are averaged.
+    #[serde(default = "default_one")]
+    pub principles_per_label: u32,
+    /// Judge both orders and average the order-corrected readings.
+    #[serde(default = "default_true")]
+    pub swap: bool,
+    /// How the answer is read.
+    #[serde(default = "default_mode")]
+    pub mode: JudgeMode,
+    /// Clamp for `cot` labels, `[low, high]`.
+    #[serde(default = "default_clamp")]
+    pub clamp: [f64; 2],
+}
+
+/// Which backend serves a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Any OpenAI-compatible HTTP server (vLLM, SGLang, TGI, llama.cpp, Ollama, hosted APIs).
+    Openai,
+    /// Deterministic in-process model for dry runs, tests and benchmarks.
+    Mock,
+}
+
+/// Which OpenAI-compatible endpoint to call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoint {
+    /// `/chat/completions` with messages.
+    Chat,
+    /// `/completions` with a rendered transcript.
+    Completions,
+}
+
+/// One model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Which backend serves it.
+    pub backend: Backend,
+    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The model name the server knows.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Chat or completions endpoint.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: Endpoint,
+    /// Name of the environment variable holding the API key (the key itself is never stored).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Most calls in flight to this model from one process.
+    #[serde(default = "default_concurrency")]
+    pub max_concurrency: usize,
+    /// Sampling temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Most tokens generated per call.
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// Per-request timeout in seconds.
+    #[serde(default = "default_timeout")]
+    pub timeout_s: u64,
+    /// How many top log-probabilities to request when judging (20 is OpenAI's cap).
+    #[serde(default = "default_top_logprobs")]
+    pub top_logprobs: u32,
+    /// Transient failures retried per call before the sample fails.
+    #[serde(default = "default_max_retries")]
+    pub max_retries: u32,
+    /// Mock only: simulated latency per call in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_one() -> u32 {
+    1
+}
+fn default_two() -> u32 {
+    2
+}
+fn default_revisions() -> u32 {
+    4
+}
+fn default_sft() -> SftMode {
+    SftMode::Final
+}
+fn default_mode() -> JudgeMode {
+    JudgeMode::Logprobs
+}
+fn default_clamp() -> [f64; 2] {
+    [0.4, 0.6]
+}
+fn default_endpoint() -> Endpoint {
+    Endpoint::Chat
+}
+fn default_concurrency() -> usize {
+    16
+}
+fn default_temperature() -> f32 {
+    1.0
+}
+fn default_max_tokens() -> u32 {
+    512
+}
+fn default_timeout() -> u64 {
+    120
+}
+fn default_top_logprobs() -> u32 {
+    20
+}
+fn default_max_retries() -> u32 {
+    4
+}
+
+/// A job file read and checked, with every relative path resolved.
+#[derive(Clone, Debug)]
+pub struct Job {
+    /// The spec as written, paths resolved.
+    pub spec: JobSpec,
+    /// The job file it came from.
+    pub path: PathBuf,
+}
+
+impl Job {
+    /// Reads, parses and checks a job file. Relative `input.path`, `constitution.path` and
+    /// `output` are taken from the job file's directory; the default output is `out/<name>`.
+    pub fn load(path: &Path) -> Result<Self, JobError> {
+        let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks job-file text; `path` is used for messages and to resolve paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, JobError> {
+        let mut spec: JobSpec = toml::from_str(text).map_err(|error| JobError::Parse {
+            path: path.to_owned(),
+            message: error.to_string().trim_end().to_owned(),
+        })?;
+        spec.check().map_err(|(field, message)| JobError::Invalid {
+            path: path.to_owned(),
+            field,
+            message,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        spec.input.path = base.join(&spec.input.path);
+        spec.constitution.path = base.join(&spec.constitution.path);
+        spec.output = Some(match spec.output.take() {
+            Some(output) => base.join(output),
+            None => Path::new("out").join(&spec.name),
+        });
+        Ok(Self {
+            spec,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The output directory.
+    pub fn output_dir(&self) -> &Path {
+        self.spec.output.as_deref().expect("output resolved in Job::parse")
+    }
+}
+
+impl JobSpec {
+    /// Checks the values the types alone cannot; the error is (dotted field, message).
+    pub fn check(&self) -> Result<(), (String, String)> {
+        let fail = |field: &str, message: String| Err((field.to_owned(), message));
+        if self.name.is_empty()
+            || self.name.len() > 64
+            || !self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return fail("name", format!("{:?} must match [a-z0-9-]{{1,64}}", self.name));
+        }
+        let selectors = [&self.input.prompt, &self.input.messages, &self.input.transcript];
+        let pairs_from_corpus = self.pipeline == PipelineKind::Pairwise
+            && self.pairwise.as_ref().is_some_and(|p| p.candidates.is_some());
+        match selectors.iter().filter(|s| s.is_some()).count() {
+            0 if !pairs_from_corpus => {
+                return fail(
+                    "input",
+                    "set one of `prompt`, `messages`, `transcript` (the conversation field)".into(),
+                );
+            }
+            0 | 1 => {}
+            _ => {
+                return fail(
+                    "input",
+                    "set only one of `prompt`, `messages`, `transcript`".into(),
+                );
+            }
+        }
+        if self.input.limit == Some(0) {
+            return fail("input.limit", "must be at least 1".into());
+        }
+        for (name, model) in &self.models {
+            let field = format!("models.{name}");
+            if let Err(message) = model.check() {
+                return fail(&field, message);
+            }
+        }
+        let model_exists = |field: &str, name: &str| -> Result<(), (String, String)> {
+            if self.models.contains_key(name) {
+                Ok(())
+            } else {
+                let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
+                Err((
+                    field.to_owned(),
+                    format!("no model named {name:?} in [models] (defined: {known:?})"),
+                ))
+            }
+        };
+        match self.pipeline {
+            PipelineKind::CritiqueRevise => {
+                let Some(cr) = &self.critique_revise else {
+                    return fail(
+                        "critique_revise",
+                        "pipeline \"critique-revise\" needs a [critique_revise] section".into(),
+                    );
+                };
+                model_exists("critique_revise.model", &cr.model)?;
+                if !(1..=64).contains(&cr.revisions) {
+                    return fail("critique_revise.revisions", "must be between 1 and 64".into());
+                }
+            }
+            PipelineKind::Pairwise => {
+                let Some(pw) = &self.pairwise else {
+                    return fail(
+                        "pairwise",
+                        "pipeline \"pairwise\" needs a [pairwise] section".into(),
+                    );
+                };
+                model_exists("pairwise.judge", &pw.judge)?;
+                match (&pw.candidates, &pw.generate) {
+                    (Some(_), Some(_)) | (None, None) => {
+                        return fail(
+                            "pairwise",
+                            "set exactly one of `candidates` (two corpus fields) or `generate`".into(),
+                        );
+                    }
+                    (Some([x, y]), None) if x == y => {
+                        return fail("pairwise.candidates", "the two fields must differ".into());
+                    }
+                    (None, Some(generate)) => {
+                        model_exists("pairwise.generate.model", &generate.model)?;
+                        if generate.n != 2 {
+                            return fail("pairwise.generate.n", "must be 2".into());
+                        }
+                    }
+                    _ => {}
+                }
+                if !(1..=16).contains(&pw.principles_per_label) {
+                    return fail("pairwise.principles_per_label", "must be between 1 and 16".into());
+                }
+                let [low, high] = pw.clamp;
+                if !(0.0..=1.0).contains(&low) || !(0.0..=1.0).contains(&high) || low > high {
+                    return fail("pairwise.clamp", "must be [low, high] with 0 <= low <= high <= 1".into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The settings that decide what a job computes, as JSON: everything but how this run is
+    /// operated (output place, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries).
+    /// Two specs with the same view (and the same constitution) produce the same rows.
+    pub fn semantic_view(&self, constitution_hash: &str) -> Value {
+        let mut view = serde_json::to_value(self).expect("job spec serialises");
+        let object = view.as_object_mut().expect("job spec is an object");
+        object.remove("output");
+        if let Some(input) = object.get_mut("input").and_then(Value::as_object_mut) {
+            input.remove("limit");
+            input.remove("path");
+        }
+        if let Some(constitution) = object.get_mut("constitution").and_then(Value::as_object_mut) {
+            constitution.remove("path");
+            constitution.insert("hash".into(), Value::from(constitution_hash));
+        }
+        if let Some(models) = object.get_mut("models").and_then(Value::as_object_mut) {
+            for model in models.values_mut().filter_map(Value::as_object_mut) {
+                for operational in [
+                    "url",
+                    "api_key_env",
+                    "max_concurrency",
+                    "timeout_s",
+                    "max_retries",
+                    "latency_ms",
+                ] {
+                    model.remove(operational);
+                }
+            }
+        }
+        view
+    }
+
+    /// SHA-256 of the semantic view: equal fingerprints mean a run may resume another.
+    pub fn fingerprint(&self, constitution_hash: &str) -> String {
+        let view = self.semantic_view(constitution_hash);
+        hex::encode(Sha256::digest(view.to_string().as_bytes()))
+    }
+}
+
+impl ModelSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.max_concurrency == 0 {
+            return Err("`max_concurrency` must be at least 1".into());
+        }
+        if self.max_tokens == 0 {
+            return Err("`max_tokens` must be at least 1".into());
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err("`temperature` must be between 0 and 2".into());
+        }
+        if !(1..=20).contains(&self.top_logprobs) {
+            return Err("`top_logprobs` must be between 1 and 20".into());
+        }
+        if self.backend == Backend::Openai {
+            let url = self.url.as_deref().ok_or("`url` is required for backend \"openai\"")?;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err("`url` must start with http:// or https://".into());
+            }
+            if self.model.is_none() {
+                return Err("`model` is required for backend \"openai\"".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lists what differs between two semantic views, one `field: old → new` per line.
+pub fn describe_changes(old: &Value, new: &Value) -> Vec<String> {
+    fn flatten(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, inner) in map {
+                    let path = if prefix.is_empty() {
+                        key.clone()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    flatten(&path, inner, out);
+                }
+            }
+            other => {
+                out.insert(prefix.to_owned(), other.to_string());
+            }
+        }
+    }
+    let (mut before, mut after) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", old, &mut before);
+    flatten("", new, &mut after);
+    let mut fields: Vec<&String> = before.keys().chain(after.keys()).collect();
+    fields.sort();
+    fields.dedup();
+    fields
+        .into_iter()
+        .filter(|field| before.get(*field) != after.get(*field))
+        .map(|field| {
+            let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
+            format!("{field}: {} → {}", show(before.get(field)), show(after.get(field)))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+name = "harmless-sl"
+pipeline = "critique-revise"
+seed = 42
+
+[input]
+path = "prompts.jsonl"
+prompt = "prompt"
+id = "source_line"
+limit = 1000
+
+[constitution]
+path = "constitution.json"
+
+[critique_revise]
+model = "policy"
+revisions = 4
+
+[models.policy]
+backend = "openai"
+url = "http://127.0.0.1:8000/v1"
+model = "mistral-7b-instruct"
+api_key_env = "OPENAI_API_KEY"
+"#;
+
+    fn parse(text: &str) -> Result<Job, JobError> {
+        Job::parse(text, Path::new("jobs/job.toml"))
+    }
+
+    #[test]
+    fn example_parses_with_defaults_and_resolved_paths() {
+        let job = parse(EXAMPLE).unwrap();
+        assert_eq!(job.spec.input.path, Path::new("jobs/prompts.jsonl"));
+        assert_eq!(job.output_dir(), Path::new("out/harmless-sl"));
+        let model = &job.spec.models["policy"];
+        assert_eq!(model.endpoint, Endpoint::Chat);
+        assert_eq!(model.top_logprobs, 20);
+        assert!(job.spec.constitution.few_shot);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = EXAMPLE.replace("revisions = 4", "revison = 4");
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("jobs/job.toml"), "{message}");
+        assert!(message.contains("revison"), "{message}");
+        assert!(message.contains("line 17"), "{message}");
+    }
+
+    #[test]
+    fn bad_values_name_the_field() {
+        let cases = [
+            (EXAMPLE.replace("harmless-sl", "Harmless SL"), "name"),
+            (EXAMPLE.replace("model = \"policy\"", "model = \"nope\""), "critique_revise.model"),
+            (EXAMPLE.replace("revisions = 4", "revisions = 0"), "critique_revise.revisions"),
+            (EXAMPLE.replace("url = \"http://127.0.0.1:8000/v1\"", ""), "models.policy"),
+        ];
+        for (text, field) in cases {
+            match parse(&text) {
+                Err(JobError::Invalid { field: got, .. }) => assert_eq!(got, field),
+                other => panic!("{field}: expected Invalid, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn fingerprint_ignores_operations_and_names_semantic_changes() {
+        let job = parse(EXAMPLE).unwrap();
+        let faster = parse(&EXAMPLE.replace("limit = 1000", "limit = 5")).unwrap();
+        assert_eq!(job.spec.fingerprint("c1"), faster.spec.fingerprint("c1"));
+        assert_ne!(job.spec.fingerprint("c1"), job.spec.fingerprint("c2"));
+        let changed = parse(&EXAMPLE.replace("revisions = 4", "revisions = 2")).unwrap();
+        let changes = describe_changes(&job.spec.semantic_view("c1"), &changed.spec.semantic_view("c1"));
+        assert_eq!(changes, vec!["critique_revise.revisions: 4 → 2".to_owned()]);
+    }
+}

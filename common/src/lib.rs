@@ -1,0 +1,22 @@
+//! Shared types of cai, used by the coordinator and the workers alike.
+//!
+//! # Layout
+//! - [`message`]: chat messages, the unit every corpus format is converted to.
+//! - [`sample`]: a corpus line turned into work ([`sample::Sample`]) and its content key.
+//! - [`job`]: the job file (TOML), validated, and its fingerprint.
+//! - [`constitution`]: principles and demonstrations, from cai TOML or the HF JSON format.
+//! - [`result`]: what a worker returns for a sample: output rows, trace, usage.
+//! - [`envelope`]: the versioned MessagePack codec for tasks and results.
+//! - [`seed`]: deterministic randomness derived from (job seed, sample key, step).
+//! - [`broker`]: the task/result queue seam and its in-memory implementation.
+//! - [`state`]: the progress / done-set / step-cache seam and its in-memory implementation.
+
+pub mod broker;
+pub mod constitution;
+pub mod envelope;
+pub mod job;
+pub mod message;
+pub mod result;
+pub mod sample;
+pub mod seed;
+pub mod state;

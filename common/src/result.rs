@@ -1,0 +1,142 @@
+//! What a worker sends back for one sample: the output rows, the trace of every step, and usage.
+//! The collector writes these as they are; workers never touch the output files.
+
+use serde::{Deserialize, Serialize};
+
+use crate::message::Message;
+use crate::sample::SampleKey;
+
+/// Tokens and calls spent on a sample (or a job).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Generated tokens.
+    pub tokens_out: u64,
+    /// Model calls made (cache hits excluded).
+    pub calls: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Self) {
+        self.tokens_in += other.tokens_in;
+        self.tokens_out += other.tokens_out;
+        self.calls += other.calls;
+    }
+}
+
+/// One SFT row (TRL conversational format), as written to `sft.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SftRow {
+    /// Sample id.
+    pub id: String,
+    /// Prompt turns followed by the revision as the assistant turn.
+    pub messages: Vec<Message>,
+    /// Which revision round this is (1-based).
+    pub round: u32,
+}
+
+/// One judge reading of one order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Reading {
+    /// The principle under which the judge answered.
+    pub principle_id: String,
+    /// `xy`: candidate x shown as (A); `yx`: candidate y shown as (A).
+    pub order: String,
+    /// Normalised probability of the first-shown option (A).
+    pub p_first: f64,
+}
+
+/// One preference row (TRL conversational explicit-prompt format), as written to `preferences.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreferenceRow {
+    /// Sample id.
+    pub id: String,
+    /// The conversation, ending with the user turn.
+    pub prompt: Vec<Message>,
+    /// The preferred answer (p ≥ 0.5 for it).
+    pub chosen: Vec<Message>,
+    /// The other answer.
+    pub rejected: Vec<Message>,
+    /// Soft label: probability that `chosen` is better (clamped in `cot` mode).
+    pub p_chosen: f64,
+    /// Every reading that went into the label.
+    pub readings: Vec<Reading>,
+    /// With swap: whether both orders preferred the same candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub position_consistent: Option<bool>,
+}
+
+/// The output rows of a completed sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Output {
+    /// Critique-revise rows.
+    Sft {
+        /// One row (final) or one per round (every).
+        rows: Vec<SftRow>,
+    },
+    /// A pairwise label.
+    Preference {
+        /// The row.
+        row: PreferenceRow,
+    },
+}
+
+/// How a sample ended.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Completed with output rows.
+    Done {
+        /// The rows.
+        output: Output,
+    },
+    /// Could not be completed.
+    Failed {
+        /// Why, in words.
+        reason: String,
+        /// Attempts made at the step that failed.
+        attempts: u32,
+    },
+}
+
+/// One step of a sample's chain, kept in `traces.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TraceStep {
+    /// Step name, unique within the sample (`initial`, `critique-1`, `revision-1`, `judge-1-xy`, …).
+    pub step: String,
+    /// The principle drawn for this step, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principle_id: Option<String>,
+    /// What was asked (the critique or revision request, or the judge question).
+    pub request: String,
+    /// What the model returned (for a judge step: its reading).
+    pub output: String,
+    /// The model's name in the job file.
+    pub model: String,
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Generated tokens.
+    pub tokens_out: u64,
+    /// Wall time of the call in milliseconds (0 when served from the step cache).
+    pub latency_ms: u64,
+    /// Whether the result came from the step cache rather than a new call.
+    #[serde(default)]
+    pub cached: bool,
+}
+
+/// A worker's result for one sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SampleResult {
+    /// The sample's content key.
+    pub key: SampleKey,
+    /// The sample's id.
+    pub id: String,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Every step, in order.
+    pub steps: Vec<TraceStep>,
+    /// What it cost.
+    pub usage: Usage,
+}

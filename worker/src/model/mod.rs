@@ -1,0 +1,252 @@
+//! The model seam. A model does two things: generate a reply to a conversation, and judge (return
+//! the top next-token log-probabilities at the first generated positions, from which the
+//! pairwise pipeline reads the option probabilities).
+//!
+//! Prompts are built from [`Turn`]s with CAI speakers (Human, Assistant, CritiqueRequest, …) so that
+//! a chat endpoint sees ordinary user/assistant messages while a completions endpoint sees the
+//! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
+
+pub mod letters;
+pub mod mock;
+pub mod openai;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cai_common::job::{Backend, ModelSpec};
+use cai_common::message::Role;
+use serde::{Deserialize, Serialize};
+
+/// Who speaks a turn of a CAI prompt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Speaker {
+    /// A system instruction.
+    System,
+    /// The human.
+    Human,
+    /// The assistant.
+    Assistant,
+    /// A request to critique the last answer.
+    CritiqueRequest,
+    /// The critique.
+    Critique,
+    /// A request to revise the last answer.
+    RevisionRequest,
+    /// The revision.
+    Revision,
+}
+
+impl Speaker {
+    /// The chat role this speaker maps to on a chat endpoint.
+    pub fn chat_role(self) -> Role {
+        match self {
+            Speaker::System => Role::System,
+            Speaker::Human | Speaker::CritiqueRequest | Speaker::RevisionRequest => Role::User,
+            Speaker::Assistant | Speaker::Critique | Speaker::Revision => Role::Assistant,
+        }
+    }
+
+    /// The label this speaker has in a completions transcript (the paper's format).
+    pub fn label(self) -> &'static str {
+        match self {
+            Speaker::System => "System",
+            Speaker::Human => "Human",
+            Speaker::Assistant => "Assistant",
+            Speaker::CritiqueRequest => "CritiqueRequest",
+            Speaker::Critique => "Critique",
+            Speaker::RevisionRequest => "RevisionRequest",
+            Speaker::Revision => "Revision",
+        }
+    }
+
+    /// The speaker a chat message of `role` becomes.
+    pub fn from_role(role: Role) -> Self {
+        match role {
+            Role::System => Speaker::System,
+            Role::User => Speaker::Human,
+            Role::Assistant => Speaker::Assistant,
+        }
+    }
+}
+
+/// One turn of a prompt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Who speaks.
+    pub speaker: Speaker,
+    /// What is said.
+    pub text: String,
+}
+
+impl Turn {
+    /// A turn.
+    pub fn new(speaker: Speaker, text: impl Into<String>) -> Self {
+        Self {
+            speaker,
+            text: text.into(),
+        }
+    }
+}
+
+/// What a model is asked: the turns so far and who speaks next.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prompt {
+    /// The conversation so far.
+    pub turns: Vec<Turn>,
+    /// Who the model speaks as. `None` continues the last turn's text directly (a completions
+    /// endpoint sees no trailing label; a chat endpoint answers as the assistant).
+    pub reply_as: Option<Speaker>,
+}
+
+impl Prompt {
+    /// Renders the prompt as the paper's transcript, for completions endpoints and local models
+    /// without a chat template: `"\n\nHuman: …\n\nAssistant:"`.
+    pub fn transcript(&self) -> String {
+        let mut text = String::new();
+        for turn in &self.turns {
+            text.push_str("\n\n");
+            text.push_str(turn.speaker.label());
+            text.push_str(": ");
+            text.push_str(&turn.text);
+        }
+        if let Some(speaker) = self.reply_as {
+            text.push_str("\n\n");
+            text.push_str(speaker.label());
+            text.push(':');
+        }
+        text
+    }
+
+    /// Stop sequences for a transcript: any new speaker label ends the reply.
+    pub fn transcript_stops() -> Vec<String> {
+        ["Human", "Assistant", "CritiqueRequest", "RevisionRequest"]
+            .iter()
+            .map(|label| format!("\n\n{label}:"))
+            .collect()
+    }
+}
+
+/// Tokens of one call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallUsage {
+    /// Prompt tokens.
+    pub tokens_in: u64,
+    /// Generated tokens.
+    pub tokens_out: u64,
+}
+
+/// A generated reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The reply text, trimmed of surrounding whitespace.
+    pub text: String,
+    /// Tokens used.
+    pub usage: CallUsage,
+}
+
+/// One candidate token at a generated position.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text.
+    pub token: String,
+    /// Its natural-log probability.
+    pub logprob: f64,
+}
+
+/// The top next-token log-probabilities at the first generated positions.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Judgment {
+    /// Per generated position (in order), the top tokens with their log-probabilities.
+    pub positions: Vec<Vec<TokenLogprob>>,
+    /// The text the model actually generated, for the trace.
+    pub text: String,
+    /// Tokens used.
+    pub usage: CallUsage,
+}
+
+/// Why a model call failed, named for what the caller must do next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ModelError {
+    /// Transient (429, 5xx, timeout, connection, a truncated or non-JSON body): retry after a while.
+    #[error("{message}")]
+    Retryable {
+        /// What happened (no secrets).
+        message: String,
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+        /// Whether the endpoint could not be reached at all (connection refused, DNS).
+        unreachable: bool,
+    },
+    /// This sample cannot be done (context too long, unreadable judgment): record it as failed.
+    #[error("{0}")]
+    SampleFatal(String),
+    /// Nothing will work (bad key, unknown model): stop the job.
+    #[error("{0}")]
+    JobFatal(String),
+}
+
+/// A language model.
+#[async_trait]
+pub trait Model: Send + Sync {
+    /// Generates a reply. `seed` is passed to backends that take a sampling seed.
+    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError>;
+    /// Returns the top next-token log-probabilities at the first few generated positions.
+    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError>;
+}
+
+/// The models of a job, by the name the job file gives them.
+#[derive(Clone, Default)]
+pub struct Models {
+    models: BTreeMap<String, Arc<dyn Model>>,
+}
+
+impl Models {
+    /// Builds every model of a job. Fails (job-fatal) on a missing API key variable.
+    pub fn build(specs: &BTreeMap<String, ModelSpec>) -> Result<Self, ModelError> {
+        let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
+        for (name, spec) in specs {
+            let model: Arc<dyn Model> = match spec.backend {
+                Backend::Mock => Arc::new(mock::MockModel::new(name, spec)),
+                Backend::Openai => Arc::new(openai::OpenAiModel::new(name, spec)?),
+            };
+            models.insert(name.clone(), model);
+        }
+        Ok(Self { models })
+    }
+
+    /// Adds or replaces a model (tests, embedding callers).
+    pub fn insert(&mut self, name: &str, model: Arc<dyn Model>) {
+        self.models.insert(name.to_owned(), model);
+    }
+
+    /// The model of that name; the job spec was checked, so it exists.
+    pub fn get(&self, name: &str) -> Arc<dyn Model> {
+        self.models
+            .get(name)
+            .unwrap_or_else(|| panic!("model {name:?} checked in the job spec"))
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transcript_uses_the_paper_labels() {
+        let prompt = Prompt {
+            turns: vec![
+                Turn::new(Speaker::Human, "hi"),
+                Turn::new(Speaker::Assistant, "hello"),
+                Turn::new(Speaker::CritiqueRequest, "critique it"),
+            ],
+            reply_as: Some(Speaker::Critique),
+        };
+        assert_eq!(
+            prompt.transcript(),
+            "\n\nHuman: hi\n\nAssistant: hello\n\nCritiqueRequest: critique it\n\nCritique:"
+        );
+    }
+}
