@@ -1,1 +1,20 @@
-//! placeholder
+//! The cai coordinator and the `cai` binary.
+//!
+//! # Layout
+//! - [`corpus`]: streams corpus lines into samples, rejections and duplicates.
+//! - [`plan`]: the checked job (spec, constitution, fingerprint) and the output directory's identity.
+//! - [`ledger`]: the output directory as an exactly-once commit log.
+//! - [`coordinate`]: publish tasks with back-pressure, collect results into the ledger.
+//! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
+//! - [`progress`]: counters, progress bar, plain progress lines.
+//! - [`manifest`]: the end-of-run summary file.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod coordinate;
+pub mod corpus;
+pub mod embedded;
+pub mod ledger;
+pub mod manifest;
+pub mod plan;
+pub mod progress;

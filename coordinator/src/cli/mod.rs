@@ -1,0 +1,110 @@
+//! The `cai` command line: clap structs that mirror what was typed, and one module per
+//! subcommand that turns them into a checked plan before touching anything.
+//!
+//! Exit codes: 0 the job is complete (failed samples are reported, not fatal); 1 a run-time
+//! error; 2 a bad job file, constitution or command line; 130 stopped by a signal before the job
+//! was complete (re-run the same command to resume). `validate` exits 1 when lines would be
+//! rejected.
+
+mod run;
+mod status;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build Constitutional AI datasets: critique → revise (SFT) and pairwise AI feedback (preferences).
+#[derive(Debug, Parser)]
+#[command(name = "cai", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a job. Embedded (this process does everything) unless a broker is given.
+    Run(RunArgs),
+    /// Check a job file, its constitution and its whole corpus without calling any model.
+    Validate {
+        /// The job file.
+        job: PathBuf,
+    },
+    /// Show the progress of a job from its output directory.
+    Status {
+        /// The job's output directory.
+        output: PathBuf,
+    },
+}
+
+/// Flags of `cai run`: how this process runs (the job file says what to compute).
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The job file (TOML).
+    pub job: PathBuf,
+    /// In-process workers (embedded mode).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// Samples in flight per worker; default: the largest `max_concurrency` of the job's models.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Samples per task.
+    #[arg(long, default_value_t = 16)]
+    pub task_size: usize,
+    /// Start the job over: remove the previous run's output in the output directory.
+    #[arg(long)]
+    pub new: bool,
+}
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn main(cli: Cli) -> ExitCode {
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime starts");
+    let code = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Validate { job } => validate::validate(&job).await,
+            Command::Status { output } => status::status(&output),
+        }
+    });
+    // Blocking corpus readers may still be parked on a full channel: don't wait for them.
+    runtime.shutdown_background();
+    ExitCode::from(code)
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Prints an error with its chain of causes, one per line.
+fn report(error: &anyhow::Error) {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("  caused by: {cause}");
+    }
+}

@@ -1,0 +1,109 @@
+//! `cai run`: plan, claim the output directory, run, write the manifest, print the counts.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cai_worker::model::Models;
+use tokio_util::sync::CancellationToken;
+
+use super::{RunArgs, report};
+use crate::embedded::{self, EmbeddedOptions};
+use crate::manifest;
+use crate::plan::Plan;
+use crate::progress::Progress;
+
+pub(super) async fn run(args: RunArgs) -> u8 {
+    let plan = match Plan::load(&args.job) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    let models = match Models::build(&plan.spec().models) {
+        Ok(models) => models,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    if let Err(error) = plan.claim_output(args.new) {
+        eprintln!("error: {error}");
+        return 2;
+    }
+    let mut options = EmbeddedOptions::for_plan(&plan, args.workers);
+    if let Some(concurrency) = args.concurrency {
+        options.concurrency = concurrency.max(1);
+    }
+    options.coordinator.task_size = args.task_size.max(1);
+
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone());
+    let progress = Arc::new(Progress::default());
+    let started_at = SystemTime::now();
+    let display = progress.display(&plan.spec().name);
+    let outcome = embedded::run(&plan, models, &options, progress, shutdown).await;
+    drop(display);
+    let summary = match outcome {
+        Ok(summary) => summary,
+        Err(error) => {
+            report(&error);
+            return 1;
+        }
+    };
+    if let Err(error) = manifest::write(&plan, &summary, started_at) {
+        eprintln!(
+            "error: {}: cannot write the manifest: {error}",
+            plan.job.output_dir().display()
+        );
+        return 1;
+    }
+    let counts = summary.counts;
+    eprintln!(
+        "{}: {} lines read = {} done + {} failed + {} rejected + {} duplicates{}",
+        plan.spec().name,
+        counts.lines_read,
+        counts.done,
+        counts.failed,
+        counts.rejected,
+        counts.duplicates,
+        if summary.complete {
+            ""
+        } else {
+            "; stopped before the end: run the same command again to resume"
+        },
+    );
+    eprintln!(
+        "this run: {} model calls, {} tokens in, {} tokens out in {:.1} s; whole job: {} calls, {} tokens in, {} tokens out",
+        summary.run_usage.calls,
+        summary.run_usage.tokens_in,
+        summary.run_usage.tokens_out,
+        summary.elapsed.as_secs_f64(),
+        summary.usage.calls,
+        summary.usage.tokens_in,
+        summary.usage.tokens_out,
+    );
+    eprintln!("output: {}", plan.job.output_dir().display());
+    if summary.complete { 0 } else { 130 }
+}
+
+/// First SIGINT or SIGTERM: stop taking work, finish what is in flight. Second: exit at once.
+fn watch_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            if round == 0 {
+                eprintln!("stopping: finishing the samples in flight (press Ctrl-C again to quit now)");
+                shutdown.cancel();
+            } else {
+                eprintln!("quitting now; committed samples are kept, re-run to resume");
+                std::process::exit(130);
+            }
+        }
+    });
+}

@@ -1,0 +1,68 @@
+//! `cai validate`: the planning step of `cai run` alone, plus a full read of the corpus.
+//! Calls no model; reports counts, duplicates and the first bad lines with their line numbers.
+
+use std::path::Path;
+
+use cai_worker::model::Models;
+
+use crate::corpus::{self, CorpusItem};
+use crate::plan::Plan;
+
+/// Bad lines printed in full; the rest are only counted.
+const SHOWN: usize = 20;
+
+pub(super) async fn validate(job: &Path) -> u8 {
+    let plan = match Plan::load(job) {
+        Ok(plan) => plan,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    if let Err(error) = Models::build(&plan.spec().models) {
+        eprintln!("error: {error}");
+        return 2;
+    }
+    let spec = plan.spec().clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
+        let reader = corpus::open(&spec).map_err(|e| e.to_string())?;
+        let (mut lines, mut samples, mut duplicates) = (0u64, 0u64, 0u64);
+        let mut rejected = Vec::new();
+        for item in reader {
+            lines += 1;
+            match item {
+                CorpusItem::Sample(_) => samples += 1,
+                CorpusItem::Duplicate { .. } => duplicates += 1,
+                CorpusItem::Rejected(rejection) => rejected.push(rejection.message(&spec.input.path)),
+            }
+        }
+        Ok((lines, samples, duplicates, rejected))
+    })
+    .await
+    .expect("the corpus reader does not panic");
+    let (lines, samples, duplicates, rejected) = match read {
+        Ok(counts) => counts,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    println!("job {:?} ({:?})", plan.spec().name, plan.spec().pipeline);
+    println!(
+        "constitution: {} principles, {} demonstrations, sha256 {}",
+        plan.constitution.principles.len(),
+        plan.constitution.demonstrations.len(),
+        plan.constitution.hash
+    );
+    println!(
+        "corpus: {lines} lines = {samples} samples + {duplicates} duplicates + {} rejected",
+        rejected.len()
+    );
+    for message in rejected.iter().take(SHOWN) {
+        println!("  {message}");
+    }
+    if rejected.len() > SHOWN {
+        println!("  … and {} more rejected lines", rejected.len() - SHOWN);
+    }
+    if rejected.is_empty() { 0 } else { 1 }
+}

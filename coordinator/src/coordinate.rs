@@ -1,0 +1,312 @@
+//! The coordinator of a run: streams the corpus, skips what the ledger says is done, publishes the
+//! rest as tasks with a bounded number outstanding, and collects results into the ledger.
+//!
+//! Invariants: at most `max_outstanding` tasks are published and not yet collected (flat memory
+//! and queue depth for any corpus size); a result is acked only after its rows are committed and
+//! its samples marked done; every corpus line is counted exactly once, as done, failed, rejected
+//! or duplicate.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use backon::{ExponentialBuilder, Retryable};
+use cai_common::broker::{Acker, Broker, Queue};
+use cai_common::envelope::{self, ResultBatch, Task};
+use cai_common::result::Usage;
+use cai_common::sample::{Sample, SampleKey};
+use cai_common::state::StateStore;
+use futures::StreamExt;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::corpus::{self, CorpusItem};
+use crate::ledger::{Ledger, RejectedRow, Status};
+use crate::plan::Plan;
+use crate::progress::{Counts, Event, Progress};
+
+/// How the coordinator paces a run.
+#[derive(Clone, Debug)]
+pub struct CoordinatorOptions {
+    /// Samples per task.
+    pub task_size: usize,
+    /// Most tasks published and not yet collected.
+    pub max_outstanding: usize,
+    /// Results staged before a commit is forced.
+    pub commit_every: usize,
+    /// Longest wait before staged results are committed.
+    pub commit_interval: Duration,
+}
+
+impl Default for CoordinatorOptions {
+    fn default() -> Self {
+        Self {
+            task_size: 16,
+            max_outstanding: 64,
+            commit_every: 512,
+            commit_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    /// Where every line went.
+    pub counts: Counts,
+    /// Tokens and calls of every sample in the output directory.
+    pub usage: Usage,
+    /// Tokens and calls of the samples collected in this run.
+    pub run_usage: Usage,
+    /// Whether every line of the corpus is accounted for.
+    pub complete: bool,
+    /// Wall time of this run.
+    pub elapsed: Duration,
+}
+
+/// Tasks published and not yet collected.
+struct Outstanding {
+    permits: Semaphore,
+    tasks: Mutex<HashMap<u64, Vec<SampleKey>>>,
+    next_id: AtomicU64,
+    publishing_done: AtomicBool,
+}
+
+impl Outstanding {
+    fn settle(&self, task_id: u64) {
+        if self.tasks.lock().expect("outstanding lock").remove(&task_id).is_some() {
+            self.permits.add_permits(1);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.lock().expect("outstanding lock").is_empty()
+    }
+}
+
+/// Runs the coordinator until every line is accounted for, or `shutdown` fires and the
+/// collector has drained what `producers_stopped` says can still arrive.
+pub async fn coordinate(
+    plan: &Plan,
+    broker: Arc<dyn Broker>,
+    state: Arc<dyn StateStore>,
+    options: &CoordinatorOptions,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+    producers_stopped: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let spec = plan.spec().clone();
+    let ledger = Arc::new(Mutex::new(
+        Ledger::open(plan.job.output_dir()).context("opening the output directory")?,
+    ));
+    let outstanding = Arc::new(Outstanding {
+        permits: Semaphore::new(options.max_outstanding.max(1)),
+        tasks: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(1),
+        publishing_done: AtomicBool::new(false),
+    });
+
+    let reader = corpus::open(&spec).context("opening the corpus")?;
+    let total_path = spec.input.path.clone();
+    let limit = spec.input.limit;
+    let totals = progress.clone();
+    tokio::task::spawn_blocking(move || {
+        if let Ok(lines) = corpus::count_lines(&total_path) {
+            totals.set_total(limit.map_or(lines, |limit| lines.min(limit)));
+        }
+    });
+    let (items_tx, mut items_rx) = tokio::sync::mpsc::channel::<CorpusItem>(4096);
+    let reading = tokio::task::spawn_blocking(move || {
+        for item in reader {
+            if items_tx.blocking_send(item).is_err() {
+                break;
+            }
+        }
+    });
+
+    let publisher = {
+        let broker = broker.clone();
+        let ledger = ledger.clone();
+        let outstanding = outstanding.clone();
+        let progress = progress.clone();
+        let shutdown = shutdown.clone();
+        let job = spec.name.clone();
+        let task_size = options.task_size.max(1);
+        async move {
+            let mut batch: Vec<Sample> = Vec::with_capacity(task_size);
+            loop {
+                let item = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => break,
+                    item = items_rx.recv() => item,
+                };
+                let Some(item) = item else {
+                    publish(&job, broker.as_ref(), &outstanding, std::mem::take(&mut batch)).await?;
+                    break;
+                };
+                progress.record(Event::LineRead);
+                match item {
+                    CorpusItem::Rejected(rejection) => {
+                        ledger.lock().expect("ledger lock").stage_rejected(&RejectedRow {
+                            line: rejection.line,
+                            field: rejection.field,
+                            reason: rejection.reason,
+                        })?;
+                        progress.record(Event::Rejected);
+                    }
+                    CorpusItem::Duplicate { .. } => progress.record(Event::Duplicate),
+                    CorpusItem::Sample(sample) => {
+                        let status = ledger.lock().expect("ledger lock").status(&sample.key);
+                        match status {
+                            Some(Status::Done) => progress.record(Event::Done),
+                            Some(Status::Failed) => progress.record(Event::Failed),
+                            None => {
+                                batch.push(sample);
+                                if batch.len() >= task_size {
+                                    let full = std::mem::replace(&mut batch, Vec::with_capacity(task_size));
+                                    publish(&job, broker.as_ref(), &outstanding, full).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            outstanding.publishing_done.store(true, Ordering::SeqCst);
+            anyhow::Ok(())
+        }
+    };
+
+    let collector = collect(
+        &spec.name,
+        broker.clone(),
+        state,
+        ledger.clone(),
+        outstanding.clone(),
+        progress.clone(),
+        options,
+        shutdown.clone(),
+        producers_stopped,
+    );
+    let (published, collected) = tokio::join!(publisher, collector);
+    published?;
+    collected?;
+    drop(reading);
+
+    let counts = progress.counts();
+    let ledger = ledger.lock().expect("ledger lock");
+    let complete = !shutdown.is_cancelled() && outstanding.is_empty() && counts.settled() == counts.lines_read;
+    Ok(Summary {
+        counts,
+        usage: ledger.usage(),
+        run_usage: progress.usage(),
+        complete,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Publishes one task, waiting for a free slot first (the back-pressure point).
+async fn publish(job: &str, broker: &dyn Broker, outstanding: &Outstanding, samples: Vec<Sample>) -> anyhow::Result<()> {
+    if samples.is_empty() {
+        return Ok(());
+    }
+    outstanding
+        .permits
+        .acquire()
+        .await
+        .expect("the semaphore is never closed")
+        .forget();
+    let task_id = outstanding.next_id.fetch_add(1, Ordering::Relaxed);
+    let keys = samples.iter().map(|s| s.key).collect();
+    outstanding.tasks.lock().expect("outstanding lock").insert(task_id, keys);
+    let payload = envelope::encode(
+        job,
+        &Task {
+            task_id,
+            samples,
+            trace_context: None,
+        },
+    );
+    (|| broker.publish(job, Queue::Tasks, payload.clone()))
+        .retry(ExponentialBuilder::default().with_jitter().with_max_times(10))
+        .notify(|error, wait| tracing::warn!(job, %error, ?wait, "publishing a task failed; retrying"))
+        .await
+        .with_context(|| format!("publishing task {task_id}"))
+}
+
+/// Collects result batches into the ledger with group commit: stage rows, commit (durable),
+/// mark the samples done in the state store, then ack the results and free their tasks' slots.
+/// Ends when the corpus is published and nothing is outstanding, or, after `shutdown`, once
+/// `producers_stopped` has fired and the results queue has been quiet for two commit intervals.
+#[allow(clippy::too_many_arguments)]
+async fn collect(
+    job: &str,
+    broker: Arc<dyn Broker>,
+    state: Arc<dyn StateStore>,
+    ledger: Arc<Mutex<Ledger>>,
+    outstanding: Arc<Outstanding>,
+    progress: Arc<Progress>,
+    options: &CoordinatorOptions,
+    shutdown: CancellationToken,
+    producers_stopped: CancellationToken,
+) -> anyhow::Result<()> {
+    let prefetch = u16::try_from(options.commit_every.max(1)).unwrap_or(u16::MAX);
+    let mut deliveries = broker.consume(job, Queue::Results, prefetch).await?;
+    let mut tick = tokio::time::interval(options.commit_interval);
+    let mut acks: Vec<Box<dyn Acker>> = Vec::new();
+    let mut settled_tasks: Vec<u64> = Vec::new();
+    let mut quiet_ticks = 0u32;
+    loop {
+        let finished = outstanding.publishing_done.load(Ordering::SeqCst) && outstanding.is_empty();
+        let draining = shutdown.is_cancelled() && producers_stopped.is_cancelled();
+        if acks.is_empty() && (finished || (draining && quiet_ticks >= 2)) {
+            break;
+        }
+        tokio::select! {
+            delivery = deliveries.next() => {
+                let Some(delivery) = delivery else { break };
+                quiet_ticks = 0;
+                match envelope::decode::<ResultBatch>(&delivery.payload, job) {
+                    Ok(batch) => {
+                        let mut guard = ledger.lock().expect("ledger lock");
+                        for result in &batch.results {
+                            let status = guard.stage_result(result)?;
+                            match status {
+                                Some(Status::Done) => progress.record(Event::Done),
+                                Some(Status::Failed) => progress.record(Event::Failed),
+                                None => continue,
+                            }
+                            progress.record_usage(&result.usage);
+                        }
+                        drop(guard);
+                        settled_tasks.push(batch.task_id);
+                        acks.push(delivery.acker);
+                    }
+                    Err(error) => {
+                        tracing::warn!(job, %error, "dead-lettering a result that cannot be decoded");
+                        delivery.acker.dead_letter(&error.to_string()).await?;
+                    }
+                }
+                if acks.len() < options.commit_every {
+                    continue;
+                }
+            }
+            _ = tick.tick() => quiet_ticks += 1,
+        }
+        let committed = ledger.lock().expect("ledger lock").commit()?;
+        if !committed.is_empty() {
+            state.mark_done(job, &committed).await?;
+            state.step_forget(job, &committed).await?;
+        }
+        for acker in acks.drain(..) {
+            acker.ack().await?;
+        }
+        for task_id in settled_tasks.drain(..) {
+            outstanding.settle(task_id);
+        }
+    }
+    ledger.lock().expect("ledger lock").commit()?;
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Embedded mode: the whole job in this process. The same coordinator and the same worker loop
+//! as a distributed run, joined by the in-process broker and state; the output directory is
+//! the ledger, so a re-run resumes.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use cai_common::broker::Broker;
+use cai_common::broker::memory::MemoryBroker;
+use cai_common::state::StateStore;
+use cai_common::state::embedded::EmbeddedState;
+use cai_worker::consume::{self, WorkerOptions};
+use cai_worker::model::Models;
+use cai_worker::pipeline::JobContext;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
+use crate::plan::Plan;
+use crate::progress::Progress;
+
+/// How the in-process workers run.
+#[derive(Clone, Debug)]
+pub struct EmbeddedOptions {
+    /// In-process workers.
+    pub workers: usize,
+    /// Samples in flight per worker.
+    pub concurrency: usize,
+    /// Coordinator pacing.
+    pub coordinator: CoordinatorOptions,
+}
+
+impl EmbeddedOptions {
+    /// Defaults for a plan: one worker with as many samples in flight as the busiest model
+    /// allows, so the model, not the runner, is the limit.
+    pub fn for_plan(plan: &Plan, workers: usize) -> Self {
+        let concurrency = plan
+            .spec()
+            .models
+            .values()
+            .map(|m| m.max_concurrency)
+            .max()
+            .unwrap_or(1);
+        let coordinator = CoordinatorOptions::default();
+        Self {
+            workers: workers.max(1),
+            concurrency,
+            coordinator,
+        }
+    }
+}
+
+/// Runs a job in this process until it is complete or `shutdown` fires.
+pub async fn run(
+    plan: &Plan,
+    models: Models,
+    options: &EmbeddedOptions,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
+    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::default());
+    let ctx = Arc::new(JobContext {
+        spec: Arc::new(plan.spec().clone()),
+        constitution: plan.constitution.clone(),
+        models,
+        state: state.clone(),
+    });
+    let task_size = options.coordinator.task_size.max(1);
+    let worker_options = WorkerOptions {
+        sample_concurrency: task_size,
+        tasks_in_flight: options.concurrency.div_ceil(task_size).max(1),
+    };
+    let mut coordinator_options = options.coordinator.clone();
+    coordinator_options.max_outstanding = coordinator_options
+        .max_outstanding
+        .max(2 * options.workers * worker_options.tasks_in_flight);
+
+    let workers_stop = CancellationToken::new();
+    let workers_stopped = CancellationToken::new();
+    let mut workers = JoinSet::new();
+    for _ in 0..options.workers {
+        workers.spawn(consume::work(
+            ctx.clone(),
+            broker.clone(),
+            worker_options.clone(),
+            workers_stop.clone(),
+        ));
+    }
+    let watcher = {
+        let shutdown = shutdown.clone();
+        let workers_stop = workers_stop.clone();
+        tokio::spawn(async move {
+            shutdown.cancelled().await;
+            workers_stop.cancel();
+        })
+    };
+    // Workers return once told to stop (after finishing their tasks in flight), or early with
+    // a job-fatal error, which ends the run at once.
+    let supervise = async {
+        while let Some(joined) = workers.join_next().await {
+            joined.context("a worker panicked")??;
+        }
+        workers_stopped.cancel();
+        anyhow::Ok(())
+    };
+    let coordinated = async {
+        let summary = coordinate(
+            plan,
+            broker,
+            state,
+            &coordinator_options,
+            progress,
+            shutdown.clone(),
+            workers_stopped.clone(),
+        )
+        .await;
+        workers_stop.cancel();
+        summary
+    };
+    let outcome = tokio::try_join!(coordinated, supervise);
+    watcher.abort();
+    let (summary, ()) = outcome?;
+    Ok(summary)
+}

@@ -1,0 +1,493 @@
+//! The output directory as the ledger of a job: the data files (`sft.jsonl`,
+//! `preferences.jsonl`, `traces.jsonl`, `failed.jsonl`, `rejected.jsonl`) plus a commit log,
+//! `ledger.jsonl`.
+//!
+//! Invariant: a sample is done exactly when a complete line of `ledger.jsonl` names it. A commit
+//! appends the batch's rows to the data files, flushes and syncs them, then appends one ledger
+//! line holding the batch's samples and the new length of every data file, and syncs that. On
+//! open, a torn last ledger line is dropped and every data file is cut back to the lengths of the
+//! last complete commit, so rows of an unfinished commit (a crash, a SIGKILL) never survive and
+//! are never written twice.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use cai_common::result::{Outcome, Output, SampleResult, Usage};
+use cai_common::sample::SampleKey;
+use serde::{Deserialize, Serialize};
+
+/// The data files a ledger keeps, in commit order.
+pub const DATA_FILES: [&str; 5] = [
+    "sft.jsonl",
+    "preferences.jsonl",
+    "traces.jsonl",
+    "failed.jsonl",
+    "rejected.jsonl",
+];
+/// The commit log.
+pub const LEDGER_FILE: &str = "ledger.jsonl";
+
+/// A ledger problem; names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// An I/O error on a file of the output directory.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The ledger and the data files disagree in a way a crash cannot explain.
+    #[error("{path}: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// How a sample ended, as the ledger records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    /// Rows written.
+    Done,
+    /// In `failed.jsonl`.
+    Failed,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CommitSample {
+    key: SampleKey,
+    status: Status,
+    #[serde(flatten)]
+    usage: Usage,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Commit {
+    offsets: HashMap<String, u64>,
+    #[serde(default)]
+    samples: Vec<CommitSample>,
+    #[serde(default)]
+    rejected: Vec<u64>,
+}
+
+/// A corpus line that could not be read, as written to `rejected.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RejectedRow {
+    /// 1-based line number in the corpus.
+    pub line: u64,
+    /// The field at fault, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+#[derive(Serialize)]
+struct FailedRow<'a> {
+    id: &'a str,
+    key: &'a SampleKey,
+    reason: &'a str,
+    attempts: u32,
+}
+
+#[derive(Serialize)]
+struct TraceRow<'a> {
+    id: &'a str,
+    key: &'a SampleKey,
+    status: Status,
+    steps: &'a [cai_common::result::TraceStep],
+    usage: &'a Usage,
+}
+
+/// What the complete lines of a commit log say.
+struct LogState {
+    done: HashMap<SampleKey, Status>,
+    rejected: HashSet<u64>,
+    usage: Usage,
+    offsets: Vec<u64>,
+    good_len: u64,
+}
+
+/// Reads every complete commit of a log; stops at a torn or unreadable last line.
+fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
+    let mut state = LogState {
+        done: HashMap::new(),
+        rejected: HashSet::new(),
+        usage: Usage::default(),
+        offsets: vec![0; DATA_FILES.len()],
+        good_len: 0,
+    };
+    let mut reader = BufReader::new(log);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = reader.read_until(b'\n', &mut line)?;
+        if read == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        let Ok(commit) = serde_json::from_slice::<Commit>(&line) else {
+            break;
+        };
+        state.good_len += read as u64;
+        for sample in commit.samples {
+            state.usage += sample.usage;
+            state.done.insert(sample.key, sample.status);
+        }
+        state.rejected.extend(commit.rejected);
+        for (index, name) in DATA_FILES.iter().enumerate() {
+            state.offsets[index] = commit.offsets.get(*name).copied().unwrap_or(0);
+        }
+    }
+    Ok(state)
+}
+
+/// Committed totals of an output directory, read without changing anything (for `cai status`
+/// while a run may be writing).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LedgerTotals {
+    /// Samples with rows.
+    pub done: u64,
+    /// Samples failed.
+    pub failed: u64,
+    /// Rejected lines.
+    pub rejected: u64,
+    /// Tokens and calls.
+    pub usage: Usage,
+}
+
+/// Reads the committed totals of an output directory.
+pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
+    let path = dir.join(LEDGER_FILE);
+    let file = File::open(&path).map_err(|source| LedgerError::Io { path, source })?;
+    let state = read_log(file).map_err(|source| LedgerError::Io {
+        path: dir.join(LEDGER_FILE),
+        source,
+    })?;
+    let failed = state.done.values().filter(|s| **s == Status::Failed).count() as u64;
+    Ok(LedgerTotals {
+        done: state.done.len() as u64 - failed,
+        failed,
+        rejected: state.rejected.len() as u64,
+        usage: state.usage,
+    })
+}
+
+/// An open output directory.
+pub struct Ledger {
+    dir: PathBuf,
+    writers: Vec<BufWriter<File>>,
+    offsets: Vec<u64>,
+    log: File,
+    done: HashMap<SampleKey, Status>,
+    rejected: HashSet<u64>,
+    usage: Usage,
+    pending_samples: Vec<CommitSample>,
+    pending_rejected: Vec<u64>,
+}
+
+impl Ledger {
+    /// Opens (creating) an output directory, repairs what a crash left, and loads the done set.
+    pub fn open(dir: &Path) -> Result<Self, LedgerError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LedgerError::Io { path, source }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let log_path = dir.join(LEDGER_FILE);
+        let mut log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)
+            .map_err(io(&log_path))?;
+
+        let LogState {
+            done,
+            rejected,
+            usage,
+            offsets,
+            good_len,
+        } = read_log(&mut log).map_err(io(&log_path))?;
+        log.set_len(good_len).map_err(io(&log_path))?;
+        log.seek(SeekFrom::End(0)).map_err(io(&log_path))?;
+
+        let mut writers = Vec::with_capacity(DATA_FILES.len());
+        for (name, offset) in DATA_FILES.iter().zip(&offsets) {
+            let path = dir.join(name);
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io(&path))?;
+            let length = file.metadata().map_err(io(&path))?.len();
+            if length < *offset {
+                return Err(LedgerError::Corrupt {
+                    path,
+                    message: format!(
+                        "is {length} bytes but {LEDGER_FILE} says {offset} were committed; \
+                         the output directory was changed by hand (start over with --new)"
+                    ),
+                });
+            }
+            file.set_len(*offset).map_err(io(&path))?;
+            let mut file = file;
+            file.seek(SeekFrom::Start(*offset)).map_err(io(&path))?;
+            writers.push(BufWriter::with_capacity(1 << 16, file));
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+            writers,
+            offsets,
+            log,
+            done,
+            rejected,
+            usage,
+            pending_samples: Vec::new(),
+            pending_rejected: Vec::new(),
+        })
+    }
+
+    /// The status of a sample committed earlier, if any.
+    pub fn status(&self, key: &SampleKey) -> Option<Status> {
+        self.done.get(key).copied()
+    }
+
+    /// Whether a corpus line's rejection is already recorded.
+    pub fn is_rejected(&self, line: u64) -> bool {
+        self.rejected.contains(&line)
+    }
+
+    /// Keys of every committed sample (done or failed).
+    pub fn done_keys(&self) -> impl Iterator<Item = &SampleKey> {
+        self.done.keys()
+    }
+
+    /// Committed counts: (done, failed).
+    pub fn counts(&self) -> (u64, u64) {
+        let failed = self.done.values().filter(|s| **s == Status::Failed).count() as u64;
+        (self.done.len() as u64 - failed, failed)
+    }
+
+    /// Rejected lines recorded.
+    pub fn rejected_count(&self) -> u64 {
+        self.rejected.len() as u64
+    }
+
+    /// Tokens and calls of every committed sample.
+    pub fn usage(&self) -> Usage {
+        self.usage
+    }
+
+    /// Stages a sample's result for the next commit. Returns its status, or `None` when the
+    /// sample is already committed (a redelivered result), in which case nothing is written.
+    pub fn stage_result(&mut self, result: &SampleResult) -> Result<Option<Status>, LedgerError> {
+        if self.done.contains_key(&result.key) || self.pending_samples.iter().any(|s| s.key == result.key) {
+            return Ok(None);
+        }
+        let status = match &result.outcome {
+            Outcome::Done { output: Output::Sft { rows } } => {
+                for row in rows {
+                    self.append(0, row)?;
+                }
+                Status::Done
+            }
+            Outcome::Done {
+                output: Output::Preference { row },
+            } => {
+                self.append(1, row)?;
+                Status::Done
+            }
+            Outcome::Failed { reason, attempts } => {
+                self.append(
+                    3,
+                    &FailedRow {
+                        id: &result.id,
+                        key: &result.key,
+                        reason,
+                        attempts: *attempts,
+                    },
+                )?;
+                Status::Failed
+            }
+        };
+        self.append(
+            2,
+            &TraceRow {
+                id: &result.id,
+                key: &result.key,
+                status,
+                steps: &result.steps,
+                usage: &result.usage,
+            },
+        )?;
+        self.pending_samples.push(CommitSample {
+            key: result.key,
+            status,
+            usage: result.usage,
+        });
+        Ok(Some(status))
+    }
+
+    /// Stages a rejected corpus line for the next commit, unless it is already recorded.
+    pub fn stage_rejected(&mut self, row: &RejectedRow) -> Result<bool, LedgerError> {
+        if self.rejected.contains(&row.line) || self.pending_rejected.contains(&row.line) {
+            return Ok(false);
+        }
+        self.append(4, row)?;
+        self.pending_rejected.push(row.line);
+        Ok(true)
+    }
+
+    /// Whether anything is staged.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_samples.is_empty() || !self.pending_rejected.is_empty()
+    }
+
+    /// Makes everything staged durable and returns the keys it committed.
+    pub fn commit(&mut self) -> Result<Vec<SampleKey>, LedgerError> {
+        if !self.has_pending() {
+            return Ok(Vec::new());
+        }
+        for (writer, name) in self.writers.iter_mut().zip(DATA_FILES) {
+            let path = self.dir.join(name);
+            writer.flush().map_err(|source| LedgerError::Io { path: path.clone(), source })?;
+            writer
+                .get_ref()
+                .sync_data()
+                .map_err(|source| LedgerError::Io { path, source })?;
+        }
+        let commit = Commit {
+            offsets: DATA_FILES
+                .iter()
+                .zip(&self.offsets)
+                .map(|(name, offset)| ((*name).to_owned(), *offset))
+                .collect(),
+            samples: std::mem::take(&mut self.pending_samples),
+            rejected: std::mem::take(&mut self.pending_rejected),
+        };
+        let mut line = serde_json::to_vec(&commit).expect("commit serialises");
+        line.push(b'\n');
+        let log_path = self.dir.join(LEDGER_FILE);
+        self.log
+            .write_all(&line)
+            .and_then(|()| self.log.sync_data())
+            .map_err(|source| LedgerError::Io { path: log_path, source })?;
+        let keys = commit.samples.iter().map(|s| s.key).collect();
+        for sample in commit.samples {
+            self.usage += sample.usage;
+            self.done.insert(sample.key, sample.status);
+        }
+        self.rejected.extend(commit.rejected);
+        Ok(keys)
+    }
+
+    fn append<T: Serialize>(&mut self, file: usize, row: &T) -> Result<(), LedgerError> {
+        let mut line = serde_json::to_vec(row).expect("rows serialise");
+        line.push(b'\n');
+        self.writers[file]
+            .write_all(&line)
+            .map_err(|source| LedgerError::Io {
+                path: self.dir.join(DATA_FILES[file]),
+                source,
+            })?;
+        self.offsets[file] += line.len() as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use cai_common::message::Message;
+    use cai_common::result::SftRow;
+
+    use super::*;
+
+    fn result(n: u8) -> SampleResult {
+        SampleResult {
+            key: SampleKey([n; 16]),
+            id: format!("s{n}"),
+            outcome: Outcome::Done {
+                output: Output::Sft {
+                    rows: vec![SftRow {
+                        id: format!("s{n}"),
+                        messages: vec![Message::user("q"), Message::assistant("a")],
+                        round: 1,
+                    }],
+                },
+            },
+            steps: Vec::new(),
+            usage: Usage {
+                tokens_in: 10,
+                tokens_out: 5,
+                calls: 3,
+            },
+        }
+    }
+
+    fn lines(dir: &Path, name: &str) -> usize {
+        std::fs::read_to_string(dir.join(name)).unwrap().lines().count()
+    }
+
+    #[test]
+    fn committed_rows_survive_and_uncommitted_rows_are_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.stage_result(&result(1)).unwrap();
+        ledger.stage_rejected(&RejectedRow { line: 4, field: None, reason: "bad".into() }).unwrap();
+        assert_eq!(ledger.commit().unwrap(), vec![SampleKey([1; 16])]);
+        ledger.stage_result(&result(2)).unwrap();
+        // Flush the staged rows without a commit record, as a process killed mid-commit would.
+        for writer in &mut ledger.writers {
+            writer.flush().unwrap();
+        }
+        drop(ledger);
+        assert_eq!(lines(dir.path(), "sft.jsonl"), 2);
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(lines(dir.path(), "sft.jsonl"), 1);
+        assert_eq!(lines(dir.path(), "traces.jsonl"), 1);
+        assert_eq!(ledger.status(&SampleKey([1; 16])), Some(Status::Done));
+        assert_eq!(ledger.status(&SampleKey([2; 16])), None);
+        assert!(ledger.is_rejected(4));
+        assert_eq!(ledger.usage().calls, 3);
+    }
+
+    #[test]
+    fn a_torn_ledger_line_is_dropped_and_a_redelivered_result_is_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.stage_result(&result(1)).unwrap();
+        ledger.commit().unwrap();
+        assert_eq!(ledger.stage_result(&result(1)).unwrap(), None);
+        ledger.stage_result(&result(2)).unwrap();
+        ledger.commit().unwrap();
+        drop(ledger);
+        let log = dir.path().join(LEDGER_FILE);
+        let text = std::fs::read(&log).unwrap();
+        std::fs::write(&log, &text[..text.len() - 5]).unwrap();
+
+        let ledger = Ledger::open(dir.path()).unwrap();
+        assert_eq!(ledger.counts(), (1, 0));
+        assert_eq!(lines(dir.path(), "sft.jsonl"), 1);
+    }
+
+    #[test]
+    fn a_data_file_shorter_than_committed_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.stage_result(&result(1)).unwrap();
+        ledger.commit().unwrap();
+        drop(ledger);
+        std::fs::write(dir.path().join("sft.jsonl"), "").unwrap();
+        let message = Ledger::open(dir.path()).err().unwrap().to_string();
+        assert!(message.contains("sft.jsonl") && message.contains("--new"), "{message}");
+    }
+}

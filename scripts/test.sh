@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: fetches the test model (once), makes sure RabbitMQ and
+# Redis answer, checks formatting and lints, and runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+CAI_TEST_MODEL="$(scripts/fetch-model.sh)"
+export CAI_TEST_MODEL
+scripts/services.sh
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked

@@ -1,0 +1,99 @@
+//! A deterministic in-process model for dry runs, tests and benchmarks: the same request always
+//! gets the same reply, judging returns log-probabilities (with several spellings of each letter,
+//! like real tokenizers), and an optional fixed latency simulates a server.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cai_common::job::ModelSpec;
+use sha2::{Digest, Sha256};
+
+use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
+
+/// The mock model.
+pub struct MockModel {
+    name: String,
+    latency: Duration,
+    calls: AtomicU64,
+}
+
+impl MockModel {
+    /// A mock named `name`, honouring `latency_ms`.
+    pub fn new(name: &str, spec: &ModelSpec) -> Self {
+        Self {
+            name: name.to_owned(),
+            latency: Duration::from_millis(spec.latency_ms),
+            calls: AtomicU64::new(0),
+        }
+    }
+
+    /// Calls served so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
+    fn digest(&self, prompt: &Prompt, seed: u64) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.name.as_bytes());
+        hasher.update(prompt.transcript().as_bytes());
+        hasher.update(seed.to_le_bytes());
+        hasher.finalize().into()
+    }
+
+    async fn serve(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+    }
+}
+
+fn usage(prompt: &Prompt, reply: &str) -> CallUsage {
+    CallUsage {
+        tokens_in: prompt.turns.iter().map(|t| t.text.len() as u64 / 4 + 1).sum(),
+        tokens_out: reply.len() as u64 / 4 + 1,
+    }
+}
+
+/// The probability of option A the mock judge gives a prompt: spread over (0.05, 0.95).
+pub fn mock_p_first(digest: &[u8; 32]) -> f64 {
+    let unit = u16::from_le_bytes([digest[0], digest[1]]) as f64 / u16::MAX as f64;
+    0.05 + 0.9 * unit
+}
+
+#[async_trait]
+impl Model for MockModel {
+    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        self.serve().await;
+        let digest = self.digest(prompt, seed);
+        let text = format!("Mock answer {} from {}.", hex::encode(&digest[..6]), self.name);
+        Ok(Generation {
+            usage: usage(prompt, &text),
+            text,
+        })
+    }
+
+    async fn judge(&self, prompt: &Prompt, _seed: u64) -> Result<Judgment, ModelError> {
+        self.serve().await;
+        let digest = self.digest(prompt, 0);
+        let p_a = mock_p_first(&digest);
+        let spread = |letter: &str, p: f64| {
+            [(format!(" {letter}"), 0.6 * p), (letter.to_owned(), 0.3 * p), (format!("({letter}"), 0.1 * p)]
+        };
+        let positions = vec![
+            spread("A", p_a * 0.95)
+                .into_iter()
+                .chain(spread("B", (1.0 - p_a) * 0.95))
+                .chain([(" The".to_owned(), 0.05)])
+                .map(|(token, p)| TokenLogprob { token, logprob: p.ln() })
+                .collect(),
+        ];
+        let text = if p_a >= 0.5 { " A" } else { " B" }.to_owned();
+        Ok(Judgment {
+            positions,
+            usage: usage(prompt, &text),
+            text,
+        })
+    }
+}

@@ -1,0 +1,126 @@
+//! SL-CAI: an initial answer (generated, or given by the corpus), then `revisions` rounds; each
+//! round draws a principle (uniformly, with replacement), asks for a critique of the latest
+//! answer under it, then for a revision. By default each round restarts from the conversation
+//! and the latest revision, so the context does not grow with the rounds.
+
+use cai_common::constitution::Demonstration;
+use cai_common::job::SftMode;
+use cai_common::message::Message;
+use cai_common::result::{Output, SftRow};
+
+use super::{SampleRun, StepError, StepInfo};
+use crate::model::{Prompt, Speaker, Turn};
+
+/// The steps of a sample, in order: `initial` (unless given), then `critique-r`, `revision-r`.
+pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
+    let spec = run
+        .ctx
+        .spec
+        .critique_revise
+        .as_ref()
+        .expect("checked: critique-revise job has its section");
+    let model = spec.model.as_str();
+    let conversation: Vec<Turn> = run
+        .sample
+        .messages
+        .iter()
+        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()))
+        .collect();
+
+    let mut latest = match &run.sample.initial {
+        Some(initial) => initial.clone(),
+        None => {
+            let prompt = Prompt {
+                turns: conversation.clone(),
+                reply_as: Some(Speaker::Assistant),
+            };
+            let info = StepInfo {
+                name: "initial".into(),
+                model,
+                principle: None,
+                request: "",
+            };
+            run.generate(info, &prompt).await?
+        }
+    };
+
+    let few_shot: Vec<Turn> = if run.ctx.spec.constitution.few_shot {
+        run.ctx.constitution.demonstrations.iter().flat_map(demonstration_turns).collect()
+    } else {
+        Vec::new()
+    };
+    let mut history: Vec<Turn> = Vec::new();
+    let mut rows = Vec::new();
+    for round in 1..=spec.revisions {
+        let principle = run.draw_principle(&format!("principle-{round}")).clone();
+        let mut turns = few_shot.clone();
+        turns.extend(conversation.iter().cloned());
+        if spec.keep_history {
+            turns.extend(history.iter().cloned());
+        } else {
+            turns.push(Turn::new(Speaker::Assistant, latest.clone()));
+        }
+        turns.push(Turn::new(Speaker::CritiqueRequest, principle.critique.clone()));
+        let critique_prompt = Prompt {
+            turns,
+            reply_as: Some(Speaker::Critique),
+        };
+        let info = StepInfo {
+            name: format!("critique-{round}"),
+            model,
+            principle: Some(&principle),
+            request: &principle.critique,
+        };
+        let critique = run.generate(info, &critique_prompt).await?;
+
+        let mut turns = critique_prompt.turns;
+        turns.push(Turn::new(Speaker::Critique, critique.clone()));
+        turns.push(Turn::new(Speaker::RevisionRequest, principle.revision.clone()));
+        let revision_prompt = Prompt {
+            turns,
+            reply_as: Some(Speaker::Revision),
+        };
+        let info = StepInfo {
+            name: format!("revision-{round}"),
+            model,
+            principle: Some(&principle),
+            request: &principle.revision,
+        };
+        let revision = run.generate(info, &revision_prompt).await?;
+
+        if spec.keep_history {
+            if history.is_empty() {
+                history.push(Turn::new(Speaker::Assistant, latest.clone()));
+            }
+            history.extend([
+                Turn::new(Speaker::CritiqueRequest, principle.critique.clone()),
+                Turn::new(Speaker::Critique, critique),
+                Turn::new(Speaker::RevisionRequest, principle.revision.clone()),
+                Turn::new(Speaker::Revision, revision.clone()),
+            ]);
+        }
+        latest = revision;
+        if spec.sft == SftMode::Every || round == spec.revisions {
+            let mut messages = run.sample.messages.clone();
+            messages.push(Message::assistant(latest.clone()));
+            rows.push(SftRow {
+                id: run.sample.id.clone(),
+                messages,
+                round,
+            });
+        }
+    }
+    Ok(Output::Sft { rows })
+}
+
+/// A demonstration as the six turns of one worked round.
+fn demonstration_turns(demo: &Demonstration) -> [Turn; 6] {
+    [
+        Turn::new(Speaker::Human, demo.prompt.clone()),
+        Turn::new(Speaker::Assistant, demo.response.clone()),
+        Turn::new(Speaker::CritiqueRequest, demo.critique_request.clone()),
+        Turn::new(Speaker::Critique, demo.critique.clone()),
+        Turn::new(Speaker::RevisionRequest, demo.revision_request.clone()),
+        Turn::new(Speaker::Revision, demo.revision.clone()),
+    ]
+}

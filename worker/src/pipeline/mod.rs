@@ -1,0 +1,210 @@
+//! The two CAI pipelines, run one sample at a time, depth-first: a sample's whole chain runs
+//! before its task finishes, so samples complete steadily from the start.
+//!
+//! Every model call is a named step (`initial`, `critique-2`, `judge-1-yx`, …). A step's result
+//! is kept in the step cache until the sample is done, so a sample redelivered after a crash
+//! resumes at the step where it stopped and never pays twice for a finished call.
+
+pub mod critique_revise;
+pub mod pairwise;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cai_common::constitution::{Constitution, Principle};
+use cai_common::job::{JobSpec, PipelineKind};
+use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
+use cai_common::sample::Sample;
+use cai_common::seed;
+use cai_common::state::StateStore;
+use rand::Rng;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::model::{Generation, Judgment, ModelError, Models, Prompt};
+
+/// Everything a worker needs to run samples of one job.
+pub struct JobContext {
+    /// The job spec (workers learn it from the coordinator or Redis).
+    pub spec: Arc<JobSpec>,
+    /// The constitution.
+    pub constitution: Arc<Constitution>,
+    /// The job's models.
+    pub models: Models,
+    /// Done set and step cache.
+    pub state: Arc<dyn StateStore>,
+}
+
+/// The job cannot go on (bad API key, unknown model, state store gone); the message says why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobFatal(pub String);
+
+/// Why a step did not produce a value.
+enum StepError {
+    /// The sample cannot be completed: record it as failed.
+    Sample { reason: String, attempts: u32 },
+    /// Stop the job.
+    Job(String),
+}
+
+impl JobContext {
+    /// Runs one sample to its end: done with rows, or failed with a reason.
+    pub async fn run_sample(&self, sample: &Sample) -> Result<SampleResult, JobFatal> {
+        let mut run = SampleRun {
+            ctx: self,
+            sample,
+            steps: Vec::new(),
+            usage: Usage::default(),
+        };
+        let outcome = match self.spec.pipeline {
+            PipelineKind::CritiqueRevise => critique_revise::run(&mut run).await,
+            PipelineKind::Pairwise => pairwise::run(&mut run).await,
+        };
+        let outcome = match outcome {
+            Ok(output) => Outcome::Done { output },
+            Err(StepError::Sample { reason, attempts }) => Outcome::Failed { reason, attempts },
+            Err(StepError::Job(message)) => return Err(JobFatal(message)),
+        };
+        Ok(SampleResult {
+            key: sample.key,
+            id: sample.id.clone(),
+            outcome,
+            steps: run.steps,
+            usage: run.usage,
+        })
+    }
+}
+
+/// The running state of one sample: its trace and usage so far.
+struct SampleRun<'a> {
+    ctx: &'a JobContext,
+    sample: &'a Sample,
+    steps: Vec<TraceStep>,
+    usage: Usage,
+}
+
+/// What a step records in the trace besides the model's output.
+struct StepInfo<'a> {
+    name: String,
+    model: &'a str,
+    principle: Option<&'a Principle>,
+    request: &'a str,
+}
+
+impl SampleRun<'_> {
+    /// Draws a principle (uniformly, with replacement) for a named decision of this sample.
+    fn draw_principle(&self, decision: &str) -> &Principle {
+        let principles = &self.ctx.constitution.principles;
+        let mut rng = seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision);
+        &principles[rng.random_range(0..principles.len())]
+    }
+
+    /// A fair coin for a named decision of this sample.
+    fn flip(&self, decision: &str) -> bool {
+        seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision).random_bool(0.5)
+    }
+
+    async fn generate(&mut self, info: StepInfo<'_>, prompt: &Prompt) -> Result<String, StepError> {
+        let model = self.ctx.models.get(info.model);
+        let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
+        let generation: Generation = self
+            .cached_call(&info, |generation: &Generation| generation.text.clone(), || async {
+                model.generate(prompt, seed).await
+            })
+            .await?;
+        Ok(generation.text)
+    }
+
+    async fn judge(&mut self, info: StepInfo<'_>, prompt: &Prompt, describe: impl Fn(&Judgment) -> String) -> Result<Judgment, StepError> {
+        let model = self.ctx.models.get(info.model);
+        let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
+        self.cached_call(&info, describe, || async { model.judge(prompt, seed).await })
+            .await
+    }
+
+    /// Runs a model call through the step cache and records it in the trace.
+    async fn cached_call<T, F, Fut>(
+        &mut self,
+        info: &StepInfo<'_>,
+        describe: impl Fn(&T) -> String,
+        call: F,
+    ) -> Result<T, StepError>
+    where
+        T: Serialize + DeserializeOwned + HasUsage,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, ModelError>>,
+    {
+        let state = &self.ctx.state;
+        let job = &self.ctx.spec.name;
+        let key = &self.sample.key;
+        let cached = state
+            .step_get(job, key, &info.name)
+            .await
+            .map_err(|e| StepError::Job(e.to_string()))?
+            .and_then(|bytes| rmp_serde::from_slice::<T>(&bytes).ok());
+        let started = Instant::now();
+        let (value, was_cached) = match cached {
+            Some(value) => (value, true),
+            None => {
+                let value = call().await.map_err(|error| self.step_error(info, error))?;
+                let bytes = rmp_serde::to_vec_named(&value).expect("step values encode");
+                state
+                    .step_put(job, key, &info.name, bytes)
+                    .await
+                    .map_err(|e| StepError::Job(e.to_string()))?;
+                (value, false)
+            }
+        };
+        let usage = value.usage();
+        if !was_cached {
+            self.usage.tokens_in += usage.tokens_in;
+            self.usage.tokens_out += usage.tokens_out;
+            self.usage.calls += 1;
+        }
+        self.steps.push(TraceStep {
+            step: info.name.clone(),
+            principle_id: info.principle.map(|p| p.id.clone()),
+            request: info.request.to_owned(),
+            output: describe(&value),
+            model: info.model.to_owned(),
+            tokens_in: usage.tokens_in,
+            tokens_out: usage.tokens_out,
+            latency_ms: if was_cached { 0 } else { started.elapsed().as_millis() as u64 },
+            cached: was_cached,
+        });
+        Ok(value)
+    }
+
+    fn step_error(&self, info: &StepInfo<'_>, error: ModelError) -> StepError {
+        let attempts = self.ctx.spec.models[info.model].max_retries + 1;
+        match error {
+            ModelError::JobFatal(message) => StepError::Job(message),
+            ModelError::SampleFatal(message) => StepError::Sample {
+                reason: format!("step {}: {message}", info.name),
+                attempts: 1,
+            },
+            ModelError::Retryable { message, .. } => StepError::Sample {
+                reason: format!("step {}: gave up after {attempts} attempts: {message}", info.name),
+                attempts,
+            },
+        }
+    }
+}
+
+/// Token counts of a cached call.
+trait HasUsage {
+    fn usage(&self) -> crate::model::CallUsage;
+}
+
+impl HasUsage for Generation {
+    fn usage(&self) -> crate::model::CallUsage {
+        self.usage
+    }
+}
+
+impl HasUsage for Judgment {
+    fn usage(&self) -> crate::model::CallUsage {
+        self.usage
+    }
+}
