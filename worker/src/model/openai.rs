@@ -1,0 +1,758 @@
+//! The `openai` backend: any OpenAI-compatible HTTP server (vLLM, SGLang, TGI, llama.cpp server,
+//! Ollama, hosted APIs), on its chat or its completions endpoint.
+//!
+//! One [`reqwest::Client`] per model reuses connections, a semaphore bounds the requests in
+//! flight, and transient failures are retried with exponential backoff and jitter that honours
+//! `Retry-After`. Every other failure is classified as [`ModelError::SampleFatal`] or
+//! [`ModelError::JobFatal`]. Neither the API key nor a URL's userinfo ever reaches an error or a
+//! log line.
+//!
+//! Judging asks for the top log-probabilities of the first few generated tokens and reads both
+//! wire formats servers use: the chat format (`logprobs.content[i].top_logprobs`, a list of
+//! `{token, logprob}`) and the legacy completions format (`logprobs.top_logprobs[i]`, a map from
+//! token to log-probability), whichever endpoint answered.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
+use cai_common::job::{Endpoint, ModelSpec};
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
+
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Generated positions a judgment asks for: a model may emit a shared `" ("` before the letter.
+const JUDGE_MAX_TOKENS: u32 = 3;
+/// First backoff delay (doubled per retry, with jitter).
+const MIN_BACKOFF: Duration = Duration::from_millis(500);
+/// Longest backoff delay.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// A `Retry-After` longer than this is not waited out here: the error goes back to the caller.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// Longest server message quoted in an error.
+const MAX_SERVER_MESSAGE: usize = 300;
+
+/// A model served by an OpenAI-compatible HTTP server.
+pub struct OpenAiModel {
+    /// The job's name for the model (used in every error).
+    name: String,
+    /// The model name the server knows.
+    model: String,
+    /// Which endpoint is called.
+    endpoint: Endpoint,
+    /// The full endpoint URL requests go to.
+    url: String,
+    /// The endpoint URL with userinfo and query removed, for messages.
+    shown_url: String,
+    /// The variable the key came from, for messages.
+    api_key_env: Option<String>,
+    /// The API key, sent as a bearer token.
+    api_key: Option<String>,
+    /// Strings that must never appear in an error: the key and the URL's password.
+    secrets: Vec<String>,
+    client: reqwest::Client,
+    /// Bounds the requests in flight.
+    in_flight: Semaphore,
+    temperature: f32,
+    max_tokens: u32,
+    timeout: Duration,
+    top_logprobs: u32,
+    max_retries: u32,
+}
+
+/// The useful part of a successful reply.
+struct Reply {
+    /// `choices[0]`.
+    choice: Value,
+    /// The generated text (`message.content` or `text`).
+    text: String,
+    usage: CallUsage,
+}
+
+impl OpenAiModel {
+    /// Builds the client of model `name`. Fails (job-fatal) when the spec lacks `url` or `model`,
+    /// or when the variable named by `api_key_env` is unset or empty.
+    pub fn new(name: &str, spec: &ModelSpec) -> Result<Self, ModelError> {
+        let fatal = |what: String| ModelError::JobFatal(format!("model {name}: {what}"));
+        let base = spec
+            .url
+            .as_deref()
+            .ok_or_else(|| fatal("backend \"openai\" needs `url`".into()))?;
+        let model = spec
+            .model
+            .clone()
+            .ok_or_else(|| fatal("backend \"openai\" needs `model`".into()))?;
+        let api_key = match &spec.api_key_env {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(key) if !key.is_empty() => Some(key),
+                _ => {
+                    return Err(fatal(format!(
+                        "the API key variable {var} is not set (or is empty or not UTF-8)"
+                    )));
+                }
+            },
+        };
+        let timeout = Duration::from_secs(spec.timeout_s);
+        let client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| fatal(format!("cannot build the HTTP client: {e}")))?;
+        let path = match spec.endpoint {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+        };
+        let url = format!("{}/{path}", base.trim_end_matches('/'));
+        let mut secrets: Vec<String> = api_key.iter().cloned().collect();
+        if let Some(password) = reqwest::Url::parse(base)
+            .ok()
+            .and_then(|u| u.password().map(str::to_owned))
+        {
+            secrets.push(password);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            model,
+            endpoint: spec.endpoint,
+            shown_url: redact(&url),
+            url,
+            api_key_env: spec.api_key_env.clone(),
+            api_key,
+            secrets,
+            client,
+            in_flight: Semaphore::new(spec.max_concurrency.max(1)),
+            temperature: spec.temperature,
+            max_tokens: spec.max_tokens,
+            timeout,
+            top_logprobs: spec.top_logprobs,
+            max_retries: spec.max_retries,
+        })
+    }
+
+    /// The request body of a generation (`judge == false`) or a judgment.
+    fn body(&self, prompt: &Prompt, seed: u64, judge: bool) -> Value {
+        let (temperature, max_tokens) = if judge {
+            (0.0, JUDGE_MAX_TOKENS)
+        } else {
+            // Rounded so that 0.7f32 goes out as 0.7, not 0.699999988079071.
+            (
+                (f64::from(self.temperature) * 1e6).round() / 1e6,
+                self.max_tokens,
+            )
+        };
+        let mut body = json!({
+            "model": self.model,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            // Servers parse the seed as a signed 64-bit integer (vLLM rejects larger ones).
+            "seed": seed & i64::MAX as u64,
+        });
+        match self.endpoint {
+            Endpoint::Chat => {
+                body["messages"] = prompt
+                    .turns
+                    .iter()
+                    .map(|turn| json!({"role": turn.speaker.chat_role(), "content": turn.text}))
+                    .collect();
+                if judge {
+                    body["logprobs"] = true.into();
+                    body["top_logprobs"] = self.top_logprobs.into();
+                }
+            }
+            Endpoint::Completions => {
+                body["prompt"] = prompt.transcript().into();
+                body["stop"] = Prompt::transcript_stops().into();
+                if judge {
+                    body["logprobs"] = self.top_logprobs.into();
+                }
+            }
+        }
+        body
+    }
+
+    /// Sends `body`, retrying transient failures; returns the last error when retries run out.
+    async fn call(&self, body: &Value) -> Result<Reply, ModelError> {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(MIN_BACKOFF)
+            .with_max_delay(MAX_BACKOFF)
+            .with_max_times(self.max_retries as usize)
+            .with_jitter()
+            .with_jitter_seed(rand::random());
+        (|| self.attempt(body))
+            .retry(backoff)
+            .when(|error| matches!(error, ModelError::Retryable { .. }))
+            .adjust(wait_before_retry)
+            .notify(|error, delay| {
+                tracing::warn!(
+                    model = %self.name,
+                    delay_ms = delay.as_millis() as u64,
+                    %error,
+                    "model call failed; retrying"
+                );
+            })
+            .await
+    }
+
+    /// One request.
+    async fn attempt(&self, body: &Value) -> Result<Reply, ModelError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        let mut request = self.client.post(&self.url).json(body);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        if !status.is_success() {
+            return Err(self.status_error(status, retry_after, &text));
+        }
+        self.parse_reply(&text)
+    }
+
+    /// A failure to send the request or to read the reply: always retryable.
+    fn transport_error(&self, error: reqwest::Error) -> ModelError {
+        let error = error.without_url();
+        let unreachable = error.is_connect();
+        let what = if unreachable {
+            "cannot connect to".to_owned()
+        } else if error.is_timeout() {
+            format!("no reply within {} s from", self.timeout.as_secs())
+        } else if error.is_body() || error.is_decode() {
+            "the reply was cut off from".to_owned()
+        } else {
+            "the request failed to".to_owned()
+        };
+        let mut causes = vec![error.to_string()];
+        let mut source = error.source();
+        while let Some(cause) = source {
+            causes.push(cause.to_string());
+            source = cause.source();
+        }
+        let message = format!(
+            "model {}: {what} {}: {}",
+            self.name,
+            self.shown_url,
+            causes.join(": ")
+        );
+        ModelError::Retryable {
+            message: self.scrub(message),
+            retry_after: None,
+            unreachable,
+        }
+    }
+
+    /// A reply with a non-success status.
+    fn status_error(
+        &self,
+        status: StatusCode,
+        retry_after: Option<Duration>,
+        body: &str,
+    ) -> ModelError {
+        let code = status.as_u16();
+        let name = &self.name;
+        let server = self.scrub(server_message(body));
+        match code {
+            400 | 413 | 422 => ModelError::SampleFatal(format!(
+                "model {name}: the server rejected the request (HTTP {code}): {server}"
+            )),
+            401 | 403 => ModelError::JobFatal(match &self.api_key_env {
+                Some(var) => format!(
+                    "model {name}: the server refused the API key (HTTP {code}); \
+                     check the environment variable {var}"
+                ),
+                None => format!(
+                    "model {name}: the server refused the request (HTTP {code}) and no API key \
+                     is configured; set `api_key_env`"
+                ),
+            }),
+            404 => ModelError::JobFatal(format!(
+                "model {name}: the server at {} does not know the model {:?} or the endpoint \
+                 (HTTP 404): {server}",
+                self.shown_url, self.model
+            )),
+            408 | 409 | 425 | 429 | 500..=599 => ModelError::Retryable {
+                message: format!(
+                    "model {name}: HTTP {code} from {}: {server}",
+                    self.shown_url
+                ),
+                retry_after: retry_after.filter(|_| code == 429 || code == 503),
+                unreachable: false,
+            },
+            _ => ModelError::SampleFatal(format!(
+                "model {name}: unexpected HTTP {code} from {}: {server}",
+                self.shown_url
+            )),
+        }
+    }
+
+    /// Reads a 2xx body; a body that is not JSON or has no choice is retryable.
+    fn parse_reply(&self, body: &str) -> Result<Reply, ModelError> {
+        let retryable = |what: String| ModelError::Retryable {
+            message: self.scrub(format!(
+                "model {}: the reply from {} {what}",
+                self.name, self.shown_url
+            )),
+            retry_after: None,
+            unreachable: false,
+        };
+        let value: Value = serde_json::from_str(body)
+            .map_err(|e| retryable(format!("is not complete JSON ({e})")))?;
+        let Some(choice) = value
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|choices| choices.first())
+        else {
+            return Err(retryable(format!(
+                "has no `choices`: {}",
+                server_message(body)
+            )));
+        };
+        let text = choice
+            .pointer("/message/content")
+            .or_else(|| choice.get("text"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let count = |field: &str| {
+            value
+                .get("usage")
+                .and_then(|usage| usage.get(field))
+                .and_then(Value::as_u64)
+                .unwrap_or(0)
+        };
+        Ok(Reply {
+            choice: choice.clone(),
+            text,
+            usage: CallUsage {
+                tokens_in: count("prompt_tokens"),
+                tokens_out: count("completion_tokens"),
+            },
+        })
+    }
+
+    /// Removes every secret from a message.
+    fn scrub(&self, mut message: String) -> String {
+        for secret in &self.secrets {
+            if !secret.is_empty() {
+                message = message.replace(secret.as_str(), "[redacted]");
+            }
+        }
+        message
+    }
+}
+
+#[async_trait]
+impl Model for OpenAiModel {
+    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        let reply = self.call(&self.body(prompt, seed, false)).await?;
+        Ok(Generation {
+            text: reply.text.trim().to_owned(),
+            usage: reply.usage,
+        })
+    }
+
+    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
+        let reply = self.call(&self.body(prompt, seed, true)).await?;
+        let positions = positions(&reply.choice);
+        if positions.is_empty() {
+            let asked = match self.endpoint {
+                Endpoint::Chat => "`logprobs` and `top_logprobs` on /chat/completions",
+                Endpoint::Completions => "`logprobs` on /completions",
+            };
+            return Err(ModelError::SampleFatal(format!(
+                "model {}: the server returned no logprobs; check that it supports {asked}",
+                self.name
+            )));
+        }
+        Ok(Judgment {
+            positions,
+            text: reply.text,
+            usage: reply.usage,
+        })
+    }
+}
+
+/// `url` without userinfo, query or fragment, safe to show in errors and logs.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            // Both fail only for URLs that cannot have userinfo at all.
+            let _ = parsed.set_username("");
+            let _ = parsed.set_password(None);
+            parsed.set_query(None);
+            parsed.set_fragment(None);
+            parsed.to_string()
+        }
+        Err(_) => "<unparseable URL>".to_owned(),
+    }
+}
+
+/// The backoff before the next attempt: at least the server's `Retry-After`; none (give the
+/// error back) when retries are exhausted or the server asks for more than [`MAX_RETRY_AFTER`].
+fn wait_before_retry(error: &ModelError, backoff: Option<Duration>) -> Option<Duration> {
+    let backoff = backoff?;
+    match error {
+        ModelError::Retryable {
+            retry_after: Some(wait),
+            ..
+        } if *wait > MAX_RETRY_AFTER => None,
+        ModelError::Retryable {
+            retry_after: Some(wait),
+            ..
+        } => Some(backoff.max(*wait)),
+        _ => Some(backoff),
+    }
+}
+
+/// A `Retry-After` header in seconds (the HTTP-date form is ignored).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let seconds: f64 = headers
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// The server's error message from an error body (OpenAI `{"error": {"message"}}`, vLLM
+/// `{"message"}`, TGI and Ollama `{"error": "…"}`), else the body itself, shortened.
+fn server_message(body: &str) -> String {
+    let parsed: Option<Value> = serde_json::from_str(body).ok();
+    let message = parsed
+        .as_ref()
+        .and_then(|value| {
+            value
+                .pointer("/error/message")
+                .or_else(|| value.get("error"))
+                .or_else(|| value.get("message"))
+                .or_else(|| value.get("detail"))
+                .and_then(Value::as_str)
+        })
+        .unwrap_or(body)
+        .trim();
+    if message.is_empty() {
+        return "(no message)".to_owned();
+    }
+    match message.char_indices().nth(MAX_SERVER_MESSAGE) {
+        Some((cut, _)) => format!("{}…", &message[..cut]),
+        None => message.to_owned(),
+    }
+}
+
+/// The top log-probabilities per generated position of a choice, in either wire format; empty
+/// when the choice carries none.
+fn positions(choice: &Value) -> Vec<Vec<TokenLogprob>> {
+    let Some(logprobs) = choice.get("logprobs") else {
+        return Vec::new();
+    };
+    if let Some(content) = logprobs.get("content").and_then(Value::as_array) {
+        content.iter().map(chat_position).collect()
+    } else if let Some(top) = logprobs.get("top_logprobs").and_then(Value::as_array) {
+        top.iter().map(legacy_position).collect()
+    } else {
+        Vec::new()
+    }
+}
+
+/// One entry of `logprobs.content`: its `top_logprobs`, or the sampled token alone if none.
+fn chat_position(entry: &Value) -> Vec<TokenLogprob> {
+    let top: Vec<TokenLogprob> = entry
+        .get("top_logprobs")
+        .and_then(Value::as_array)
+        .map(|candidates| candidates.iter().filter_map(token_logprob).collect())
+        .unwrap_or_default();
+    if top.is_empty() {
+        token_logprob(entry).into_iter().collect()
+    } else {
+        top
+    }
+}
+
+/// A `{"token", "logprob"}` object.
+fn token_logprob(value: &Value) -> Option<TokenLogprob> {
+    Some(TokenLogprob {
+        token: value.get("token")?.as_str()?.to_owned(),
+        logprob: value.get("logprob")?.as_f64()?,
+    })
+}
+
+/// One map of the legacy `logprobs.top_logprobs`, most probable first.
+fn legacy_position(map: &Value) -> Vec<TokenLogprob> {
+    let mut candidates: Vec<TokenLogprob> = map
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(token, logprob)| {
+            Some(TokenLogprob {
+                token: token.clone(),
+                logprob: logprob.as_f64()?,
+            })
+        })
+        .collect();
+    candidates.sort_by(|a, b| b.logprob.total_cmp(&a.logprob));
+    candidates
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::letters::probability_of_a;
+
+    fn spec(url: &str) -> ModelSpec {
+        serde_json::from_value(json!({
+            "backend": "openai",
+            "url": url,
+            "model": "judge-7b",
+            "api_key_env": "PATH",
+        }))
+        .unwrap()
+    }
+
+    fn model() -> OpenAiModel {
+        OpenAiModel::new("judge", &spec("http://alice:hunter2@127.0.0.1:8000/v1/")).unwrap()
+    }
+
+    #[test]
+    fn reads_the_chat_logprob_format() {
+        let choice = json!({
+            "message": {"role": "assistant", "content": " (A"},
+            "logprobs": {"content": [
+                {"token": " (", "logprob": -0.01, "top_logprobs": [
+                    {"token": " (", "logprob": -0.01, "bytes": [32, 40]},
+                    {"token": " The", "logprob": -4.6},
+                ]},
+                {"token": "A", "logprob": -0.3, "top_logprobs": [
+                    {"token": "A", "logprob": 0.6f64.ln()},
+                    {"token": "B", "logprob": 0.2f64.ln()},
+                ]},
+                {"token": ")", "logprob": -0.5, "top_logprobs": []},
+            ]},
+        });
+        let positions = positions(&choice);
+        assert_eq!(positions.len(), 3);
+        assert_eq!(positions[0][1].token, " The");
+        assert_eq!(
+            positions[2],
+            vec![TokenLogprob {
+                token: ")".into(),
+                logprob: -0.5
+            }]
+        );
+        assert!((probability_of_a(&positions).unwrap() - 0.75).abs() < 1e-12);
+    }
+
+    #[test]
+    fn reads_the_legacy_logprob_format_most_probable_first() {
+        let choice = json!({
+            "text": " B",
+            "logprobs": {
+                "tokens": [" B"],
+                "token_logprobs": [-0.4],
+                "top_logprobs": [{" A": 0.1f64.ln(), " B": 0.3f64.ln(), "B": 0.4f64.ln(), "x": -9.0}],
+            },
+        });
+        let positions = positions(&choice);
+        let tokens: Vec<&str> = positions[0].iter().map(|t| t.token.as_str()).collect();
+        assert_eq!(tokens, ["B", " B", " A", "x"]);
+        assert!((probability_of_a(&positions).unwrap() - 0.125).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_choice_without_logprobs_has_no_positions() {
+        assert!(positions(&json!({"text": "A"})).is_empty());
+        assert!(positions(&json!({"text": "A", "logprobs": null})).is_empty());
+        assert!(positions(&json!({"text": "A", "logprobs": {"content": null}})).is_empty());
+    }
+
+    #[test]
+    fn redaction_removes_userinfo_query_and_fragment() {
+        assert_eq!(
+            redact("http://alice:hunter2@127.0.0.1:8000/v1/chat/completions"),
+            "http://127.0.0.1:8000/v1/chat/completions"
+        );
+        assert_eq!(
+            redact("https://token@api.example.com/v1"),
+            "https://api.example.com/v1"
+        );
+        assert_eq!(
+            redact("https://api.example.com/v1/completions?api-key=s3cret#frag"),
+            "https://api.example.com/v1/completions"
+        );
+        assert_eq!(
+            redact("http://localhost:11434/v1"),
+            "http://localhost:11434/v1"
+        );
+        assert_eq!(redact("not a url with s3cret"), "<unparseable URL>");
+    }
+
+    #[test]
+    fn no_secret_reaches_an_error() {
+        let model = model();
+        assert_eq!(model.shown_url, "http://127.0.0.1:8000/v1/chat/completions");
+        let key = std::env::var("PATH").unwrap();
+        let body = format!(r#"{{"error": {{"message": "bad key {key} for alice:hunter2"}}}}"#);
+        for status in [400, 401, 404, 429, 500, 418] {
+            let error = model.status_error(StatusCode::from_u16(status).unwrap(), None, &body);
+            let text = error.to_string();
+            assert!(!text.contains(&key) && !text.contains("hunter2"), "{text}");
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified() {
+        let model = model();
+        let body = r#"{"error": {"message": "maximum context length is 4096 tokens"}}"#;
+        let error = |status: u16, retry_after: Option<Duration>| {
+            model.status_error(StatusCode::from_u16(status).unwrap(), retry_after, body)
+        };
+        match error(400, None) {
+            ModelError::SampleFatal(message) => {
+                assert!(message.contains("maximum context length"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        match error(401, None) {
+            ModelError::JobFatal(message) => assert_eq!(
+                message,
+                "model judge: the server refused the API key (HTTP 401); \
+                 check the environment variable PATH"
+            ),
+            other => panic!("{other:?}"),
+        }
+        match error(404, None) {
+            ModelError::JobFatal(message) => {
+                assert!(
+                    message.contains("\"judge-7b\"") && message.contains("404"),
+                    "{message}"
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        let five = Some(Duration::from_secs(5));
+        assert!(matches!(
+            error(429, five),
+            ModelError::Retryable { retry_after: Some(d), unreachable: false, .. } if d == Duration::from_secs(5)
+        ));
+        assert!(matches!(
+            error(502, five),
+            ModelError::Retryable {
+                retry_after: None,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn retry_after_sets_the_least_wait_and_a_huge_one_is_handed_back() {
+        let retryable = |retry_after| ModelError::Retryable {
+            message: String::new(),
+            retry_after,
+            unreachable: false,
+        };
+        let second = Some(Duration::from_secs(1));
+        assert_eq!(wait_before_retry(&retryable(None), second), second);
+        assert_eq!(
+            wait_before_retry(&retryable(Some(Duration::from_secs(7))), second),
+            Some(Duration::from_secs(7))
+        );
+        assert_eq!(
+            wait_before_retry(&retryable(Some(Duration::from_millis(10))), second),
+            second
+        );
+        assert_eq!(
+            wait_before_retry(&retryable(Some(Duration::from_secs(3600))), second),
+            None
+        );
+        assert_eq!(wait_before_retry(&retryable(None), None), None);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "12".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        headers.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn server_messages_are_found_in_every_dialect_and_shortened() {
+        assert_eq!(
+            server_message(r#"{"error": {"message": "too long"}}"#),
+            "too long"
+        );
+        assert_eq!(
+            server_message(r#"{"object": "error", "message": "nope"}"#),
+            "nope"
+        );
+        assert_eq!(
+            server_message(r#"{"error": "model not found"}"#),
+            "model not found"
+        );
+        assert_eq!(server_message("Bad Gateway"), "Bad Gateway");
+        assert_eq!(server_message(""), "(no message)");
+        assert_eq!(
+            server_message(&"é".repeat(1000)).chars().count(),
+            MAX_SERVER_MESSAGE + 1
+        );
+    }
+
+    #[test]
+    fn request_bodies_follow_the_endpoint() {
+        use crate::model::{Speaker, Turn};
+        let prompt = Prompt {
+            turns: vec![Turn::new(Speaker::Human, "hi")],
+            reply_as: Some(Speaker::Assistant),
+        };
+        let chat = model();
+        let body = chat.body(&prompt, u64::MAX, true);
+        assert_eq!(body["messages"], json!([{"role": "user", "content": "hi"}]));
+        assert_eq!(body["seed"], json!(i64::MAX));
+        assert_eq!(
+            (body["logprobs"].clone(), body["top_logprobs"].clone()),
+            (json!(true), json!(20))
+        );
+        assert_eq!(
+            (body["temperature"].clone(), body["max_tokens"].clone()),
+            (json!(0.0), json!(3))
+        );
+
+        let mut completions = spec("http://127.0.0.1:8000/v1");
+        completions.endpoint = Endpoint::Completions;
+        completions.temperature = 0.7;
+        let model = OpenAiModel::new("policy", &completions).unwrap();
+        assert_eq!(model.url, "http://127.0.0.1:8000/v1/completions");
+        let body = model.body(&prompt, 7, false);
+        assert_eq!(body["prompt"], json!("\n\nHuman: hi\n\nAssistant:"));
+        assert_eq!(body["stop"], json!(Prompt::transcript_stops()));
+        assert_eq!(body["temperature"], json!(0.7));
+        assert!(body.get("logprobs").is_none());
+    }
+
+    #[test]
+    fn a_missing_key_variable_is_job_fatal_and_names_the_variable() {
+        let mut spec = spec("http://127.0.0.1:8000/v1");
+        spec.api_key_env = Some("CAI_TEST_UNSET_KEY_VARIABLE".into());
+        match OpenAiModel::new("policy", &spec) {
+            Err(ModelError::JobFatal(message)) => {
+                assert!(message.contains("CAI_TEST_UNSET_KEY_VARIABLE"), "{message}")
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("built without a key"),
+        }
+    }
+}
