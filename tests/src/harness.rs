@@ -1,0 +1,144 @@
+//! Helpers the scenario tests share: paths to the shared data, job directories, running a job
+//! in-process or through the `cai` binary, reading output files, and waiting on conditions
+//! with deadlines.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use cai_coordinator::coordinate::Summary;
+use cai_coordinator::embedded::{self, EmbeddedOptions};
+use cai_coordinator::plan::Plan;
+use cai_coordinator::progress::Progress;
+use cai_worker::model::Models;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+/// A file of the shared test data (`../shared/data/` beside the repository).
+pub fn shared_data(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(relative)
+}
+
+/// A file of this repository.
+pub fn repo_file(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+}
+
+/// A temporary directory holding a job file, its corpus and its output.
+pub struct JobDir {
+    dir: tempfile::TempDir,
+}
+
+impl Default for JobDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JobDir {
+    /// A fresh directory.
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("a temporary directory"),
+        }
+    }
+
+    /// A path inside the directory.
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Writes a file and returns its path.
+    pub fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::write(&path, contents).expect("write a test file");
+        path
+    }
+
+    /// Writes the first `n` lines of a shared data file as `name`.
+    pub fn head(&self, shared: &str, n: usize, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(shared_data(shared)).expect("shared data readable");
+        let lines: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+        self.write(name, lines)
+    }
+
+    /// Rows of an output file of the job whose output is `out/` in this directory.
+    pub fn rows(&self, file: &str) -> Vec<Value> {
+        read_jsonl(&self.path("out").join(file))
+    }
+}
+
+/// Every line of a JSONL file, parsed; a missing file has no rows.
+pub fn read_jsonl(path: &Path) -> Vec<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display())))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("{}: {e}", path.display()),
+    }
+}
+
+/// Runs a job file to completion in this process (embedded mode), as `cai run` would.
+pub async fn run_job(job: &Path) -> anyhow::Result<Summary> {
+    let plan = Plan::load(job)?;
+    plan.claim_output(false)?;
+    let models = Models::build(&plan.spec().models)?;
+    let options = EmbeddedOptions::for_plan(&plan, 2);
+    embedded::run(
+        &plan,
+        models,
+        &options,
+        Arc::new(Progress::default()),
+        CancellationToken::new(),
+    )
+    .await
+}
+
+/// The `cai` binary of this build, built on first use (a no-op when it is up to date).
+pub fn cai_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = Command::new(cargo)
+                .args(["build", "--quiet", "-p", "cai-coordinator", "--bin", "cai"])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the cai binary failed");
+            let exe = std::env::current_exe().expect("the test binary has a path");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("test binaries live in <target>/<profile>/deps");
+            profile_dir.join("cai")
+        })
+        .clone()
+}
+
+/// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
+pub async fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let give_up = tokio::time::Instant::now() + deadline;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < give_up, "timed out after {deadline:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Ids of rows, sorted, with repeats kept (so a duplicate shows).
+pub fn ids(rows: &[Value]) -> Vec<String> {
+    let mut ids: Vec<String> = rows
+        .iter()
+        .map(|row| match &row["id"] {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    ids.sort();
+    ids
+}
