@@ -1,0 +1,1444 @@
+//! Streaming corpus reader: turns each line of a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` corpus
+//! into a [`Sample`], a [`Rejection`] or a [`CorpusItem::Duplicate`].
+//!
+//! Invariant: every line (numbered from 1, up to `input.limit`) yields exactly one item, in file
+//! order; a bad line never stops the run. A read failure part way (a disk error, a truncated or
+//! corrupt archive) is the last item: a rejection of the line being read, also logged as an
+//! error, and nothing after it is read. The file is never held whole: a line is read into a
+//! buffer of at most [`MAX_LINE_BYTES`], and the rest of an oversized line is skipped without
+//! being kept.
+//!
+//! Memory grows with the number of distinct samples only: per sample its 16-byte key and first
+//! line, plus a 64-bit hash of its id and first line when `input.id` is set; with hash-table
+//! slack that is 40 to 90 bytes a sample (about 100 MB at peak for a million lines with ids).
+//! Two different ids with the same hash (a few chances in a million at ten million ids) would
+//! reject the later line as a duplicate id.
+
+use std::collections::HashMap;
+use std::collections::hash_map::{DefaultHasher, Entry};
+use std::fs::File;
+use std::hash::{Hash, Hasher};
+use std::io::{self, BufRead, BufReader, ErrorKind, Read};
+use std::path::{Path, PathBuf};
+
+use cai_common::job::{ConversationField, JobSpec, PipelineKind};
+use cai_common::message::{Message, Role};
+use cai_common::sample::{Sample, SampleKey};
+use flate2::read::MultiGzDecoder;
+use serde_json::{Map, Value};
+
+/// Longest accepted line in bytes, without its newline; longer lines are rejected unread.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// What one corpus line became.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CorpusItem {
+    /// A line read into work.
+    Sample(Sample),
+    /// A line that cannot be read; the run continues without it.
+    Rejected(Rejection),
+    /// A line with the same content key as an earlier sample; it is processed once.
+    Duplicate {
+        /// This line.
+        line: u64,
+        /// The shared content key.
+        key: SampleKey,
+        /// The line of the sample that has this key.
+        first_line: u64,
+    },
+}
+
+/// Why a corpus line was not turned into a sample.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// 1-based line number.
+    pub line: u64,
+    /// The corpus field at fault, when one is.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Rejection {
+    /// The rejection as `path:line: field "name": reason` (or `path:line: reason`).
+    pub fn message(&self, path: &Path) -> String {
+        match &self.field {
+            Some(field) => format!(
+                "{}:{}: field {field:?}: {}",
+                path.display(),
+                self.line,
+                self.reason
+            ),
+            None => format!("{}:{}: {}", path.display(), self.line, self.reason),
+        }
+    }
+}
+
+/// A corpus that cannot be opened or read; the message names the path.
+#[derive(Debug, thiserror::Error)]
+pub enum CorpusError {
+    /// The name does not end in `.jsonl`, `.jsonl.gz` or `.jsonl.zst`.
+    #[error("{}: unsupported corpus format: expected a .jsonl, .jsonl.gz or .jsonl.zst file", path.display())]
+    Format {
+        /// The corpus file.
+        path: PathBuf,
+    },
+    /// The file cannot be opened or its decompressor started.
+    #[error("{}: cannot open corpus: {source}", path.display())]
+    Open {
+        /// The corpus file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The first bytes cannot be read (e.g. a `.gz` that is not gzip), or counting failed part
+    /// way (a disk error, a truncated or corrupt archive).
+    #[error("{}:{line}: cannot read corpus: {source}", path.display())]
+    Read {
+        /// The corpus file.
+        path: PathBuf,
+        /// The line being read when it failed.
+        line: u64,
+        /// Why.
+        source: io::Error,
+    },
+}
+
+/// A blocking iterator over the items of a corpus, one per line; run it off the async runtime.
+pub struct CorpusReader {
+    path: PathBuf,
+    input: Box<dyn BufRead + Send>,
+    fields: Fields,
+    limit: u64,
+    line: u64,
+    buffer: Vec<u8>,
+    keys: HashMap<[u8; 16], u64>,
+    ids: HashMap<u64, u64>,
+    finished: bool,
+}
+
+/// Opens the corpus of a job (`spec.input.path`, already resolved) and reads it as the spec says.
+/// The first block is read at once, so a file that is not what its extension says fails here.
+pub fn open(spec: &JobSpec) -> Result<CorpusReader, CorpusError> {
+    let path = spec.input.path.clone();
+    let mut input = Box::new(BufReader::with_capacity(1 << 16, decompressed(&path)?));
+    while let Err(source) = input.fill_buf() {
+        if source.kind() != ErrorKind::Interrupted {
+            return Err(CorpusError::Read {
+                path,
+                line: 1,
+                source,
+            });
+        }
+    }
+    Ok(CorpusReader {
+        path,
+        input,
+        fields: Fields::of(spec),
+        limit: spec.input.limit.unwrap_or(u64::MAX),
+        line: 0,
+        buffer: Vec::new(),
+        keys: HashMap::new(),
+        ids: HashMap::new(),
+        finished: false,
+    })
+}
+
+/// Counts the lines of a corpus as [`CorpusReader`] numbers them (a final newline does not start
+/// a line), decompressing the same way; the caller caps it at `input.limit`.
+pub fn count_lines(path: &Path) -> Result<u64, CorpusError> {
+    let mut input = decompressed(path)?;
+    let mut chunk = vec![0u8; 1 << 16];
+    let (mut lines, mut last) = (0u64, b'\n');
+    loop {
+        let read = match input.read(&mut chunk) {
+            Ok(0) => return Ok(lines + u64::from(last != b'\n')),
+            Ok(read) => read,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(source) => {
+                return Err(CorpusError::Read {
+                    path: path.to_owned(),
+                    line: lines + 1,
+                    source,
+                });
+            }
+        };
+        lines += chunk[..read].iter().filter(|&&byte| byte == b'\n').count() as u64;
+        last = chunk[read - 1];
+    }
+}
+
+/// The file's bytes, decompressed according to its extension.
+fn decompressed(path: &Path) -> Result<Box<dyn Read + Send>, CorpusError> {
+    let name = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .unwrap_or_default();
+    let open_error = |source| CorpusError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let file = || File::open(path).map_err(open_error);
+    if name.ends_with(".jsonl") {
+        Ok(Box::new(file()?))
+    } else if name.ends_with(".jsonl.gz") {
+        Ok(Box::new(MultiGzDecoder::new(file()?)))
+    } else if name.ends_with(".jsonl.zst") {
+        Ok(Box::new(zstd::Decoder::new(file()?).map_err(open_error)?))
+    } else {
+        Err(CorpusError::Format {
+            path: path.to_owned(),
+        })
+    }
+}
+
+impl Iterator for CorpusReader {
+    type Item = CorpusItem;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.finished || self.line >= self.limit {
+            return None;
+        }
+        match read_bounded_line(&mut self.input, &mut self.buffer) {
+            Ok(Some(length)) => {
+                self.line += 1;
+                Some(self.item(length))
+            }
+            Ok(None) => {
+                self.finished = true;
+                None
+            }
+            Err(error) => {
+                self.finished = true;
+                self.line += 1;
+                let reason = format!(
+                    "cannot read the corpus past this point ({error}); the rest is not read"
+                );
+                tracing::error!(path = %self.path.display(), line = self.line, "{reason}");
+                Some(CorpusItem::Rejected(Rejection {
+                    line: self.line,
+                    field: None,
+                    reason,
+                }))
+            }
+        }
+    }
+}
+
+impl CorpusReader {
+    /// Turns the line in the buffer (`length` bytes long in the file) into its item.
+    fn item(&mut self, length: u64) -> CorpusItem {
+        let line = self.line;
+        let sample =
+            parse_object(&self.buffer, length).and_then(|object| self.fields.sample(&object, line));
+        let sample = match sample {
+            Ok(sample) => sample,
+            Err((field, reason)) => {
+                return CorpusItem::Rejected(Rejection {
+                    line,
+                    field,
+                    reason,
+                });
+            }
+        };
+        let slot = match self.keys.entry(sample.key.0) {
+            Entry::Occupied(first) => {
+                return CorpusItem::Duplicate {
+                    line,
+                    key: sample.key,
+                    first_line: *first.get(),
+                };
+            }
+            Entry::Vacant(slot) => slot,
+        };
+        if let Some(field) = &self.fields.id {
+            let mut hasher = DefaultHasher::new();
+            sample.id.hash(&mut hasher);
+            match self.ids.entry(hasher.finish()) {
+                Entry::Occupied(first) => {
+                    return CorpusItem::Rejected(Rejection {
+                        line,
+                        field: Some(field.clone()),
+                        reason: format!(
+                            "duplicate id {:?} (first on line {})",
+                            sample.id,
+                            first.get()
+                        ),
+                    });
+                }
+                Entry::Vacant(id_slot) => {
+                    id_slot.insert(line);
+                }
+            }
+        }
+        slot.insert(line);
+        CorpusItem::Sample(sample)
+    }
+}
+
+/// Reads one line into `buffer` (without its newline), keeping at most [`MAX_LINE_BYTES`] of it
+/// and skipping the rest. Returns the line's full length, or `None` at the end of the input.
+fn read_bounded_line(input: &mut dyn BufRead, buffer: &mut Vec<u8>) -> io::Result<Option<u64>> {
+    buffer.clear();
+    let (mut length, mut started) = (0u64, false);
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        if available.is_empty() {
+            return Ok(started.then_some(length));
+        }
+        started = true;
+        let newline = available.iter().position(|&byte| byte == b'\n');
+        let part = &available[..newline.unwrap_or(available.len())];
+        let room = MAX_LINE_BYTES.saturating_sub(buffer.len());
+        buffer.extend_from_slice(&part[..part.len().min(room)]);
+        length += part.len() as u64;
+        let used = part.len() + usize::from(newline.is_some());
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(Some(length));
+        }
+    }
+}
+
+/// A line's problem: the field at fault (if any) and the reason.
+type Bad = (Option<String>, String);
+
+/// A problem with a named field.
+fn bad(field: &str, reason: impl Into<String>) -> Bad {
+    (Some(field.to_owned()), reason.into())
+}
+
+/// Checks a line's size, encoding and JSON, and returns its object.
+fn parse_object(bytes: &[u8], length: u64) -> Result<Map<String, Value>, Bad> {
+    if length > MAX_LINE_BYTES as u64 {
+        let limit = MAX_LINE_BYTES >> 20;
+        return Err((
+            None,
+            format!("line is {length} bytes, more than the {limit} MiB limit"),
+        ));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|error| {
+        (
+            None,
+            format!("invalid UTF-8 at byte offset {}", error.valid_up_to()),
+        )
+    })?;
+    if text.trim().is_empty() {
+        return Err((None, "empty line".into()));
+    }
+    match serde_json::from_str(text) {
+        Ok(Value::Object(object)) => Ok(object),
+        Ok(other) => Err((
+            None,
+            format!("expected a JSON object, found {}", kind(&other)),
+        )),
+        Err(error) => {
+            let full = error.to_string();
+            let position = format!(" at line {} column {}", error.line(), error.column());
+            let message = full.strip_suffix(&position).unwrap_or(&full);
+            Err((
+                None,
+                format!("invalid JSON at column {}: {message}", error.column()),
+            ))
+        }
+    }
+}
+
+/// A JSON value's type, for messages ("found a number").
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// The fields a job reads from each line.
+struct Fields {
+    conversation: Option<ConversationField>,
+    candidates: Option<[String; 2]>,
+    initial: Option<String>,
+    id: Option<String>,
+}
+
+impl Fields {
+    /// The fields of a job: candidates only for a pairwise job, `initial` only for critique-revise.
+    fn of(spec: &JobSpec) -> Self {
+        let candidates = match spec.pipeline {
+            PipelineKind::Pairwise => spec.pairwise.as_ref().and_then(|p| p.candidates.clone()),
+            PipelineKind::CritiqueRevise => None,
+        };
+        let initial = match spec.pipeline {
+            PipelineKind::CritiqueRevise => spec
+                .critique_revise
+                .as_ref()
+                .and_then(|c| c.initial.clone()),
+            PipelineKind::Pairwise => None,
+        };
+        Self {
+            conversation: spec.input.conversation_field(),
+            candidates,
+            initial,
+            id: spec.input.id.clone(),
+        }
+    }
+
+    /// Reads a line's object into a sample.
+    fn sample(&self, object: &Map<String, Value>, line: u64) -> Result<Sample, Bad> {
+        let (messages, candidates) = match &self.candidates {
+            Some([x, y]) => {
+                let (x_text, y_text) = (text_field(object, x)?, text_field(object, y)?);
+                let (shared, pair) = if is_transcript(x_text) && is_transcript(y_text) {
+                    let (shared, pair) = transcript_pair([x, y], [x_text, y_text])?;
+                    (Some(shared), pair)
+                } else {
+                    (None, [x_text.trim().to_owned(), y_text.trim().to_owned()])
+                };
+                let messages = match (&self.conversation, shared) {
+                    (Some(selector), _) => conversation(object, selector)?,
+                    (None, Some(shared)) => shared,
+                    (None, None) => {
+                        let plain = if is_transcript(x_text) { y } else { x };
+                        return Err(bad(
+                            plain,
+                            "expected an HH transcript (\"\\n\\nHuman: …\\n\\nAssistant: …\"), \
+                             as the job sets no conversation field",
+                        ));
+                    }
+                };
+                if pair[0] == pair[1] {
+                    return Err((None, format!("candidates {x:?} and {y:?} are identical")));
+                }
+                (messages, Some(pair))
+            }
+            None => match &self.conversation {
+                Some(selector) => (conversation(object, selector)?, None),
+                None => {
+                    let reason =
+                        "the job sets no conversation field (prompt, messages or transcript)";
+                    return Err((None, reason.into()));
+                }
+            },
+        };
+        let initial = match &self.initial {
+            Some(field) => Some(text_field(object, field)?.trim().to_owned()),
+            None => None,
+        };
+        let id = match &self.id {
+            Some(field) => Some(id_field(object, field)?),
+            None => None,
+        };
+        Ok(Sample::new(id, line, messages, candidates, initial))
+    }
+}
+
+/// A string field.
+fn string_field<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Bad> {
+    match object.get(field) {
+        Some(Value::String(text)) => Ok(text),
+        Some(other) => Err(bad(
+            field,
+            format!("expected a string, found {}", kind(other)),
+        )),
+        None => Err(bad(field, "missing")),
+    }
+}
+
+/// A string field that is not blank.
+fn text_field<'a>(object: &'a Map<String, Value>, field: &str) -> Result<&'a str, Bad> {
+    let text = string_field(object, field)?;
+    if text.trim().is_empty() {
+        return Err(bad(field, "empty"));
+    }
+    Ok(text)
+}
+
+/// An id field: a non-blank string, or an integer as its decimal text.
+fn id_field(object: &Map<String, Value>, field: &str) -> Result<String, Bad> {
+    match object.get(field) {
+        Some(Value::String(text)) if text.trim().is_empty() => Err(bad(field, "empty")),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Number(number)) if number.is_i64() || number.is_u64() => Ok(number.to_string()),
+        Some(Value::Number(number)) => Err(bad(
+            field,
+            format!("expected a string or an integer, found the number {number}"),
+        )),
+        Some(other) => Err(bad(
+            field,
+            format!("expected a string or an integer, found {}", kind(other)),
+        )),
+        None => Err(bad(field, "missing")),
+    }
+}
+
+/// The conversation of a line, read by the job's selector.
+fn conversation(
+    object: &Map<String, Value>,
+    selector: &ConversationField,
+) -> Result<Vec<Message>, Bad> {
+    match selector {
+        ConversationField::Prompt(field) => {
+            Ok(vec![Message::user(text_field(object, field)?.trim())])
+        }
+        ConversationField::Messages(field) => messages_field(object, field),
+        ConversationField::Transcript(field) => {
+            transcript_conversation(text_field(object, field)?).map_err(|reason| bad(field, reason))
+        }
+    }
+}
+
+/// A `[{role, content}]` field: non-empty, contents trimmed and not blank, ending with a user turn.
+fn messages_field(object: &Map<String, Value>, field: &str) -> Result<Vec<Message>, Bad> {
+    let items = match object.get(field) {
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            return Err(bad(
+                field,
+                format!("expected an array, found {}", kind(other)),
+            ));
+        }
+        None => return Err(bad(field, "missing")),
+    };
+    if items.is_empty() {
+        return Err(bad(field, "empty"));
+    }
+    let messages = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            message_item(item)
+                .map_err(|reason| bad(field, format!("message {}: {reason}", index + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match messages.last() {
+        Some(Message {
+            role: Role::User, ..
+        }) => Ok(messages),
+        _ => Err(bad(field, "the last message must be a user turn")),
+    }
+}
+
+/// One `{role, content}` item.
+fn message_item(item: &Value) -> Result<Message, String> {
+    let Value::Object(object) = item else {
+        return Err(format!(
+            "expected an object {{role, content}}, found {}",
+            kind(item)
+        ));
+    };
+    let role = match object.get("role") {
+        Some(Value::String(role)) => match role.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => return Err(format!("role {other:?} is not system, user or assistant")),
+        },
+        Some(other) => return Err(format!("role: expected a string, found {}", kind(other))),
+        None => return Err("role: missing".into()),
+    };
+    let content = match object.get("content") {
+        Some(Value::String(content)) if content.trim().is_empty() => {
+            return Err("content: empty".into());
+        }
+        Some(Value::String(content)) => content.trim(),
+        Some(other) => return Err(format!("content: expected a string, found {}", kind(other))),
+        None => return Err("content: missing".into()),
+    };
+    Ok(Message {
+        role,
+        content: content.to_owned(),
+    })
+}
+
+/// Turn markers of an HH transcript and the roles they open.
+const MARKERS: [(&str, Role); 2] = [
+    ("\n\nHuman:", Role::User),
+    ("\n\nAssistant:", Role::Assistant),
+];
+
+/// The turns of an HH transcript: speaker and trimmed content.
+type Turns<'a> = Vec<(Role, &'a str)>;
+
+/// Whether a string is an HH transcript: it starts with `Human:` after optional whitespace.
+fn is_transcript(text: &str) -> bool {
+    text.trim_start().starts_with("Human:")
+}
+
+/// Splits an HH transcript into turns with trimmed contents (empty ones kept). The leading
+/// `"\n\n"` is optional; the first turn must be a Human one.
+fn transcript_turns(text: &str) -> Result<Turns<'_>, String> {
+    let Some(mut rest) = text.trim_start().strip_prefix("Human:") else {
+        return Err("expected an HH transcript starting with \"\\n\\nHuman:\"".into());
+    };
+    let mut role = Role::User;
+    let mut turns = Vec::new();
+    loop {
+        let next = MARKERS
+            .iter()
+            .filter_map(|&(marker, next_role)| {
+                rest.find(marker)
+                    .map(|at| (at, next_role, at + marker.len()))
+            })
+            .min_by_key(|&(at, _, _)| at);
+        let Some((at, next_role, after)) = next else {
+            turns.push((role, rest.trim()));
+            return Ok(turns);
+        };
+        turns.push((role, rest[..at].trim()));
+        (role, rest) = (next_role, &rest[after..]);
+    }
+}
+
+/// Turns into messages, rejecting an empty one (counted from 1).
+fn turn_messages(turns: &[(Role, &str)]) -> Result<Vec<Message>, String> {
+    turns
+        .iter()
+        .enumerate()
+        .map(|(index, &(role, content))| {
+            if content.is_empty() {
+                let speaker = if role == Role::User {
+                    "Human"
+                } else {
+                    "Assistant"
+                };
+                Err(format!("turn {} ({speaker}) is empty", index + 1))
+            } else {
+                Ok(Message {
+                    role,
+                    content: content.to_owned(),
+                })
+            }
+        })
+        .collect()
+}
+
+/// The conversation of a transcript: it must end with a Human turn or an empty final
+/// `Assistant:`, which is dropped.
+fn transcript_conversation(text: &str) -> Result<Vec<Message>, String> {
+    let mut turns = transcript_turns(text)?;
+    match turns.last() {
+        Some((Role::Assistant, "")) => {
+            turns.pop();
+        }
+        Some((Role::Assistant, _)) => {
+            let reason = "ends with an Assistant answer; expected a final Human turn or an empty \
+                          \"Assistant:\"";
+            return Err(reason.into());
+        }
+        _ => {}
+    }
+    turn_messages(&turns)
+}
+
+/// A transcript's turns before its final, non-empty Assistant answer, and that answer.
+fn final_answer<'a>(field: &str, text: &'a str) -> Result<(Turns<'a>, String), Bad> {
+    let mut turns = transcript_turns(text).map_err(|reason| bad(field, reason))?;
+    match turns.pop() {
+        Some((Role::Assistant, "")) => Err(bad(field, "the final Assistant turn is empty")),
+        Some((Role::Assistant, answer)) => Ok((turns, answer.to_owned())),
+        _ => Err(bad(field, "does not end with an Assistant turn")),
+    }
+}
+
+/// Two transcripts that share every turn but a final Assistant one: the shared turns and the two
+/// final answers.
+fn transcript_pair(
+    [x, y]: [&str; 2],
+    [x_text, y_text]: [&str; 2],
+) -> Result<(Vec<Message>, [String; 2]), Bad> {
+    let (x_turns, x_answer) = final_answer(x, x_text)?;
+    let (y_turns, y_answer) = final_answer(y, y_text)?;
+    if x_turns != y_turns {
+        let detail = match x_turns.iter().zip(&y_turns).position(|(a, b)| a != b) {
+            Some(index) => format!("turn {} differs", index + 1),
+            None => format!("{} and {} turns", x_turns.len(), y_turns.len()),
+        };
+        let reason = format!(
+            "candidates {x:?} and {y:?} differ before their final Assistant turn ({detail})"
+        );
+        return Err((None, reason));
+    }
+    let shared = turn_messages(&x_turns).map_err(|reason| bad(x, reason))?;
+    if shared.last().map(|message| message.role) != Some(Role::User) {
+        return Err(bad(
+            x,
+            "the turn before the final Assistant one must be a Human turn",
+        ));
+    }
+    Ok((shared, [x_answer, y_answer]))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use serde_json::json;
+
+    use super::*;
+
+    const RED_TEAM: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
+    );
+    const HH_TEST: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../shared/data/hh-rlhf/harmless-base/test.jsonl"
+    );
+
+    /// A job reading `path` with the given `[input]` keys; `rest` overrides top-level keys.
+    fn spec(path: &Path, input: Value, rest: Value) -> JobSpec {
+        let mut job = json!({
+            "name": "t",
+            "pipeline": "critique-revise",
+            "constitution": {"path": "c.json"},
+            "input": input,
+        });
+        job["input"]["path"] = json!(path);
+        for (key, value) in rest.as_object().expect("object") {
+            job[key] = value.clone();
+        }
+        serde_json::from_value(job).expect("job spec")
+    }
+
+    fn prompt_spec(path: &Path) -> JobSpec {
+        spec(path, json!({"prompt": "prompt"}), json!({}))
+    }
+
+    fn pairwise(path: &Path, input: Value) -> JobSpec {
+        let pairwise = json!({"judge": "m", "candidates": ["a", "b"]});
+        spec(
+            path,
+            input,
+            json!({"pipeline": "pairwise", "pairwise": pairwise}),
+        )
+    }
+
+    fn write(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).expect("write corpus");
+        path
+    }
+
+    fn lines(lines: &[Value]) -> Vec<u8> {
+        lines
+            .iter()
+            .map(|line| format!("{line}\n"))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    fn read_all(spec: &JobSpec) -> Vec<CorpusItem> {
+        open(spec).expect("open").collect()
+    }
+
+    /// Reads one-line corpora and returns each line's item.
+    fn each(spec_of: impl Fn(&Path) -> JobSpec, objects: &[Value]) -> Vec<CorpusItem> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        objects
+            .iter()
+            .map(|object| {
+                let path = write(&dir, "one.jsonl", &lines(std::slice::from_ref(object)));
+                let mut items = read_all(&spec_of(&path));
+                assert_eq!(items.len(), 1, "{object}");
+                items.remove(0)
+            })
+            .collect()
+    }
+
+    fn rejected(field: Option<&str>, reason: &str, line: u64) -> CorpusItem {
+        CorpusItem::Rejected(Rejection {
+            line,
+            field: field.map(str::to_owned),
+            reason: reason.to_owned(),
+        })
+    }
+
+    fn sample(item: &CorpusItem) -> &Sample {
+        match item {
+            CorpusItem::Sample(sample) => sample,
+            other => panic!("expected a sample, got {other:?}"),
+        }
+    }
+
+    #[derive(Debug, Default, PartialEq)]
+    struct Counts {
+        samples: usize,
+        rejected: usize,
+        duplicates: usize,
+    }
+
+    fn counts(items: &[CorpusItem]) -> Counts {
+        let mut counts = Counts::default();
+        for item in items {
+            match item {
+                CorpusItem::Sample(_) => counts.samples += 1,
+                CorpusItem::Rejected(_) => counts.rejected += 1,
+                CorpusItem::Duplicate { .. } => counts.duplicates += 1,
+            }
+        }
+        counts
+    }
+
+    #[test]
+    fn every_line_yields_one_item_and_bad_lines_are_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut text = Vec::new();
+        for line in [
+            r#"{"prompt": "  hello  ", "other": 1}"#,
+            r#"{"prompt": 5}"#,
+            r#"{"prompt": ["a"]}"#,
+            r#"{"other": "x"}"#,
+            r#"{"prompt": " \t "}"#,
+            "",
+            "[1, 2]",
+            r#"{"prompt": "x""#,
+            r#"{"prompt": "hello"}"#,
+            r#"{"prompt": null}"#,
+        ] {
+            text.extend_from_slice(line.as_bytes());
+            text.push(b'\n');
+        }
+        text.extend_from_slice(b"{\"prompt\": \"caf\xe9\"}\n");
+        let path = write(&dir, "prompts.jsonl", &text);
+        let items = read_all(&prompt_spec(&path));
+        let first = sample(&items[0]);
+        assert_eq!(
+            (first.line, first.messages.clone()),
+            (1, vec![Message::user("hello")])
+        );
+        assert_eq!(first.id, first.key.to_hex());
+        let prompt = Some("prompt");
+        let expected = vec![
+            items[0].clone(),
+            rejected(prompt, "expected a string, found a number", 2),
+            rejected(prompt, "expected a string, found an array", 3),
+            rejected(prompt, "missing", 4),
+            rejected(prompt, "empty", 5),
+            rejected(None, "empty line", 6),
+            rejected(None, "expected a JSON object, found an array", 7),
+            rejected(
+                None,
+                "invalid JSON at column 14: EOF while parsing an object",
+                8,
+            ),
+            CorpusItem::Duplicate {
+                line: 9,
+                key: first.key,
+                first_line: 1,
+            },
+            rejected(prompt, "expected a string, found null", 10),
+            rejected(None, "invalid UTF-8 at byte offset 15", 11),
+        ];
+        assert_eq!(items, expected);
+        let CorpusItem::Rejected(rejection) = &items[1] else {
+            unreachable!()
+        };
+        assert_eq!(
+            rejection.message(Path::new("prompts.jsonl")),
+            "prompts.jsonl:2: field \"prompt\": expected a string, found a number"
+        );
+        let CorpusItem::Rejected(rejection) = &items[5] else {
+            unreachable!()
+        };
+        assert_eq!(
+            rejection.message(Path::new("prompts.jsonl")),
+            "prompts.jsonl:6: empty line"
+        );
+        assert_eq!(count_lines(&path).expect("count"), 11);
+    }
+
+    #[test]
+    fn oversized_lines_are_rejected_without_being_buffered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let line_of = |length: usize| {
+            let mut line = format!("{{\"prompt\": \"{}\"}}", "a".repeat(length - 14));
+            assert_eq!(line.len(), length);
+            line.push('\n');
+            line
+        };
+        let text = [
+            line_of(10 << 20),
+            line_of(MAX_LINE_BYTES),
+            line_of(MAX_LINE_BYTES + 1),
+            "{\"prompt\": \"after\"}".to_owned(),
+        ]
+        .concat();
+        let path = write(&dir, "big.jsonl", text.as_bytes());
+        let mut reader = open(&prompt_spec(&path)).expect("open");
+        assert_eq!(
+            reader.next().expect("item"),
+            rejected(None, "line is 10485760 bytes, more than the 1 MiB limit", 1)
+        );
+        assert!(
+            reader.buffer.capacity() <= 2 * MAX_LINE_BYTES,
+            "{}",
+            reader.buffer.capacity()
+        );
+        let items: Vec<CorpusItem> = reader.collect();
+        assert_eq!(
+            sample(&items[0]).messages[0].content.len(),
+            MAX_LINE_BYTES - 14
+        );
+        assert_eq!(
+            items[1],
+            rejected(None, "line is 1048577 bytes, more than the 1 MiB limit", 3)
+        );
+        assert_eq!(sample(&items[2]).messages, vec![Message::user("after")]);
+        assert_eq!(count_lines(&path).expect("count"), 4);
+    }
+
+    #[test]
+    fn final_newline_ends_the_last_line_and_blank_lines_count() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cases: [(&[u8], usize); 5] = [
+            (b"{\"prompt\": \"a\"}", 1),
+            (b"{\"prompt\": \"a\"}\n", 1),
+            (b"{\"prompt\": \"a\"}\r\n{\"prompt\": \"b\"}\r\n", 2),
+            (b"{\"prompt\": \"a\"}\n\n{\"prompt\": \"b\"}\n", 3),
+            (b"", 0),
+        ];
+        for (text, expected) in cases {
+            let path = write(&dir, "c.jsonl", text);
+            let items = read_all(&prompt_spec(&path));
+            assert_eq!(items.len(), expected, "{}", String::from_utf8_lossy(text));
+            assert_eq!(count_lines(&path).expect("count"), expected as u64);
+            assert!(
+                items
+                    .iter()
+                    .all(|item| matches!(item, CorpusItem::Sample(_))
+                        || item == &rejected(None, "empty line", 2))
+            );
+        }
+    }
+
+    #[test]
+    fn gzip_and_zstd_corpora_read_like_plain_ones() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = lines(&[
+            json!({"prompt": "a"}),
+            json!({"prompt": 1}),
+            json!({"prompt": "a"}),
+        ]);
+        let plain = read_all(&prompt_spec(&write(&dir, "c.jsonl", &text)));
+        assert_eq!(
+            counts(&plain),
+            Counts {
+                samples: 1,
+                rejected: 1,
+                duplicates: 1
+            }
+        );
+
+        // Two gzip members, as `cat a.gz b.gz` makes: both are read.
+        let (head, tail) = text.split_at(text.len() / 2);
+        let mut gz = Vec::new();
+        for part in [head, tail] {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            encoder.write_all(part).expect("gzip");
+            gz.extend(encoder.finish().expect("gzip"));
+        }
+        let zst = zstd::encode_all(text.as_slice(), 3).expect("zstd");
+        for (name, bytes) in [("c.jsonl.gz", &gz), ("c.jsonl.zst", &zst)] {
+            let path = write(&dir, name, bytes);
+            assert_eq!(read_all(&prompt_spec(&path)), plain, "{name}");
+            assert_eq!(count_lines(&path).expect("count"), 3, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_truncated_archive_ends_with_a_rejection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text: Vec<Value> = (0..20_000)
+            .map(|i| json!({"prompt": format!("p{i}")}))
+            .collect();
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&lines(&text)).expect("gzip");
+        let gz = encoder.finish().expect("gzip");
+        let truncated = write(&dir, "cut.jsonl.gz", &gz[..gz.len() / 2]);
+        let items = read_all(&prompt_spec(&truncated));
+        let (last, before) = items.split_last().expect("items");
+        assert!(before.len() > 1000, "{}", before.len());
+        assert!(
+            before
+                .iter()
+                .all(|item| matches!(item, CorpusItem::Sample(_)))
+        );
+        let CorpusItem::Rejected(rejection) = last else {
+            panic!("a truncated archive ends with a rejection: {last:?}");
+        };
+        assert_eq!(
+            (rejection.line, rejection.field.as_deref()),
+            (items.len() as u64, None)
+        );
+        assert!(
+            rejection
+                .reason
+                .starts_with("cannot read the corpus past this point ("),
+            "{rejection:?}"
+        );
+        let error = count_lines(&truncated).expect_err("truncated archive");
+        assert!(
+            matches!(error, CorpusError::Read { line, .. } if line > 1000),
+            "{error}"
+        );
+        assert!(error.to_string().contains("cut.jsonl.gz"), "{error}");
+    }
+
+    #[test]
+    fn unreadable_corpora_name_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let csv = write(&dir, "c.csv", b"a,b\n");
+        let error = open(&prompt_spec(&csv)).err().expect("csv refused");
+        assert!(matches!(error, CorpusError::Format { .. }));
+        assert!(error.to_string().contains("c.csv"), "{error}");
+        for name in ["plain.jsonl.gz", "plain.jsonl.zst"] {
+            let path = write(&dir, name, b"{\"prompt\": \"a\"}\n");
+            let error = open(&prompt_spec(&path)).err().expect("not compressed");
+            assert!(
+                matches!(error, CorpusError::Read { line: 1, .. }),
+                "{error}"
+            );
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("{}:1: cannot read corpus", path.display())),
+                "{error}"
+            );
+            assert!(count_lines(&path).is_err(), "{name}");
+        }
+        let missing = dir.path().join("missing.jsonl.zst");
+        let error = open(&prompt_spec(&missing))
+            .err()
+            .expect("missing file refused");
+        assert!(
+            error
+                .to_string()
+                .starts_with(&format!("{}: cannot open corpus", missing.display())),
+            "{error}"
+        );
+        assert!(count_lines(&missing).is_err());
+    }
+
+    #[test]
+    fn transcripts_become_messages() {
+        let user = Message::user;
+        let assistant = Message::assistant;
+        assert_eq!(
+            transcript_conversation(
+                "\n\nHuman: hi \n\nAssistant: hello\n\nHuman: and?\n\nAssistant:"
+            ),
+            Ok(vec![user("hi"), assistant("hello"), user("and?")])
+        );
+        assert_eq!(transcript_conversation("Human: hi"), Ok(vec![user("hi")]));
+        assert_eq!(
+            transcript_conversation("\n\nHuman: a\n\n\nAssistant: b\n\nHuman: c\n\nHuman: d"),
+            Ok(vec![user("a"), assistant("b"), user("c"), user("d")])
+        );
+        assert!(
+            transcript_conversation("\n\nHuman: hi\n\nAssistant: hello")
+                .unwrap_err()
+                .contains("ends with an Assistant answer")
+        );
+        assert!(
+            transcript_conversation("\n\nAssistant: hi\n\nHuman: x")
+                .unwrap_err()
+                .contains("starting with")
+        );
+        assert_eq!(
+            transcript_conversation("\n\nHuman: \n\nAssistant:"),
+            Err("turn 1 (Human) is empty".to_owned())
+        );
+
+        let items = each(
+            |path| spec(path, json!({"transcript": "t"}), json!({})),
+            &[
+                json!({"t": "\n\nHuman: q\n\nAssistant:"}),
+                json!({"x": 1}),
+                json!({"t": "hello"}),
+            ],
+        );
+        assert_eq!(sample(&items[0]).messages, vec![user("q")]);
+        assert_eq!(items[1], rejected(Some("t"), "missing", 1));
+        assert_eq!(
+            items[2],
+            rejected(
+                Some("t"),
+                "expected an HH transcript starting with \"\\n\\nHuman:\"",
+                1
+            )
+        );
+    }
+
+    #[test]
+    fn message_arrays_are_checked() {
+        let items = each(
+            |path| spec(path, json!({"messages": "m"}), json!({})),
+            &[
+                json!({"m": [{"role": "system", "content": "be kind"}, {"role": "user", "content": " hi ", "name": "x"}]}),
+                json!({"m": []}),
+                json!({"m": "hi"}),
+                json!({"m": [{"role": "bot", "content": "x"}]}),
+                json!({"m": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}),
+                json!({"m": [{"role": "user", "content": 3}]}),
+                json!({"m": [{"role": "user", "content": "a"}, 5]}),
+                json!({"m": [{"content": "a"}]}),
+                json!({"m": [{"role": "user", "content": "  "}]}),
+            ],
+        );
+        let system = Message {
+            role: Role::System,
+            content: "be kind".into(),
+        };
+        assert_eq!(
+            sample(&items[0]).messages,
+            vec![system, Message::user("hi")]
+        );
+        let field = Some("m");
+        let expected = [
+            rejected(field, "empty", 1),
+            rejected(field, "expected an array, found a string", 1),
+            rejected(
+                field,
+                "message 1: role \"bot\" is not system, user or assistant",
+                1,
+            ),
+            rejected(field, "the last message must be a user turn", 1),
+            rejected(
+                field,
+                "message 1: content: expected a string, found a number",
+                1,
+            ),
+            rejected(
+                field,
+                "message 2: expected an object {role, content}, found a number",
+                1,
+            ),
+            rejected(field, "message 1: role: missing", 1),
+            rejected(field, "message 1: content: empty", 1),
+        ];
+        assert_eq!(items[1..], expected);
+    }
+
+    #[test]
+    fn plain_candidates_pair_with_the_selected_prompt() {
+        let items = each(
+            |path| pairwise(path, json!({"prompt": "q"})),
+            &[
+                json!({"q": "question", "a": " x ", "b": "y"}),
+                json!({"q": "question", "a": "x", "b": " x"}),
+                json!({"q": "question", "a": "x", "b": ""}),
+                json!({"q": "question", "a": "x"}),
+                json!({"q": "question", "a": "\n\nHuman: other\n\nAssistant: x", "b": "\n\nHuman: other\n\nAssistant: y"}),
+            ],
+        );
+        let first = sample(&items[0]);
+        assert_eq!(first.messages, vec![Message::user("question")]);
+        assert_eq!(first.candidates, Some(["x".to_owned(), "y".to_owned()]));
+        assert_eq!(
+            items[1],
+            rejected(None, "candidates \"a\" and \"b\" are identical", 1)
+        );
+        assert_eq!(items[2], rejected(Some("b"), "empty", 1));
+        assert_eq!(items[3], rejected(Some("b"), "missing", 1));
+        // Transcript candidates with a conversation field: the answers are their final turns.
+        assert_eq!(sample(&items[4]).key, first.key);
+    }
+
+    #[test]
+    fn transcript_candidates_share_their_conversation() {
+        let items = each(
+            |path| pairwise(path, json!({})),
+            &[
+                json!({"a": "\n\nHuman: q\n\nAssistant: r\n\nHuman: s\n\nAssistant: x", "b": "Human: q\n\nAssistant: r\n\nHuman: s\n\nAssistant:  y "}),
+                json!({"a": "\n\nHuman: q\n\nAssistant: x", "b": "\n\nHuman: p\n\nAssistant: y"}),
+                json!({"a": "\n\nHuman: q\n\nAssistant: x", "b": "y"}),
+                json!({"a": "\n\nHuman: q\n\nAssistant:", "b": "\n\nHuman: q\n\nAssistant: y"}),
+                json!({"a": "\n\nHuman: q", "b": "\n\nHuman: q\n\nAssistant: y"}),
+                json!({"a": "\n\nHuman: q\n\nAssistant: x", "b": "\n\nHuman: q\n\nAssistant: x"}),
+                json!({"a": "\n\nHuman: q\n\nAssistant: r\n\nAssistant: x", "b": "\n\nHuman: q\n\nAssistant: r\n\nAssistant: y"}),
+            ],
+        );
+        let first = sample(&items[0]);
+        let conversation = vec![
+            Message::user("q"),
+            Message::assistant("r"),
+            Message::user("s"),
+        ];
+        assert_eq!(first.messages, conversation);
+        assert_eq!(first.candidates, Some(["x".to_owned(), "y".to_owned()]));
+        let expected = [
+            rejected(
+                None,
+                "candidates \"a\" and \"b\" differ before their final Assistant turn (turn 1 differs)",
+                1,
+            ),
+            rejected(
+                Some("b"),
+                "expected an HH transcript (\"\\n\\nHuman: …\\n\\nAssistant: …\"), as the job sets no conversation field",
+                1,
+            ),
+            rejected(Some("a"), "the final Assistant turn is empty", 1),
+            rejected(Some("a"), "does not end with an Assistant turn", 1),
+            rejected(None, "candidates \"a\" and \"b\" are identical", 1),
+            rejected(
+                Some("a"),
+                "the turn before the final Assistant one must be a Human turn",
+                1,
+            ),
+        ];
+        assert_eq!(items[1..], expected);
+    }
+
+    #[test]
+    fn initial_answers_are_read_and_keyed() {
+        let critique = json!({"critique_revise": {"model": "m", "initial": "answer"}});
+        let items = each(
+            |path| spec(path, json!({"prompt": "q"}), critique.clone()),
+            &[
+                json!({"q": "question", "answer": " first "}),
+                json!({"q": "question"}),
+                json!({"q": "question", "answer": 2}),
+            ],
+        );
+        assert_eq!(sample(&items[0]).initial.as_deref(), Some("first"));
+        assert_eq!(items[1], rejected(Some("answer"), "missing", 1));
+        assert_eq!(
+            items[2],
+            rejected(Some("answer"), "expected a string, found a number", 1)
+        );
+        let without = each(
+            |path| spec(path, json!({"prompt": "q"}), json!({})),
+            &[json!({"q": "question"})],
+        );
+        assert_ne!(sample(&without[0]).key, sample(&items[0]).key);
+    }
+
+    #[test]
+    fn ids_are_read_and_must_be_unique() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = lines(&[
+            json!({"id": "a", "prompt": "p1"}),
+            json!({"id": 7, "prompt": "p2"}),
+            json!({"id": 1.5, "prompt": "p3"}),
+            json!({"prompt": "p4"}),
+            json!({"id": "a", "prompt": "p5"}),
+            json!({"id": "b", "prompt": "p1"}),
+            json!({"id": true, "prompt": "p6"}),
+            json!({"id": "c", "prompt": "p5"}),
+            json!({"id": "", "prompt": "p7"}),
+        ]);
+        let path = write(&dir, "ids.jsonl", &text);
+        let items = read_all(&spec(
+            &path,
+            json!({"prompt": "prompt", "id": "id"}),
+            json!({}),
+        ));
+        assert_eq!(sample(&items[0]).id, "a");
+        assert_eq!(sample(&items[1]).id, "7");
+        let id = Some("id");
+        assert_eq!(
+            items[2],
+            rejected(
+                id,
+                "expected a string or an integer, found the number 1.5",
+                3
+            )
+        );
+        assert_eq!(items[3], rejected(id, "missing", 4));
+        assert_eq!(
+            items[4],
+            rejected(id, "duplicate id \"a\" (first on line 1)", 5)
+        );
+        let duplicate = CorpusItem::Duplicate {
+            line: 6,
+            key: sample(&items[0]).key,
+            first_line: 1,
+        };
+        assert_eq!(items[5], duplicate);
+        assert_eq!(
+            items[6],
+            rejected(id, "expected a string or an integer, found a boolean", 7)
+        );
+        assert_eq!(
+            (sample(&items[7]).id.as_str(), sample(&items[7]).line),
+            ("c", 8)
+        );
+        assert_eq!(items[8], rejected(id, "empty", 9));
+    }
+
+    #[test]
+    fn limit_stops_after_n_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = lines(&[
+            json!({"prompt": "a"}),
+            json!({}),
+            json!({"prompt": "a"}),
+            json!({"prompt": "b"}),
+        ]);
+        let path = write(&dir, "c.jsonl", &text);
+        let items = read_all(&spec(
+            &path,
+            json!({"prompt": "prompt", "limit": 3}),
+            json!({}),
+        ));
+        assert_eq!(
+            counts(&items),
+            Counts {
+                samples: 1,
+                rejected: 1,
+                duplicates: 1
+            }
+        );
+    }
+
+    #[test]
+    fn red_team_prompts_have_134_duplicates() {
+        let path = Path::new(RED_TEAM);
+        assert_eq!(count_lines(path).expect("count"), 2312);
+        let prompts = read_all(&spec(
+            path,
+            json!({"prompt": "prompt", "id": "source_line"}),
+            json!({}),
+        ));
+        assert_eq!(prompts.len(), 2312);
+        assert_eq!(
+            counts(&prompts),
+            Counts {
+                samples: 2178,
+                rejected: 0,
+                duplicates: 134
+            }
+        );
+        assert_eq!(sample(&prompts[0]).id, "0");
+        let transcripts = read_all(&spec(
+            path,
+            json!({"transcript": "conversation_prefix"}),
+            json!({}),
+        ));
+        assert_eq!(
+            counts(&transcripts),
+            Counts {
+                samples: 2310,
+                rejected: 0,
+                duplicates: 2
+            }
+        );
+        for item in &transcripts {
+            if let CorpusItem::Sample(sample) = item {
+                assert_eq!(
+                    sample.messages.last().map(|m| m.role),
+                    Some(Role::User),
+                    "line {}",
+                    sample.line
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hh_pairs_split_into_conversation_and_answers() {
+        let path = Path::new(HH_TEST);
+        let spec = spec(
+            path,
+            json!({"limit": 50}),
+            json!({"pipeline": "pairwise", "pairwise": {"judge": "m", "candidates": ["chosen", "rejected"]}}),
+        );
+        let items = read_all(&spec);
+        assert_eq!(
+            counts(&items),
+            Counts {
+                samples: 50,
+                rejected: 0,
+                duplicates: 0
+            }
+        );
+        let first = sample(&items[0]);
+        assert_eq!(
+            first.messages[0],
+            Message::user("what are some pranks with a pen i can do?")
+        );
+        assert_eq!(first.messages.len(), 5);
+        let [chosen, _] = first.candidates.as_ref().expect("candidates");
+        assert!(
+            chosen.starts_with("No, sorry!  All of these involve a pen"),
+            "{chosen}"
+        );
+        let file = BufReader::new(File::open(path).expect("open"));
+        for (item, text) in items.iter().zip(file.lines()) {
+            let sample = sample(item);
+            let row: Value = serde_json::from_str(&text.expect("line")).expect("json");
+            let [x, y] = sample.candidates.as_ref().expect("candidates");
+            assert!(
+                row["chosen"]
+                    .as_str()
+                    .expect("chosen")
+                    .trim_end()
+                    .ends_with(x.as_str())
+            );
+            assert!(
+                row["rejected"]
+                    .as_str()
+                    .expect("rejected")
+                    .trim_end()
+                    .ends_with(y.as_str())
+            );
+            assert_ne!(x, y);
+            assert_eq!(sample.messages.first().map(|m| m.role), Some(Role::User));
+            assert_eq!(sample.messages.last().map(|m| m.role), Some(Role::User));
+            for message in &sample.messages {
+                assert!(
+                    row["chosen"]
+                        .as_str()
+                        .expect("chosen")
+                        .contains(&message.content)
+                );
+            }
+        }
+
+        // The whole file: 4 pairs have an empty chosen answer, 4 differ in more than the answer.
+        let mut whole = spec.clone();
+        whole.input.limit = None;
+        let all = read_all(&whole);
+        assert_eq!(
+            counts(&all),
+            Counts {
+                samples: 1992,
+                rejected: 8,
+                duplicates: 0
+            }
+        );
+        let rejected: Vec<(u64, Option<&str>, &str)> = all
+            .iter()
+            .filter_map(|item| match item {
+                CorpusItem::Rejected(r) => Some((r.line, r.field.as_deref(), r.reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        let (empty, differ) = (
+            "the final Assistant turn is empty",
+            "differ before their final Assistant turn",
+        );
+        let lines: Vec<u64> = rejected.iter().map(|r| r.0).collect();
+        assert_eq!(lines, [87, 517, 926, 1104, 1255, 1689, 1951, 1953]);
+        assert!(
+            rejected[..4]
+                .iter()
+                .all(|r| r.1 == Some("chosen") && r.2 == empty),
+            "{rejected:?}"
+        );
+        assert!(
+            rejected[4..]
+                .iter()
+                .all(|r| r.1.is_none() && r.2.contains(differ)),
+            "{rejected:?}"
+        );
+    }
+}
