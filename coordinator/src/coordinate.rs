@@ -76,7 +76,13 @@ struct Outstanding {
 
 impl Outstanding {
     fn settle(&self, task_id: u64) {
-        if self.tasks.lock().expect("outstanding lock").remove(&task_id).is_some() {
+        if self
+            .tasks
+            .lock()
+            .expect("outstanding lock")
+            .remove(&task_id)
+            .is_some()
+        {
             self.permits.add_permits(1);
         }
     }
@@ -144,17 +150,27 @@ pub async fn coordinate(
                     item = items_rx.recv() => item,
                 };
                 let Some(item) = item else {
-                    publish(&job, broker.as_ref(), &outstanding, std::mem::take(&mut batch)).await?;
+                    publish(
+                        &job,
+                        broker.as_ref(),
+                        &outstanding,
+                        &shutdown,
+                        std::mem::take(&mut batch),
+                    )
+                    .await?;
                     break;
                 };
                 progress.record(Event::LineRead);
                 match item {
                     CorpusItem::Rejected(rejection) => {
-                        ledger.lock().expect("ledger lock").stage_rejected(&RejectedRow {
-                            line: rejection.line,
-                            field: rejection.field,
-                            reason: rejection.reason,
-                        })?;
+                        ledger
+                            .lock()
+                            .expect("ledger lock")
+                            .stage_rejected(&RejectedRow {
+                                line: rejection.line,
+                                field: rejection.field,
+                                reason: rejection.reason,
+                            })?;
                         progress.record(Event::Rejected);
                     }
                     CorpusItem::Duplicate { .. } => progress.record(Event::Duplicate),
@@ -166,8 +182,12 @@ pub async fn coordinate(
                             None => {
                                 batch.push(sample);
                                 if batch.len() >= task_size {
-                                    let full = std::mem::replace(&mut batch, Vec::with_capacity(task_size));
-                                    publish(&job, broker.as_ref(), &outstanding, full).await?;
+                                    let full = std::mem::replace(
+                                        &mut batch,
+                                        Vec::with_capacity(task_size),
+                                    );
+                                    publish(&job, broker.as_ref(), &outstanding, &shutdown, full)
+                                        .await?;
                                 }
                             }
                         }
@@ -197,7 +217,8 @@ pub async fn coordinate(
 
     let counts = progress.counts();
     let ledger = ledger.lock().expect("ledger lock");
-    let complete = !shutdown.is_cancelled() && outstanding.is_empty() && counts.settled() == counts.lines_read;
+    let complete =
+        !shutdown.is_cancelled() && outstanding.is_empty() && counts.settled() == counts.lines_read;
     Ok(Summary {
         counts,
         usage: ledger.usage(),
@@ -207,20 +228,29 @@ pub async fn coordinate(
     })
 }
 
-/// Publishes one task, waiting for a free slot first (the back-pressure point).
-async fn publish(job: &str, broker: &dyn Broker, outstanding: &Outstanding, samples: Vec<Sample>) -> anyhow::Result<()> {
+/// Publishes one task, waiting for a free slot first (the back-pressure point). After
+/// `shutdown` nothing more is published: the samples stay unpublished for the next run.
+async fn publish(
+    job: &str,
+    broker: &dyn Broker,
+    outstanding: &Outstanding,
+    shutdown: &CancellationToken,
+    samples: Vec<Sample>,
+) -> anyhow::Result<()> {
     if samples.is_empty() {
         return Ok(());
     }
-    outstanding
-        .permits
-        .acquire()
-        .await
-        .expect("the semaphore is never closed")
-        .forget();
+    tokio::select! {
+        permit = outstanding.permits.acquire() => permit.expect("the semaphore is never closed").forget(),
+        () = shutdown.cancelled() => return Ok(()),
+    }
     let task_id = outstanding.next_id.fetch_add(1, Ordering::Relaxed);
     let keys = samples.iter().map(|s| s.key).collect();
-    outstanding.tasks.lock().expect("outstanding lock").insert(task_id, keys);
+    outstanding
+        .tasks
+        .lock()
+        .expect("outstanding lock")
+        .insert(task_id, keys);
     let payload = envelope::encode(
         job,
         &Task {
@@ -230,8 +260,14 @@ async fn publish(job: &str, broker: &dyn Broker, outstanding: &Outstanding, samp
         },
     );
     (|| broker.publish(job, Queue::Tasks, payload.clone()))
-        .retry(ExponentialBuilder::default().with_jitter().with_max_times(10))
-        .notify(|error, wait| tracing::warn!(job, %error, ?wait, "publishing a task failed; retrying"))
+        .retry(
+            ExponentialBuilder::default()
+                .with_jitter()
+                .with_max_times(10),
+        )
+        .notify(
+            |error, wait| tracing::warn!(job, %error, ?wait, "publishing a task failed; retrying"),
+        )
         .await
         .with_context(|| format!("publishing task {task_id}"))
 }

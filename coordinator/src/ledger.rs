@@ -170,7 +170,11 @@ pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
         path: dir.join(LEDGER_FILE),
         source,
     })?;
-    let failed = state.done.values().filter(|s| **s == Status::Failed).count() as u64;
+    let failed = state
+        .done
+        .values()
+        .filter(|s| **s == Status::Failed)
+        .count() as u64;
     Ok(LedgerTotals {
         done: state.done.len() as u64 - failed,
         failed,
@@ -289,11 +293,15 @@ impl Ledger {
     /// Stages a sample's result for the next commit. Returns its status, or `None` when the
     /// sample is already committed (a redelivered result), in which case nothing is written.
     pub fn stage_result(&mut self, result: &SampleResult) -> Result<Option<Status>, LedgerError> {
-        if self.done.contains_key(&result.key) || self.pending_samples.iter().any(|s| s.key == result.key) {
+        if self.done.contains_key(&result.key)
+            || self.pending_samples.iter().any(|s| s.key == result.key)
+        {
             return Ok(None);
         }
         let status = match &result.outcome {
-            Outcome::Done { output: Output::Sft { rows } } => {
+            Outcome::Done {
+                output: Output::Sft { rows },
+            } => {
                 for row in rows {
                     self.append(0, row)?;
                 }
@@ -358,7 +366,10 @@ impl Ledger {
         }
         for (writer, name) in self.writers.iter_mut().zip(DATA_FILES) {
             let path = self.dir.join(name);
-            writer.flush().map_err(|source| LedgerError::Io { path: path.clone(), source })?;
+            writer.flush().map_err(|source| LedgerError::Io {
+                path: path.clone(),
+                source,
+            })?;
             writer
                 .get_ref()
                 .sync_data()
@@ -379,7 +390,10 @@ impl Ledger {
         self.log
             .write_all(&line)
             .and_then(|()| self.log.sync_data())
-            .map_err(|source| LedgerError::Io { path: log_path, source })?;
+            .map_err(|source| LedgerError::Io {
+                path: log_path,
+                source,
+            })?;
         let keys = commit.samples.iter().map(|s| s.key).collect();
         for sample in commit.samples {
             self.usage += sample.usage;
@@ -433,7 +447,10 @@ mod tests {
     }
 
     fn lines(dir: &Path, name: &str) -> usize {
-        std::fs::read_to_string(dir.join(name)).unwrap().lines().count()
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .count()
     }
 
     #[test]
@@ -441,7 +458,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::open(dir.path()).unwrap();
         ledger.stage_result(&result(1)).unwrap();
-        ledger.stage_rejected(&RejectedRow { line: 4, field: None, reason: "bad".into() }).unwrap();
+        ledger
+            .stage_rejected(&RejectedRow {
+                line: 4,
+                field: None,
+                reason: "bad".into(),
+            })
+            .unwrap();
         assert_eq!(ledger.commit().unwrap(), vec![SampleKey([1; 16])]);
         ledger.stage_result(&result(2)).unwrap();
         // Flush the staged rows without a commit record, as a process killed mid-commit would.
@@ -488,6 +511,9 @@ mod tests {
         drop(ledger);
         std::fs::write(dir.path().join("sft.jsonl"), "").unwrap();
         let message = Ledger::open(dir.path()).err().unwrap().to_string();
-        assert!(message.contains("sft.jsonl") && message.contains("--new"), "{message}");
+        assert!(
+            message.contains("sft.jsonl") && message.contains("--new"),
+            "{message}"
+        );
     }
 }

@@ -128,7 +128,10 @@ impl Plan {
         std::fs::create_dir_all(dir).map_err(io(dir.to_owned()))?;
         let identity_path = dir.join(JOB_FILE);
         if start_new {
-            for name in DATA_FILES.iter().chain(&[LEDGER_FILE, MANIFEST_FILE, JOB_FILE]) {
+            for name in DATA_FILES
+                .iter()
+                .chain(&[LEDGER_FILE, MANIFEST_FILE, JOB_FILE])
+            {
                 match std::fs::remove_file(dir.join(name)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(PlanError::Io {
@@ -161,10 +164,12 @@ impl Plan {
 pub fn read_identity(dir: &Path) -> Result<Option<JobIdentity>, PlanError> {
     let path = dir.join(JOB_FILE);
     match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| PlanError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        }),
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| PlanError::Io {
+                path,
+                source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(PlanError::Io { path, source }),
     }

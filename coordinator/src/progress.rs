@@ -79,7 +79,8 @@ impl Progress {
     pub fn record_usage(&self, usage: &Usage) {
         self.calls.fetch_add(usage.calls, Ordering::Relaxed);
         self.tokens_in.fetch_add(usage.tokens_in, Ordering::Relaxed);
-        self.tokens_out.fetch_add(usage.tokens_out, Ordering::Relaxed);
+        self.tokens_out
+            .fetch_add(usage.tokens_out, Ordering::Relaxed);
     }
 
     /// Model usage of the samples collected in this run.

@@ -3,8 +3,7 @@
 //! with deadlines.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cai_coordinator::coordinate::Summary;
@@ -24,7 +23,9 @@ pub fn shared_data(relative: &str) -> PathBuf {
 
 /// A file of this repository.
 pub fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 /// A temporary directory holding a job file, its corpus and its output.
@@ -76,7 +77,10 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     match std::fs::read_to_string(path) {
         Ok(text) => text
             .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display())))
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display()))
+            })
             .collect(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => panic!("{}: {e}", path.display()),
@@ -99,33 +103,31 @@ pub async fn run_job(job: &Path) -> anyhow::Result<Summary> {
     .await
 }
 
-/// The `cai` binary of this build, built on first use (a no-op when it is up to date).
+/// The `cai` binary of this build. `cargo test --workspace` (or `-p cai-coordinator`, whose
+/// integration tests need it) builds it next to the test binaries.
 pub fn cai_binary() -> PathBuf {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY
-        .get_or_init(|| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = Command::new(cargo)
-                .args(["build", "--quiet", "-p", "cai-coordinator", "--bin", "cai"])
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "building the cai binary failed");
-            let exe = std::env::current_exe().expect("the test binary has a path");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("test binaries live in <target>/<profile>/deps");
-            profile_dir.join("cai")
-        })
-        .clone()
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let binary = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in <target>/<profile>/deps")
+        .join("cai");
+    assert!(
+        binary.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or add `-p cai-coordinator`)",
+        binary.display()
+    );
+    binary
 }
 
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
 pub async fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + deadline;
     while !condition() {
-        assert!(tokio::time::Instant::now() < give_up, "timed out after {deadline:?} waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {deadline:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -78,11 +78,16 @@ fn check_complete_output(dir: &JobDir, distinct: usize) {
     assert_eq!(unique.len(), sft_ids.len(), "a sample was written twice");
     assert_eq!(sft_ids.len(), distinct);
     assert_eq!(ids(&dir.rows("traces.jsonl")).len(), distinct);
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(dir.path("out/manifest.json")).unwrap()).unwrap();
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/manifest.json")).unwrap())
+            .unwrap();
     let counts = &manifest["counts"];
     assert_eq!(manifest["complete"], true);
     assert_eq!(counts["lines_read"], LINES as u64);
-    assert_eq!(counts["done"].as_u64().unwrap() + counts["duplicates"].as_u64().unwrap(), LINES as u64);
+    assert_eq!(
+        counts["done"].as_u64().unwrap() + counts["duplicates"].as_u64().unwrap(),
+        LINES as u64
+    );
 }
 
 #[tokio::test]
@@ -102,12 +107,19 @@ async fn sigkill_mid_run_then_resume() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(60), "40 samples are committed", || committed(&out) >= 40).await;
+    wait_until(Duration::from_secs(60), "40 samples are committed", || {
+        committed(&out) >= 40
+    })
+    .await;
     child.start_kill().unwrap();
     let status = child.wait().await.unwrap();
     assert!(!status.success());
     let done_before = committed_keys(&out);
-    assert!(done_before.len() >= 40 && done_before.len() < 199, "{}", done_before.len());
+    assert!(
+        done_before.len() >= 40 && done_before.len() < 199,
+        "{}",
+        done_before.len()
+    );
 
     // The resumed run talks to another server (the URL is operational, not part of the job's
     // identity), so its calls are exactly the second server's log.
@@ -119,14 +131,23 @@ async fn sigkill_mid_run_then_resume() {
         .output()
         .await
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     check_complete_output(&dir, 199);
 
     // No call of the second run belongs to a sample done before the kill.
     let key_of_id: HashMap<String, String> = dir
         .rows("traces.jsonl")
         .iter()
-        .map(|t| (t["id"].as_str().unwrap().to_owned(), t["key"].as_str().unwrap().to_owned()))
+        .map(|t| {
+            (
+                t["id"].as_str().unwrap().to_owned(),
+                t["key"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     let key_of_prompt: HashMap<String, String> = dir
         .rows("sft.jsonl")
@@ -141,7 +162,10 @@ async fn sigkill_mid_run_then_resume() {
     for call in &second_calls {
         let prompt = call.body["messages"][0]["content"].as_str().unwrap();
         let key = &key_of_prompt[prompt];
-        assert!(!done_before.contains(key), "a done sample was paid for again");
+        assert!(
+            !done_before.contains(key),
+            "a done sample was paid for again"
+        );
     }
     // Each sample not done before the kill costs at most one full chain (3 calls) again.
     assert!(second_calls.len() <= 3 * (199 - done_before.len()));
@@ -150,7 +174,12 @@ async fn sigkill_mid_run_then_resume() {
     // A third run finds everything done and calls nothing.
     let third_server = ModelServer::start(ServerConfig::default()).await;
     job(&dir, &third_server.url());
-    let output = tokio::process::Command::new(cai_binary()).arg("run").arg(&job_path).output().await.unwrap();
+    let output = tokio::process::Command::new(cai_binary())
+        .arg("run")
+        .arg(&job_path)
+        .output()
+        .await
+        .unwrap();
     assert!(output.status.success());
     assert!(third_server.calls().is_empty());
     check_complete_output(&dir, 199);
@@ -172,22 +201,48 @@ async fn sigint_stops_cleanly_and_a_rerun_completes() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until(Duration::from_secs(60), "20 samples are committed", || committed(&out) >= 20).await;
+    wait_until(Duration::from_secs(60), "20 samples are committed", || {
+        committed(&out) >= 20
+    })
+    .await;
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("cai exits within 30 s of SIGINT")
         .unwrap();
-    assert_eq!(output.status.code(), Some(130), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(
+        output.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("run the same command again to resume"), "{stderr}");
+    assert!(
+        stderr.contains("run the same command again to resume"),
+        "{stderr}"
+    );
     // What was in flight was finished and committed; nothing is half-written.
     let interrupted = committed(&out);
     assert_eq!(ids(&dir.rows("sft.jsonl")).len() as u64, interrupted);
 
-    let output = tokio::process::Command::new(cai_binary()).arg("run").arg(&job_path).output().await.unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::process::Command::new(cai_binary())
+        .arg("run")
+        .arg(&job_path)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     check_complete_output(&dir, 199);
     assert_eq!(server.calls().len(), 3 * 199);
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use cai_common::broker::{Broker, Delivery, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
-use futures::stream::{self, FuturesUnordered};
 use futures::StreamExt;
+use futures::stream::{self, FuturesUnordered};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::{JobContext, JobFatal};
@@ -24,7 +24,11 @@ pub struct WorkerOptions {
 }
 
 /// Runs the samples of a task that are not done yet, `concurrency` at a time.
-pub async fn run_task(ctx: &JobContext, task: Task, concurrency: usize) -> Result<ResultBatch, JobFatal> {
+pub async fn run_task(
+    ctx: &JobContext,
+    task: Task,
+    concurrency: usize,
+) -> Result<ResultBatch, JobFatal> {
     let keys: Vec<_> = task.samples.iter().map(|s| s.key).collect();
     let done = ctx
         .state
@@ -36,10 +40,13 @@ pub async fn run_task(ctx: &JobContext, task: Task, concurrency: usize) -> Resul
         .into_iter()
         .zip(done)
         .partition(|(_, done)| *done);
-    let results: Vec<_> = stream::iter(todo.into_iter().map(|(sample, _)| async move { ctx.run_sample(&sample).await }))
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let results: Vec<_> = stream::iter(
+        todo.into_iter()
+            .map(|(sample, _)| async move { ctx.run_sample(&sample).await }),
+    )
+    .buffer_unordered(concurrency.max(1))
+    .collect()
+    .await;
     Ok(ResultBatch {
         task_id: task.task_id,
         results: results.into_iter().collect::<Result<_, _>>()?,
@@ -106,7 +113,15 @@ async fn handle(
     let payload = envelope::encode(job, &batch);
     if let Err(error) = broker.publish(job, Queue::Results, payload).await {
         tracing::warn!(job, %error, "results not confirmed; the task goes back to the queue");
-        return delivery.acker.requeue().await.map_err(|e| JobFatal(e.to_string()));
+        return delivery
+            .acker
+            .requeue()
+            .await
+            .map_err(|e| JobFatal(e.to_string()));
     }
-    delivery.acker.ack().await.map_err(|e| JobFatal(e.to_string()))
+    delivery
+        .acker
+        .ack()
+        .await
+        .map_err(|e| JobFatal(e.to_string()))
 }

@@ -90,15 +90,18 @@ pub(super) async fn run(args: RunArgs) -> u8 {
 /// First SIGINT or SIGTERM: stop taking work, finish what is in flight. Second: exit at once.
 fn watch_signals(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
         for round in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
                 _ = terminate.recv() => {}
             }
             if round == 0 {
-                eprintln!("stopping: finishing the samples in flight (press Ctrl-C again to quit now)");
+                eprintln!(
+                    "stopping: finishing the samples in flight (press Ctrl-C again to quit now)"
+                );
                 shutdown.cancel();
             } else {
                 eprintln!("quitting now; committed samples are kept, re-run to resume");

@@ -11,7 +11,10 @@ pub(super) fn status(dir: &Path) -> u8 {
     let identity = match read_identity(dir) {
         Ok(Some(identity)) => identity,
         Ok(None) => {
-            eprintln!("error: {}: not a cai output directory (no job.json)", dir.display());
+            eprintln!(
+                "error: {}: not a cai output directory (no job.json)",
+                dir.display()
+            );
             return 2;
         }
         Err(error) => {
@@ -36,7 +39,11 @@ pub(super) fn status(dir: &Path) -> u8 {
         .ok()
         .map(|lines| identity.limit.map_or(lines, |limit| lines.min(limit)));
     let settled = totals.done + totals.failed + totals.rejected;
-    println!("job {:?}  fingerprint {}", identity.name, &identity.fingerprint[..12]);
+    println!(
+        "job {:?}  fingerprint {}",
+        identity.name,
+        &identity.fingerprint[..12]
+    );
     println!(
         "samples: {} done, {} failed; lines rejected: {}",
         totals.done, totals.failed, totals.rejected
@@ -46,7 +53,10 @@ pub(super) fn status(dir: &Path) -> u8 {
             "corpus: {total} lines; {settled} settled ({:.1} %, duplicates counted at the end of a run)",
             100.0 * settled as f64 / total as f64
         ),
-        _ => println!("corpus: {} (unreadable from here)", identity.input.display()),
+        _ => println!(
+            "corpus: {} (unreadable from here)",
+            identity.input.display()
+        ),
     }
     println!(
         "usage: {} model calls, {} tokens in, {} tokens out",
@@ -55,6 +65,13 @@ pub(super) fn status(dir: &Path) -> u8 {
     if let Some(counts) = manifest.as_ref().and_then(|m| m.get("counts")) {
         println!("last run: {counts}");
     }
-    println!("state: {}", if complete { "complete" } else { "incomplete (re-run `cai run` to resume)" });
+    println!(
+        "state: {}",
+        if complete {
+            "complete"
+        } else {
+            "incomplete (re-run `cai run` to resume)"
+        }
+    );
     0
 }

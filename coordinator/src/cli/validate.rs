@@ -33,7 +33,9 @@ pub(super) async fn validate(job: &Path) -> u8 {
             match item {
                 CorpusItem::Sample(_) => samples += 1,
                 CorpusItem::Duplicate { .. } => duplicates += 1,
-                CorpusItem::Rejected(rejection) => rejected.push(rejection.message(&spec.input.path)),
+                CorpusItem::Rejected(rejection) => {
+                    rejected.push(rejection.message(&spec.input.path))
+                }
             }
         }
         Ok((lines, samples, duplicates, rejected))

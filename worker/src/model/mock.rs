@@ -8,6 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cai_common::job::ModelSpec;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
@@ -16,6 +17,8 @@ pub struct MockModel {
     name: String,
     latency: Duration,
     calls: AtomicU64,
+    /// Bounds calls in flight to `max_concurrency`, as a server's capacity would.
+    permits: Semaphore,
 }
 
 impl MockModel {
@@ -25,6 +28,7 @@ impl MockModel {
             name: name.to_owned(),
             latency: Duration::from_millis(spec.latency_ms),
             calls: AtomicU64::new(0),
+            permits: Semaphore::new(spec.max_concurrency),
         }
     }
 
@@ -42,6 +46,11 @@ impl MockModel {
     }
 
     async fn serve(&self) {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
         self.calls.fetch_add(1, Ordering::Relaxed);
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
@@ -51,7 +60,11 @@ impl MockModel {
 
 fn usage(prompt: &Prompt, reply: &str) -> CallUsage {
     CallUsage {
-        tokens_in: prompt.turns.iter().map(|t| t.text.len() as u64 / 4 + 1).sum(),
+        tokens_in: prompt
+            .turns
+            .iter()
+            .map(|t| t.text.len() as u64 / 4 + 1)
+            .sum(),
         tokens_out: reply.len() as u64 / 4 + 1,
     }
 }
@@ -67,7 +80,11 @@ impl Model for MockModel {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
         self.serve().await;
         let digest = self.digest(prompt, seed);
-        let text = format!("Mock answer {} from {}.", hex::encode(&digest[..6]), self.name);
+        let text = format!(
+            "Mock answer {} from {}.",
+            hex::encode(&digest[..6]),
+            self.name
+        );
         Ok(Generation {
             usage: usage(prompt, &text),
             text,
@@ -79,14 +96,21 @@ impl Model for MockModel {
         let digest = self.digest(prompt, 0);
         let p_a = mock_p_first(&digest);
         let spread = |letter: &str, p: f64| {
-            [(format!(" {letter}"), 0.6 * p), (letter.to_owned(), 0.3 * p), (format!("({letter}"), 0.1 * p)]
+            [
+                (format!(" {letter}"), 0.6 * p),
+                (letter.to_owned(), 0.3 * p),
+                (format!("({letter}"), 0.1 * p),
+            ]
         };
         let positions = vec![
             spread("A", p_a * 0.95)
                 .into_iter()
                 .chain(spread("B", (1.0 - p_a) * 0.95))
                 .chain([(" The".to_owned(), 0.05)])
-                .map(|(token, p)| TokenLogprob { token, logprob: p.ln() })
+                .map(|(token, p)| TokenLogprob {
+                    token,
+                    logprob: p.ln(),
+                })
                 .collect(),
         ];
         let text = if p_a >= 0.5 { " A" } else { " B" }.to_owned();

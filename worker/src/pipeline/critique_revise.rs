@@ -45,7 +45,12 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     };
 
     let few_shot: Vec<Turn> = if run.ctx.spec.constitution.few_shot {
-        run.ctx.constitution.demonstrations.iter().flat_map(demonstration_turns).collect()
+        run.ctx
+            .constitution
+            .demonstrations
+            .iter()
+            .flat_map(demonstration_turns)
+            .collect()
     } else {
         Vec::new()
     };
@@ -60,7 +65,10 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         } else {
             turns.push(Turn::new(Speaker::Assistant, latest.clone()));
         }
-        turns.push(Turn::new(Speaker::CritiqueRequest, principle.critique.clone()));
+        turns.push(Turn::new(
+            Speaker::CritiqueRequest,
+            principle.critique.clone(),
+        ));
         let critique_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Critique),
@@ -75,7 +83,10 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
 
         let mut turns = critique_prompt.turns;
         turns.push(Turn::new(Speaker::Critique, critique.clone()));
-        turns.push(Turn::new(Speaker::RevisionRequest, principle.revision.clone()));
+        turns.push(Turn::new(
+            Speaker::RevisionRequest,
+            principle.revision.clone(),
+        ));
         let revision_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Revision),

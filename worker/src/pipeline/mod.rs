@@ -109,18 +109,27 @@ impl SampleRun<'_> {
         let model = self.ctx.models.get(info.model);
         let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
         let generation: Generation = self
-            .cached_call(&info, |generation: &Generation| generation.text.clone(), || async {
-                model.generate(prompt, seed).await
-            })
+            .cached_call(
+                &info,
+                |generation: &Generation| generation.text.clone(),
+                || async { model.generate(prompt, seed).await },
+            )
             .await?;
         Ok(generation.text)
     }
 
-    async fn judge(&mut self, info: StepInfo<'_>, prompt: &Prompt, describe: impl Fn(&Judgment) -> String) -> Result<Judgment, StepError> {
+    async fn judge(
+        &mut self,
+        info: StepInfo<'_>,
+        prompt: &Prompt,
+        describe: impl Fn(&Judgment) -> String,
+    ) -> Result<Judgment, StepError> {
         let model = self.ctx.models.get(info.model);
         let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
-        self.cached_call(&info, describe, || async { model.judge(prompt, seed).await })
-            .await
+        self.cached_call(&info, describe, || async {
+            model.judge(prompt, seed).await
+        })
+        .await
     }
 
     /// Runs a model call through the step cache and records it in the trace.
@@ -170,7 +179,11 @@ impl SampleRun<'_> {
             model: info.model.to_owned(),
             tokens_in: usage.tokens_in,
             tokens_out: usage.tokens_out,
-            latency_ms: if was_cached { 0 } else { started.elapsed().as_millis() as u64 },
+            latency_ms: if was_cached {
+                0
+            } else {
+                started.elapsed().as_millis() as u64
+            },
             cached: was_cached,
         });
         Ok(value)
@@ -185,7 +198,10 @@ impl SampleRun<'_> {
                 attempts: 1,
             },
             ModelError::Retryable { message, .. } => StepError::Sample {
-                reason: format!("step {}: gave up after {attempts} attempts: {message}", info.name),
+                reason: format!(
+                    "step {}: gave up after {attempts} attempts: {message}",
+                    info.name
+                ),
                 attempts,
             },
         }

@@ -34,7 +34,10 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     let [x, y] = match &run.sample.candidates {
         Some(candidates) => candidates.clone(),
         None => {
-            let generate = spec.generate.as_ref().expect("checked: candidates or generate");
+            let generate = spec
+                .generate
+                .as_ref()
+                .expect("checked: candidates or generate");
             let prompt = Prompt {
                 turns: conversation_turns(&run.sample.messages),
                 reply_as: Some(Speaker::Assistant),
@@ -65,7 +68,11 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         };
         let mut firsts = Vec::new();
         for x_first in orders {
-            let (order, a, b) = if x_first { ("xy", &x, &y) } else { ("yx", &y, &x) };
+            let (order, a, b) = if x_first {
+                ("xy", &x, &y)
+            } else {
+                ("yx", &y, &x)
+            };
             let step = format!("judge-{label}-{order}");
             let p_first = read_option(run, &spec.judge, spec.mode, &step, &principle, a, b).await?;
             let mut p_x = if x_first { p_first } else { 1.0 - p_first };
@@ -85,7 +92,11 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         }
     }
     let p_x = corrected.iter().sum::<f64>() / corrected.len() as f64;
-    let (chosen, rejected, p_chosen) = if p_x >= 0.5 { (x, y, p_x) } else { (y, x, 1.0 - p_x) };
+    let (chosen, rejected, p_chosen) = if p_x >= 0.5 {
+        (x, y, p_x)
+    } else {
+        (y, x, 1.0 - p_x)
+    };
     Ok(Output::Preference {
         row: PreferenceRow {
             id: run.sample.id.clone(),
@@ -110,14 +121,20 @@ async fn read_option(
     a: &str,
     b: &str,
 ) -> Result<f64, StepError> {
-    let question = principle.judge.as_deref().expect("checked: every principle has a judge question");
+    let question = principle
+        .judge
+        .as_deref()
+        .expect("checked: every principle has a judge question");
     let body = format!(
         "Consider the following conversation between a human and an assistant:\n\n{}\n\n{question}\n\nOptions:\n(A) {a}\n(B) {b}",
         render_conversation(&run.sample.messages)
     );
     let mut turns = Vec::new();
     match mode {
-        JudgeMode::Logprobs => turns.push(Turn::new(Speaker::Human, format!("{body}\n\nThe answer is:"))),
+        JudgeMode::Logprobs => turns.push(Turn::new(
+            Speaker::Human,
+            format!("{body}\n\nThe answer is:"),
+        )),
         JudgeMode::Cot => {
             let ask = format!("{body}\n\n{COT_INSTRUCTION}");
             let prompt = Prompt {
@@ -132,7 +149,10 @@ async fn read_option(
             };
             let reasoning = run.generate(info, &prompt).await?;
             turns.push(Turn::new(Speaker::Human, ask));
-            turns.push(Turn::new(Speaker::Assistant, format!("{COT_OPENING} {reasoning}")));
+            turns.push(Turn::new(
+                Speaker::Assistant,
+                format!("{COT_OPENING} {reasoning}"),
+            ));
             turns.push(Turn::new(Speaker::Human, "So the answer is:"));
         }
     }
@@ -142,7 +162,10 @@ async fn read_option(
     };
     let describe = |judgment: &Judgment| match probability_of_a(&judgment.positions) {
         Some(p) => format!("p_first={p:.6} text={:?}", judgment.text),
-        None => format!("no option letter in the top log-probabilities; text={:?}", judgment.text),
+        None => format!(
+            "no option letter in the top log-probabilities; text={:?}",
+            judgment.text
+        ),
     };
     for attempt in ["", "-retry"] {
         let info = StepInfo {

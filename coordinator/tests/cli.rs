@@ -1,0 +1,265 @@
+//! The `cai` binary on bad input: every corpus problem is named with its file, line and field and
+//! ends in `rejected.jsonl` while the run goes on; bad job files and constitutions stop before
+//! anything runs; `validate` and `status` report; exit codes are as documented.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn cai(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(args)
+        .output()
+        .expect("cai runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn default_constitution() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../constitutions/default.toml")
+}
+
+fn job_text(constitution: &Path, revisions: &str) -> String {
+    format!(
+        r#"
+name = "bad-input"
+pipeline = "critique-revise"
+output = "out"
+
+[input]
+path = "corpus.jsonl"
+prompt = "prompt"
+id = "id"
+
+[constitution]
+path = "{}"
+
+[critique_revise]
+model = "policy"
+{revisions}
+
+[models.policy]
+backend = "mock"
+"#,
+        constitution.display()
+    )
+}
+
+/// A corpus with one of every problem; returns (directory, job path).
+fn bad_corpus() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut corpus: Vec<u8> = Vec::new();
+    let mut line = |bytes: &[u8]| {
+        corpus.extend_from_slice(bytes);
+        corpus.push(b'\n');
+    };
+    line(br#"{"id": "a", "prompt": "hello"}"#); // 1 ok
+    line(br#"{"id": "b", "prompt": "#); // 2 malformed JSON
+    line(b"{\"id\": \"c\", \"prompt\": \"caf\xe9\"}"); // 3 invalid UTF-8
+    line(br#"{"id": "d"}"#); // 4 missing field
+    line(br#"{"id": "e", "prompt": 5}"#); // 5 wrong type
+    line(br#"{"id": "f", "prompt": "   "}"#); // 6 empty prompt
+    let huge = format!(r#"{{"id": "g", "prompt": "{}"}}"#, "x".repeat(10 << 20));
+    line(huge.as_bytes()); // 7 a 10 MB prompt
+    line(br#"{"id": "a", "prompt": "another question"}"#); // 8 duplicate id
+    line(br#"{"id": "h", "prompt": "hello"}"#); // 9 duplicate content of line 1
+    line(b""); // 10 blank line
+    line(br#"{"id": "i", "prompt": "bye"}"#); // 11 ok
+    line(br#"{"id": ["j"], "prompt": "why"}"#); // 12 id of the wrong type
+    std::fs::write(dir.path().join("corpus.jsonl"), corpus).unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, job_text(&default_constitution(), "revisions = 1")).unwrap();
+    (dir, job)
+}
+
+fn rows(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn bad_lines_are_rejected_with_line_and_field_and_the_run_goes_on() {
+    let (dir, job) = bad_corpus();
+    let output = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("12 lines read = 2 done + 0 failed + 9 rejected + 1 duplicates"),
+        "{}",
+        stderr(&output)
+    );
+    let out = dir.path().join("out");
+    let rejected = rows(&out.join("rejected.jsonl"));
+    let by_line: Vec<(u64, Option<&str>)> = rejected
+        .iter()
+        .map(|r| (r["line"].as_u64().unwrap(), r["field"].as_str()))
+        .collect();
+    assert_eq!(
+        by_line,
+        vec![
+            (2, None),
+            (3, None),
+            (4, Some("prompt")),
+            (5, Some("prompt")),
+            (6, Some("prompt")),
+            (7, None),
+            (8, Some("id")),
+            (10, None),
+            (12, Some("id")),
+        ]
+    );
+    let reason = |line: u64| {
+        rejected.iter().find(|r| r["line"] == line).unwrap()["reason"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(reason(3).contains("UTF-8"), "{}", reason(3));
+    assert!(reason(4).contains("missing"), "{}", reason(4));
+    assert!(reason(5).contains("expected a string"), "{}", reason(5));
+    assert!(reason(6).contains("empty"), "{}", reason(6));
+    assert!(reason(7).contains("1 MiB"), "{}", reason(7));
+    assert!(
+        reason(8).contains("duplicate id") && reason(8).contains("line 1"),
+        "{}",
+        reason(8)
+    );
+
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let counts = &manifest["counts"];
+    assert_eq!(counts["lines_read"], 12);
+    let sum: u64 = ["done", "failed", "rejected", "duplicates"]
+        .iter()
+        .map(|k| counts[*k].as_u64().unwrap())
+        .sum();
+    assert_eq!(sum, 12);
+    assert_eq!(rows(&out.join("sft.jsonl")).len(), 2);
+
+    // A re-run adds nothing: not a sample, not a rejected row.
+    let again = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(0));
+    assert_eq!(rows(&out.join("rejected.jsonl")).len(), 9);
+    assert_eq!(rows(&out.join("sft.jsonl")).len(), 2);
+    assert!(
+        stderr(&again).contains("this run: 0 model calls"),
+        "{}",
+        stderr(&again)
+    );
+
+    let status = cai(&["status", out.to_str().unwrap()]);
+    assert_eq!(status.status.code(), Some(0));
+    assert!(
+        stdout(&status).contains("2 done, 0 failed; lines rejected: 9"),
+        "{}",
+        stdout(&status)
+    );
+    assert!(stdout(&status).contains("complete"), "{}", stdout(&status));
+}
+
+#[test]
+fn validate_reports_counts_and_bad_lines_without_calling_a_model() {
+    let (dir, job) = bad_corpus();
+    let output = cai(&["validate", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains("corpus: 12 lines = 2 samples + 1 duplicates + 9 rejected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("corpus.jsonl:5: field \"prompt\": expected a string"),
+        "{text}"
+    );
+    assert!(
+        text.contains("corpus.jsonl:8: field \"id\": duplicate id"),
+        "{text}"
+    );
+    assert!(!dir.path().join("out").exists(), "validate writes nothing");
+}
+
+#[test]
+fn a_typo_in_the_job_file_names_the_file_line_and_key() {
+    let (dir, job) = bad_corpus();
+    std::fs::write(&job, job_text(&default_constitution(), "revison = 2")).unwrap();
+    for command in ["validate", "run"] {
+        let output = cai(&[command, job.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2));
+        let text = stderr(&output);
+        assert!(
+            text.contains("job.toml") && text.contains("line 16") && text.contains("revison"),
+            "{text}"
+        );
+    }
+    assert!(!dir.path().join("out").exists());
+}
+
+#[test]
+fn an_unreadable_constitution_is_named() {
+    let (_dir, job) = bad_corpus();
+    std::fs::write(
+        &job,
+        job_text(Path::new("/nonexistent/constitution.toml"), "revisions = 1"),
+    )
+    .unwrap();
+    let output = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("/nonexistent/constitution.toml"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn a_pairwise_job_refuses_a_constitution_without_judge_questions() {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data/constitutions/huggingface-llm-swarm/constitution_anthropic.json");
+    let job = dir.path().join("job.toml");
+    std::fs::write(dir.path().join("pairs.jsonl"), "{\"chosen\": \"\\n\\nHuman: hi\\n\\nAssistant: a\", \"rejected\": \"\\n\\nHuman: hi\\n\\nAssistant: b\"}\n").unwrap();
+    std::fs::write(
+        &job,
+        format!(
+            "name = \"pw\"\npipeline = \"pairwise\"\n[input]\npath = \"pairs.jsonl\"\n[constitution]\npath = \"{}\"\n[pairwise]\njudge = \"j\"\ncandidates = [\"chosen\", \"rejected\"]\n[models.j]\nbackend = \"mock\"\n",
+            hf.display()
+        ),
+    )
+    .unwrap();
+    let output = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let text = stderr(&output);
+    assert!(
+        text.contains("constitution_anthropic.json") && text.contains("judge question"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_changed_spec_is_refused_with_what_changed_unless_new() {
+    let (dir, job) = bad_corpus();
+    assert_eq!(cai(&["run", job.to_str().unwrap()]).status.code(), Some(0));
+    std::fs::write(&job, job_text(&default_constitution(), "revisions = 2")).unwrap();
+    let refused = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        stderr(&refused).contains("critique_revise.revisions: 1 → 2"),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(stderr(&refused).contains("--new"));
+    let fresh = cai(&["run", "--new", job.to_str().unwrap()]);
+    assert_eq!(fresh.status.code(), Some(0), "{}", stderr(&fresh));
+    let traces = rows(&dir.path().join("out/traces.jsonl"));
+    assert_eq!(traces.len(), 2);
+    assert!(traces.iter().all(|t| t["usage"]["calls"] == 5));
+}
