@@ -95,11 +95,12 @@ impl Constitution {
             path: path.to_owned(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| error(format!("cannot read constitution: {e}")))?;
+        let bytes =
+            std::fs::read(path).map_err(|e| error(format!("cannot read constitution: {e}")))?;
         let text = std::str::from_utf8(&bytes).map_err(|e| error(format!("not UTF-8: {e}")))?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        let is_json = path.extension().is_some_and(|ext| ext == "json")
-            || text.trim_start().starts_with('{');
+        let is_json =
+            path.extension().is_some_and(|ext| ext == "json") || text.trim_start().starts_with('{');
         let constitution = if is_json {
             Self::from_hf_json(text, hash)
         } else {
@@ -111,7 +112,8 @@ impl Constitution {
     }
 
     fn from_toml(text: &str, hash: String) -> Result<Self, String> {
-        let file: CaiToml = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
+        let file: CaiToml =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())?;
         Ok(Self {
             principles: file.principles,
             demonstrations: file.demonstrations,
@@ -120,7 +122,8 @@ impl Constitution {
     }
 
     fn from_hf_json(text: &str, hash: String) -> Result<Self, String> {
-        let file: HfJson = serde_json::from_str(text).map_err(|e| format!("invalid HF constitution JSON: {e}"))?;
+        let file: HfJson =
+            serde_json::from_str(text).map_err(|e| format!("invalid HF constitution JSON: {e}"))?;
         let principles = file
             .constitutions
             .into_iter()
@@ -173,7 +176,10 @@ impl Constitution {
                 return Err(format!("principle {index}: `id` is empty"));
             }
             if !ids.insert(principle.id.as_str()) {
-                return Err(format!("principle {index}: duplicate id {:?}", principle.id));
+                return Err(format!(
+                    "principle {index}: duplicate id {:?}",
+                    principle.id
+                ));
             }
             for (field, text) in [
                 ("critique", Some(&principle.critique)),
@@ -207,14 +213,18 @@ mod tests {
     fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(name);
-        std::fs::File::create(&path).unwrap().write_all(text.as_bytes()).unwrap();
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
         (dir, path)
     }
 
     #[test]
     fn hf_json_as_published_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/constitutions/huggingface-llm-swarm/constitution_anthropic.json");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+            "../../shared/data/constitutions/huggingface-llm-swarm/constitution_anthropic.json",
+        );
         let constitution = Constitution::load(&path).unwrap();
         assert_eq!(constitution.principles.len(), 16);
         assert_eq!(constitution.demonstrations.len(), 4);
@@ -237,9 +247,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_the_problem() {
-        let (_dir, path) = write("c.toml", "[[principles]]\nid = \"a\"\ncritique = \"c\"\nrevison = \"r\"\n");
+        let (_dir, path) = write(
+            "c.toml",
+            "[[principles]]\nid = \"a\"\ncritique = \"c\"\nrevison = \"r\"\n",
+        );
         let message = Constitution::load(&path).unwrap_err().to_string();
-        assert!(message.contains("c.toml") && message.contains("revison"), "{message}");
+        assert!(
+            message.contains("c.toml") && message.contains("revison"),
+            "{message}"
+        );
 
         let (_dir, path) = write(
             "d.toml",
@@ -250,9 +266,17 @@ mod tests {
 
         let (_dir, path) = write("e.json", "{\"constitutions\": [");
         let message = Constitution::load(&path).unwrap_err().to_string();
-        assert!(message.contains("e.json") && message.contains("line 1"), "{message}");
+        assert!(
+            message.contains("e.json") && message.contains("line 1"),
+            "{message}"
+        );
 
-        let message = Constitution::load(Path::new("/nonexistent/c.toml")).unwrap_err().to_string();
-        assert!(message.contains("/nonexistent/c.toml") && message.contains("cannot read"), "{message}");
+        let message = Constitution::load(Path::new("/nonexistent/c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("/nonexistent/c.toml") && message.contains("cannot read"),
+            "{message}"
+        );
     }
 }

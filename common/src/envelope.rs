@@ -93,7 +93,8 @@ pub fn encode<T: Serialize>(job: &str, body: &T) -> Vec<u8> {
 
 /// Decodes a body, checking the version and that the message belongs to `expected_job`.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_job: &str) -> Result<T, DecodeError> {
-    let header: Header = rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Garbage(e.to_string()))?;
+    let header: Header =
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Garbage(e.to_string()))?;
     if header.version != FORMAT_VERSION {
         return Err(DecodeError::Version {
             found: header.version,
@@ -105,7 +106,8 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], expected_job: &str) -> Result<T
             found: header.job,
         });
     }
-    let envelope: EnvelopeIn<T> = rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Body(e.to_string()))?;
+    let envelope: EnvelopeIn<T> =
+        rmp_serde::from_slice(bytes).map_err(|e| DecodeError::Body(e.to_string()))?;
     Ok(envelope.body)
 }
 
@@ -117,7 +119,13 @@ mod tests {
     fn task() -> Task {
         Task {
             task_id: 7,
-            samples: vec![Sample::new(None, 3, vec![Message::user("hello")], None, None)],
+            samples: vec![Sample::new(
+                None,
+                3,
+                vec![Message::user("hello")],
+                None,
+                None,
+            )],
             trace_context: None,
         }
     }
@@ -130,7 +138,10 @@ mod tests {
 
     #[test]
     fn refuses_garbage_other_versions_and_other_jobs() {
-        assert!(matches!(decode::<Task>(b"\xc1garbage", "j"), Err(DecodeError::Garbage(_))));
+        assert!(matches!(
+            decode::<Task>(b"\xc1garbage", "j"),
+            Err(DecodeError::Garbage(_))
+        ));
         let future = rmp_serde::to_vec_named(&EnvelopeOut {
             version: FORMAT_VERSION + 1,
             job: "j",

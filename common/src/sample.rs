@@ -19,7 +19,11 @@ pub struct SampleKey(pub [u8; 16]);
 
 impl SampleKey {
     /// Hashes the pipeline-visible content of a sample.
-    pub fn of(messages: &[Message], candidates: Option<&[String; 2]>, initial: Option<&str>) -> Self {
+    pub fn of(
+        messages: &[Message],
+        candidates: Option<&[String; 2]>,
+        initial: Option<&str>,
+    ) -> Self {
         let mut hasher = Sha256::new();
         for message in messages {
             hasher.update(format!("{:?}", message.role).as_bytes());
@@ -77,7 +81,8 @@ impl Serialize for SampleKey {
 impl<'de> Deserialize<'de> for SampleKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        Self::from_hex(&text).ok_or_else(|| serde::de::Error::custom("sample key: expected 32 hex digits"))
+        Self::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("sample key: expected 32 hex digits"))
     }
 }
 

@@ -15,7 +15,14 @@ use serde_json::Value;
 const PROMPTS: &str = "hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl";
 const SAMPLES: usize = 60;
 
-fn job(dir: &JobDir, url: &str, endpoint: &str, seed: u64, revisions: u32, sft: &str) -> std::path::PathBuf {
+fn job(
+    dir: &JobDir,
+    url: &str,
+    endpoint: &str,
+    seed: u64,
+    revisions: u32,
+    sft: &str,
+) -> std::path::PathBuf {
     dir.head(PROMPTS, SAMPLES, "prompts.jsonl");
     let constitution = repo_file("constitutions/default.toml");
     dir.write(
@@ -75,7 +82,9 @@ fn drawn_principles(dir: &JobDir) -> HashMap<String, Vec<String>> {
 async fn chat_endpoint_rows_calls_and_principles() {
     let server = ModelServer::start(ServerConfig::default()).await;
     let dir = JobDir::new();
-    let summary = run_job(&job(&dir, &server.url(), "chat", 42, 3, "every")).await.unwrap();
+    let summary = run_job(&job(&dir, &server.url(), "chat", 42, 3, "every"))
+        .await
+        .unwrap();
 
     // 60 lines of the real file hold 60 distinct prompts: all done, counts add up.
     assert!(summary.complete);
@@ -88,9 +97,17 @@ async fn chat_endpoint_rows_calls_and_principles() {
     for row in &sft {
         let messages = row["messages"].as_array().unwrap();
         assert_eq!(messages.last().unwrap()["role"], "assistant");
-        assert!(messages.last().unwrap()["content"].as_str().unwrap().starts_with("reply "));
+        assert!(
+            messages.last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .starts_with("reply ")
+        );
         assert_eq!(messages[0]["role"], "user");
-        rounds.entry(row["id"].as_str().unwrap().into()).or_default().push(row["round"].as_u64().unwrap());
+        rounds
+            .entry(row["id"].as_str().unwrap().into())
+            .or_default()
+            .push(row["round"].as_u64().unwrap());
     }
     assert!(rounds.values().all(|r| {
         let mut r = r.clone();
@@ -104,7 +121,11 @@ async fn chat_endpoint_rows_calls_and_principles() {
     assert!(calls.iter().all(|c| c.endpoint == "chat" && !c.judge));
     let traces = dir.rows("traces.jsonl");
     assert_eq!(traces.len(), SAMPLES);
-    assert!(traces.iter().all(|t| t["usage"]["calls"] == 7 && t["steps"].as_array().unwrap().len() == 7));
+    assert!(
+        traces
+            .iter()
+            .all(|t| t["usage"]["calls"] == 7 && t["steps"].as_array().unwrap().len() == 7)
+    );
 
     // Every principle comes from the constitution and is the one the seed draws.
     let constitution = Constitution::load(&repo_file("constitutions/default.toml")).unwrap();
@@ -114,7 +135,9 @@ async fn chat_endpoint_rows_calls_and_principles() {
         let expected: Vec<String> = (1..=3)
             .map(|round| {
                 let mut rng = seed::rng_for(42, &key, &format!("principle-{round}"));
-                constitution.principles[rng.random_range(0..constitution.principles.len())].id.clone()
+                constitution.principles[rng.random_range(0..constitution.principles.len())]
+                    .id
+                    .clone()
             })
             .collect();
         assert_eq!(drawn[trace["id"].as_str().unwrap()], expected);
@@ -133,16 +156,25 @@ async fn chat_endpoint_rows_calls_and_principles() {
         .unwrap();
     let messages = first_critique.body["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 6 * constitution.demonstrations.len() + 3);
-    assert_eq!(messages[0]["content"], Value::from(constitution.demonstrations[0].prompt.clone()));
+    assert_eq!(
+        messages[0]["content"],
+        Value::from(constitution.demonstrations[0].prompt.clone())
+    );
 }
 
 #[tokio::test]
 async fn the_same_seed_draws_the_same_principles_and_another_seed_does_not() {
     let server = ModelServer::start(ServerConfig::default()).await;
     let (a, b, c) = (JobDir::new(), JobDir::new(), JobDir::new());
-    run_job(&job(&a, &server.url(), "completions", 7, 2, "final")).await.unwrap();
-    run_job(&job(&b, &server.url(), "completions", 7, 2, "final")).await.unwrap();
-    run_job(&job(&c, &server.url(), "completions", 8, 2, "final")).await.unwrap();
+    run_job(&job(&a, &server.url(), "completions", 7, 2, "final"))
+        .await
+        .unwrap();
+    run_job(&job(&b, &server.url(), "completions", 7, 2, "final"))
+        .await
+        .unwrap();
+    run_job(&job(&c, &server.url(), "completions", 8, 2, "final"))
+        .await
+        .unwrap();
     assert_eq!(drawn_principles(&a), drawn_principles(&b));
     assert_ne!(drawn_principles(&a), drawn_principles(&c));
     // sft = "final": one row per sample, the last round.
@@ -162,13 +194,34 @@ async fn the_same_seed_draws_the_same_principles_and_another_seed_does_not() {
 async fn completions_endpoint_sends_the_paper_transcript() {
     let server = ModelServer::start(ServerConfig::default()).await;
     let dir = JobDir::new();
-    let summary = run_job(&job(&dir, &server.url(), "completions", 1, 1, "final")).await.unwrap();
+    let summary = run_job(&job(&dir, &server.url(), "completions", 1, 1, "final"))
+        .await
+        .unwrap();
     assert_eq!(summary.counts.done, SAMPLES as u64);
     let calls = server.calls();
     assert_eq!(calls.len(), SAMPLES * 3);
-    let prompts: Vec<&str> = calls.iter().map(|c| c.body["prompt"].as_str().unwrap()).collect();
-    assert!(prompts.iter().any(|p| p.ends_with("\n\nAssistant:") && p.starts_with("\n\nHuman: ")));
-    assert!(prompts.iter().any(|p| p.ends_with("\n\nCritique:") && p.contains("\n\nCritiqueRequest: ")));
-    assert!(prompts.iter().any(|p| p.ends_with("\n\nRevision:") && p.contains("\n\nRevisionRequest: ")));
-    assert!(calls.iter().all(|c| c.body["stop"].as_array().is_some_and(|s| !s.is_empty())));
+    let prompts: Vec<&str> = calls
+        .iter()
+        .map(|c| c.body["prompt"].as_str().unwrap())
+        .collect();
+    assert!(
+        prompts
+            .iter()
+            .any(|p| p.ends_with("\n\nAssistant:") && p.starts_with("\n\nHuman: "))
+    );
+    assert!(
+        prompts
+            .iter()
+            .any(|p| p.ends_with("\n\nCritique:") && p.contains("\n\nCritiqueRequest: "))
+    );
+    assert!(
+        prompts
+            .iter()
+            .any(|p| p.ends_with("\n\nRevision:") && p.contains("\n\nRevisionRequest: "))
+    );
+    assert!(
+        calls
+            .iter()
+            .all(|c| c.body["stop"].as_array().is_some_and(|s| !s.is_empty()))
+    );
 }

@@ -94,10 +94,19 @@ fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
         let x_wins = p_x >= 0.5;
         let original = source
             .iter()
-            .find(|s| s["chosen"].as_str().unwrap().ends_with(chosen_text) || s["rejected"].as_str().unwrap().ends_with(chosen_text))
+            .find(|s| {
+                s["chosen"].as_str().unwrap().ends_with(chosen_text)
+                    || s["rejected"].as_str().unwrap().ends_with(chosen_text)
+            })
             .unwrap();
-        assert_eq!(original["chosen"].as_str().unwrap().ends_with(chosen_text), x_wins);
-        assert_eq!(row["prompt"].as_array().unwrap().last().unwrap()["role"], "user");
+        assert_eq!(
+            original["chosen"].as_str().unwrap().ends_with(chosen_text),
+            x_wins
+        );
+        assert_eq!(
+            row["prompt"].as_array().unwrap().last().unwrap()["role"],
+            "user"
+        );
     }
     // Each reading is exactly the server's normalised probability, summed over spellings.
     served.sort_by(f64::total_cmp);
@@ -106,7 +115,10 @@ fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
     for (s, r) in served.iter().zip(&read) {
         assert!((s - r).abs() < 1e-9, "server {s} vs read {r}");
     }
-    let labels: std::collections::HashSet<u64> = rows.iter().map(|r| r["p_chosen"].as_f64().unwrap().to_bits()).collect();
+    let labels: std::collections::HashSet<u64> = rows
+        .iter()
+        .map(|r| r["p_chosen"].as_f64().unwrap().to_bits())
+        .collect();
     assert!(labels.len() > SAMPLES / 2, "labels should vary");
 }
 
@@ -114,11 +126,18 @@ fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
 async fn chat_endpoint_with_swap() {
     let server = ModelServer::start(ServerConfig::default()).await;
     let dir = JobDir::new();
-    let summary = run_job(&job(&dir, &server.url(), "chat", true, 1)).await.unwrap();
+    let summary = run_job(&job(&dir, &server.url(), "chat", true, 1))
+        .await
+        .unwrap();
     assert_eq!(summary.counts.done, SAMPLES as u64);
     // Two judge calls per sample: both orders, one principle.
     assert_eq!(server.calls().len(), 2 * SAMPLES);
-    assert!(server.calls().iter().all(|c| c.judge && c.body["top_logprobs"] == 20));
+    assert!(
+        server
+            .calls()
+            .iter()
+            .all(|c| c.judge && c.body["top_logprobs"] == 20)
+    );
     check_labels(&dir, &server, 2);
     let rows = dir.rows("preferences.jsonl");
     for row in &rows {
@@ -126,8 +145,14 @@ async fn chat_endpoint_with_swap() {
         assert_eq!(readings[0]["order"], "xy");
         assert_eq!(readings[1]["order"], "yx");
         assert_eq!(readings[0]["principle_id"], readings[1]["principle_id"]);
-        let (xy, yx) = (readings[0]["p_first"].as_f64().unwrap(), readings[1]["p_first"].as_f64().unwrap());
-        assert_eq!(row["position_consistent"], Value::from((xy >= 0.5) == (yx < 0.5)));
+        let (xy, yx) = (
+            readings[0]["p_first"].as_f64().unwrap(),
+            readings[1]["p_first"].as_f64().unwrap(),
+        );
+        assert_eq!(
+            row["position_consistent"],
+            Value::from((xy >= 0.5) == (yx < 0.5))
+        );
     }
 }
 
@@ -135,22 +160,34 @@ async fn chat_endpoint_with_swap() {
 async fn completions_endpoint_legacy_format_with_two_principles() {
     let server = ModelServer::start(ServerConfig::default()).await;
     let dir = JobDir::new();
-    run_job(&job(&dir, &server.url(), "completions", true, 2)).await.unwrap();
+    run_job(&job(&dir, &server.url(), "completions", true, 2))
+        .await
+        .unwrap();
     assert_eq!(server.calls().len(), 4 * SAMPLES);
-    assert!(server.calls().iter().all(|c| c.endpoint == "completions" && c.body["logprobs"] == 20));
+    assert!(
+        server
+            .calls()
+            .iter()
+            .all(|c| c.endpoint == "completions" && c.body["logprobs"] == 20)
+    );
     check_labels(&dir, &server, 4);
 }
 
 #[tokio::test]
 async fn chat_format_on_completions_and_legacy_on_chat_without_swap() {
-    for (endpoint, format) in [("completions", LogprobFormat::Chat), ("chat", LogprobFormat::Legacy)] {
+    for (endpoint, format) in [
+        ("completions", LogprobFormat::Chat),
+        ("chat", LogprobFormat::Legacy),
+    ] {
         let server = ModelServer::start(ServerConfig {
             logprob_format: Some(format),
             ..ServerConfig::default()
         })
         .await;
         let dir = JobDir::new();
-        run_job(&job(&dir, &server.url(), endpoint, false, 1)).await.unwrap();
+        run_job(&job(&dir, &server.url(), endpoint, false, 1))
+            .await
+            .unwrap();
         assert_eq!(server.calls().len(), SAMPLES);
         check_labels(&dir, &server, 1);
         // Without swap the shown order is drawn per sample: both orders occur.
@@ -160,7 +197,11 @@ async fn chat_format_on_completions_and_legacy_on_chat_without_swap() {
             .map(|r| r["readings"][0]["order"].as_str().unwrap().to_owned())
             .collect();
         assert_eq!(orders.len(), 2, "{endpoint}");
-        assert!(dir.rows("preferences.jsonl").iter().all(|r| r.get("position_consistent").is_none()));
+        assert!(
+            dir.rows("preferences.jsonl")
+                .iter()
+                .all(|r| r.get("position_consistent").is_none())
+        );
     }
 }
 
@@ -172,13 +213,24 @@ async fn a_judge_without_letters_is_retried_once_then_the_sample_fails() {
     })
     .await;
     let dir = JobDir::new();
-    let summary = run_job(&job(&dir, &server.url(), "chat", true, 1)).await.unwrap();
-    assert_eq!((summary.counts.done, summary.counts.failed), (0, SAMPLES as u64));
+    let summary = run_job(&job(&dir, &server.url(), "chat", true, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.counts.done, summary.counts.failed),
+        (0, SAMPLES as u64)
+    );
     assert_eq!(summary.counts.lines_read, summary.counts.settled());
     // The first order is asked twice, then the sample fails without a guessed label.
     assert_eq!(server.calls().len(), 2 * SAMPLES);
     let failed = dir.rows("failed.jsonl");
     assert_eq!(failed.len(), SAMPLES);
-    assert!(failed.iter().all(|f| f["attempts"] == 2 && f["reason"].as_str().unwrap().contains("neither (A) nor (B)")));
+    assert!(failed.iter().all(|f| {
+        f["attempts"] == 2
+            && f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("neither (A) nor (B)")
+    }));
     assert!(dir.rows("preferences.jsonl").is_empty());
 }

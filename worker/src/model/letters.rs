@@ -62,7 +62,13 @@ mod tests {
 
     #[test]
     fn spellings_are_summed_and_normalised_over_the_two_options() {
-        let positions = vec![vec![t(" A", 0.3), t("A", 0.1), t(" (B", 0.2), t("B", 0.2), t("The", 0.2)]];
+        let positions = vec![vec![
+            t(" A", 0.3),
+            t("A", 0.1),
+            t(" (B", 0.2),
+            t("B", 0.2),
+            t("The", 0.2),
+        ]];
         let p = probability_of_a(&positions).unwrap();
         assert!((p - 0.5).abs() < 1e-12, "{p}");
         let positions = vec![vec![t(" A", 0.6), t(" B", 0.2)]];
@@ -71,7 +77,10 @@ mod tests {
 
     #[test]
     fn skips_a_shared_prefix_token_and_refuses_when_no_letter_appears() {
-        let positions = vec![vec![t(" (", 0.9), t(" The", 0.1)], vec![t("B", 0.6), t("A", 0.2)]];
+        let positions = vec![
+            vec![t(" (", 0.9), t(" The", 0.1)],
+            vec![t("B", 0.6), t("A", 0.2)],
+        ];
         assert!((probability_of_a(&positions).unwrap() - 0.25).abs() < 1e-12);
         assert_eq!(probability_of_a(&[vec![t("The", 0.9)]]), None);
         assert_eq!(probability_of_a(&[]), None);
