@@ -1,7 +1,8 @@
 //! The in-process broker of embedded mode: one unbounded MPMC channel per (job, queue).
 //!
 //! Unbounded is safe because the coordinator bounds what is outstanding; there is no
-//! redelivery across processes because everything lives and dies with this process.
+//! redelivery across processes because everything lives and dies with this process. A
+//! dead-lettered message goes to the job's [`Queue::Dead`] channel, as with RabbitMQ.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,10 @@ use futures::stream::BoxStream;
 
 use super::{Acker, Broker, BrokerError, Delivery, Queue};
 
-type Channel = (async_channel::Sender<Vec<u8>>, async_channel::Receiver<Vec<u8>>);
+type Channel = (
+    async_channel::Sender<Vec<u8>>,
+    async_channel::Receiver<Vec<u8>>,
+);
 
 #[derive(Default)]
 struct Inner {
@@ -26,17 +30,18 @@ pub struct MemoryBroker {
     inner: Arc<Inner>,
 }
 
-impl MemoryBroker {
+impl Inner {
     fn channel(&self, job: &str, queue: Queue) -> Channel {
-        self.inner
-            .channels
+        self.channels
             .lock()
             .expect("broker lock")
             .entry((job.to_owned(), queue))
             .or_insert_with(async_channel::unbounded)
             .clone()
     }
+}
 
+impl MemoryBroker {
     /// Messages dead-lettered so far, as (job, reason).
     pub fn dead_letters(&self) -> Vec<(String, String)> {
         self.inner.dead.lock().expect("broker lock").clone()
@@ -68,15 +73,21 @@ impl Acker for MemoryAcker {
             .dead
             .lock()
             .expect("broker lock")
-            .push((self.job, reason.to_owned()));
-        Ok(())
+            .push((self.job.clone(), reason.to_owned()));
+        self.inner
+            .channel(&self.job, Queue::Dead)
+            .0
+            .send(self.payload)
+            .await
+            .map_err(|_| BrokerError("in-process queue closed".into()))
     }
 }
 
 #[async_trait]
 impl Broker for MemoryBroker {
     async fn publish(&self, job: &str, queue: Queue, payload: Vec<u8>) -> Result<(), BrokerError> {
-        self.channel(job, queue)
+        self.inner
+            .channel(job, queue)
             .0
             .send(payload)
             .await
@@ -89,7 +100,7 @@ impl Broker for MemoryBroker {
         queue: Queue,
         _prefetch: u16,
     ) -> Result<BoxStream<'static, Delivery>, BrokerError> {
-        let (sender, receiver) = self.channel(job, queue);
+        let (sender, receiver) = self.inner.channel(job, queue);
         let job = job.to_owned();
         let inner = self.inner.clone();
         Ok(receiver
@@ -113,7 +124,10 @@ mod tests {
     #[tokio::test]
     async fn requeued_message_comes_back_and_dead_letters_are_kept() {
         let broker = MemoryBroker::default();
-        broker.publish("j", Queue::Tasks, b"one".to_vec()).await.unwrap();
+        broker
+            .publish("j", Queue::Tasks, b"one".to_vec())
+            .await
+            .unwrap();
         let mut stream = broker.consume("j", Queue::Tasks, 1).await.unwrap();
         let first = stream.next().await.unwrap();
         assert_eq!(first.payload, b"one");
@@ -121,6 +135,11 @@ mod tests {
         let again = stream.next().await.unwrap();
         assert_eq!(again.payload, b"one");
         again.acker.dead_letter("bad").await.unwrap();
-        assert_eq!(broker.dead_letters(), vec![("j".to_owned(), "bad".to_owned())]);
+        assert_eq!(
+            broker.dead_letters(),
+            vec![("j".to_owned(), "bad".to_owned())]
+        );
+        let mut dead = broker.consume("j", Queue::Dead, 1).await.unwrap();
+        assert_eq!(dead.next().await.unwrap().payload, b"one");
     }
 }

@@ -2,7 +2,9 @@
 //! explicit acknowledgement. RabbitMQ and the in-process queue implement it; the envelope
 //! codec and the pipelines never see which one is underneath.
 
+pub mod amqp;
 pub mod memory;
+pub(crate) mod secret_url;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -12,13 +14,15 @@ use futures::stream::BoxStream;
 #[error("broker: {0}")]
 pub struct BrokerError(pub String);
 
-/// The two queues of a job.
+/// The queues of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Queue {
     /// Coordinator → workers.
     Tasks,
     /// Workers → coordinator.
     Results,
+    /// Messages that can never be handled: dead-lettered, or past the delivery limit.
+    Dead,
 }
 
 /// Settles one delivery. Exactly one of the methods is called per delivery.
