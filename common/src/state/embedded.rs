@@ -1,49 +1,269 @@
 //! The in-memory state of embedded mode. The output directory is the durable ledger; this
 //! only mirrors it for the in-process workers, so nothing here needs to survive a crash.
+//!
+//! Invariant: everything is indexed by job first and sample second, so per-sample operations
+//! cost the same whatever the number of samples held.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{StateError, StateStore};
 use crate::sample::SampleKey;
 
-/// In-memory done set and step cache.
+/// The cached steps of one sample: step name → result.
+type Steps = HashMap<String, Vec<u8>>;
+
+/// In-memory done set, step cache, job registry, counters and heartbeats.
 #[derive(Default)]
 pub struct EmbeddedState {
-    done: Mutex<HashSet<(String, SampleKey)>>,
-    steps: Mutex<HashMap<(String, SampleKey, String), Vec<u8>>>,
+    done: Mutex<HashMap<String, HashSet<SampleKey>>>,
+    steps: Mutex<HashMap<(String, SampleKey), Steps>>,
+    /// job → (spec JSON, fingerprint).
+    jobs: Mutex<HashMap<String, (String, String)>>,
+    active: Mutex<BTreeSet<String>>,
+    counters: Mutex<HashMap<String, BTreeMap<String, i64>>>,
+    /// worker id → (info JSON, expiry).
+    workers: Mutex<BTreeMap<String, (String, Instant)>>,
+    /// job → fatal error.
+    fatal: Mutex<HashMap<String, String>>,
 }
 
 #[async_trait]
 impl StateStore for EmbeddedState {
     async fn done(&self, job: &str, keys: &[SampleKey]) -> Result<Vec<bool>, StateError> {
         let done = self.done.lock().expect("state lock");
-        Ok(keys.iter().map(|key| done.contains(&(job.to_owned(), *key))).collect())
+        let done = done.get(job);
+        Ok(keys
+            .iter()
+            .map(|key| done.is_some_and(|done| done.contains(key)))
+            .collect())
     }
 
     async fn mark_done(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError> {
         let mut done = self.done.lock().expect("state lock");
-        done.extend(keys.iter().map(|key| (job.to_owned(), *key)));
+        done.entry(job.to_owned()).or_default().extend(keys);
         Ok(())
     }
 
-    async fn step_get(&self, job: &str, key: &SampleKey, step: &str) -> Result<Option<Vec<u8>>, StateError> {
+    async fn step_get(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        step: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
         let steps = self.steps.lock().expect("state lock");
-        Ok(steps.get(&(job.to_owned(), *key, step.to_owned())).cloned())
+        Ok(steps
+            .get(&(job.to_owned(), *key))
+            .and_then(|steps| steps.get(step))
+            .cloned())
     }
 
-    async fn step_put(&self, job: &str, key: &SampleKey, step: &str, value: Vec<u8>) -> Result<(), StateError> {
+    async fn step_put(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        step: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StateError> {
         let mut steps = self.steps.lock().expect("state lock");
-        steps.insert((job.to_owned(), *key, step.to_owned()), value);
+        steps
+            .entry((job.to_owned(), *key))
+            .or_default()
+            .insert(step.to_owned(), value);
         Ok(())
     }
 
     async fn step_forget(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError> {
-        let keys: HashSet<&SampleKey> = keys.iter().collect();
         let mut steps = self.steps.lock().expect("state lock");
-        steps.retain(|(step_job, key, _), _| step_job != job || !keys.contains(key));
+        for key in keys {
+            steps.remove(&(job.to_owned(), *key));
+        }
         Ok(())
+    }
+
+    async fn put_job(
+        &self,
+        job: &str,
+        spec_json: &str,
+        fingerprint: &str,
+    ) -> Result<(), StateError> {
+        let mut jobs = self.jobs.lock().expect("state lock");
+        jobs.insert(
+            job.to_owned(),
+            (spec_json.to_owned(), fingerprint.to_owned()),
+        );
+        Ok(())
+    }
+
+    async fn get_job(&self, job: &str) -> Result<Option<(String, String)>, StateError> {
+        Ok(self.jobs.lock().expect("state lock").get(job).cloned())
+    }
+
+    async fn set_fatal(&self, job: &str, message: &str) -> Result<(), StateError> {
+        let mut fatal = self.fatal.lock().expect("state lock");
+        fatal.entry(job.to_owned()).or_insert_with(|| message.to_owned());
+        Ok(())
+    }
+
+    async fn fatal(&self, job: &str) -> Result<Option<String>, StateError> {
+        Ok(self.fatal.lock().expect("state lock").get(job).cloned())
+    }
+
+    async fn clear_fatal(&self, job: &str) -> Result<(), StateError> {
+        self.fatal.lock().expect("state lock").remove(job);
+        Ok(())
+    }
+
+    async fn active_jobs(&self) -> Result<Vec<String>, StateError> {
+        Ok(self
+            .active
+            .lock()
+            .expect("state lock")
+            .iter()
+            .cloned()
+            .collect())
+    }
+
+    async fn set_active(&self, job: &str, active: bool) -> Result<(), StateError> {
+        let mut jobs = self.active.lock().expect("state lock");
+        if active {
+            jobs.insert(job.to_owned());
+        } else {
+            jobs.remove(job);
+        }
+        Ok(())
+    }
+
+    async fn add_counters(&self, job: &str, deltas: &[(&str, i64)]) -> Result<(), StateError> {
+        let mut counters = self.counters.lock().expect("state lock");
+        let counters = counters.entry(job.to_owned()).or_default();
+        for (name, delta) in deltas {
+            *counters.entry((*name).to_owned()).or_default() += delta;
+        }
+        Ok(())
+    }
+
+    async fn counters(&self, job: &str) -> Result<BTreeMap<String, i64>, StateError> {
+        let counters = self.counters.lock().expect("state lock");
+        Ok(counters.get(job).cloned().unwrap_or_default())
+    }
+
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info_json: &str,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let mut workers = self.workers.lock().expect("state lock");
+        workers.insert(
+            worker_id.to_owned(),
+            (info_json.to_owned(), Instant::now() + ttl),
+        );
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<(String, String)>, StateError> {
+        let mut workers = self.workers.lock().expect("state lock");
+        let now = Instant::now();
+        workers.retain(|_, (_, expiry)| *expiry > now);
+        Ok(workers
+            .iter()
+            .map(|(id, (info, _))| (id.clone(), info.clone()))
+            .collect())
+    }
+
+    async fn done_count(&self, job: &str) -> Result<u64, StateError> {
+        let done = self.done.lock().expect("state lock");
+        Ok(done.get(job).map_or(0, |done| done.len() as u64))
+    }
+
+    async fn reset_done(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError> {
+        let mut done = self.done.lock().expect("state lock");
+        done.insert(job.to_owned(), keys.iter().copied().collect());
+        Ok(())
+    }
+
+    async fn clear_job(&self, job: &str) -> Result<(), StateError> {
+        self.done.lock().expect("state lock").remove(job);
+        self.steps
+            .lock()
+            .expect("state lock")
+            .retain(|(step_job, _), _| step_job != job);
+        self.jobs.lock().expect("state lock").remove(job);
+        self.active.lock().expect("state lock").remove(job);
+        self.counters.lock().expect("state lock").remove(job);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SampleKey {
+        SampleKey([n; 16])
+    }
+
+    #[tokio::test]
+    async fn done_steps_and_clear_are_per_job() {
+        let state = EmbeddedState::default();
+        state.mark_done("a", &[key(1), key(2)]).await.unwrap();
+        state.mark_done("b", &[key(1)]).await.unwrap();
+        assert_eq!(
+            state.done("a", &[key(1), key(3)]).await.unwrap(),
+            [true, false]
+        );
+        assert_eq!(state.done_count("a").await.unwrap(), 2);
+        state.reset_done("a", &[key(3)]).await.unwrap();
+        assert_eq!(
+            state.done("a", &[key(1), key(3)]).await.unwrap(),
+            [false, true]
+        );
+
+        state
+            .step_put("a", &key(1), "s", b"v".to_vec())
+            .await
+            .unwrap();
+        state
+            .step_put("b", &key(1), "s", b"w".to_vec())
+            .await
+            .unwrap();
+        state.step_forget("a", &[key(1)]).await.unwrap();
+        assert_eq!(state.step_get("a", &key(1), "s").await.unwrap(), None);
+        assert_eq!(
+            state.step_get("b", &key(1), "s").await.unwrap(),
+            Some(b"w".to_vec())
+        );
+
+        state.put_job("a", "{}", "f").await.unwrap();
+        state.set_active("a", true).await.unwrap();
+        state
+            .add_counters("a", &[("done", 2), ("done", 1)])
+            .await
+            .unwrap();
+        assert_eq!(state.counters("a").await.unwrap()["done"], 3);
+        state.clear_job("a").await.unwrap();
+        assert_eq!(state.get_job("a").await.unwrap(), None);
+        assert!(state.active_jobs().await.unwrap().is_empty());
+        assert!(state.counters("a").await.unwrap().is_empty());
+        assert_eq!(state.done_count("a").await.unwrap(), 0);
+        assert_eq!(state.done_count("b").await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn expired_heartbeats_are_not_listed() {
+        let state = EmbeddedState::default();
+        state
+            .heartbeat("w1", "{}", Duration::from_secs(60))
+            .await
+            .unwrap();
+        state.heartbeat("w2", "{}", Duration::ZERO).await.unwrap();
+        assert_eq!(
+            state.workers().await.unwrap(),
+            [("w1".to_owned(), "{}".to_owned())]
+        );
     }
 }

@@ -1,8 +1,19 @@
-//! The shared-state seam: which samples are done, and the step cache that lets a sample
-//! redelivered after a crash resume at the step where it stopped. Redis implements it for
-//! distributed runs; an in-memory map does for embedded runs.
+//! The shared-state seam: which samples are done, the step cache that lets a sample
+//! redelivered after a crash resume at the step where it stopped, and what distributed runs
+//! share besides: the job registry (workers learn a job's spec from it), the active jobs,
+//! progress counters and worker heartbeats. Redis implements it for distributed runs; an
+//! in-memory map does for embedded runs.
+//!
+//! Invariant: the done set only grows through [`StateStore::mark_done`], called after the
+//! samples' rows are durable, so "done" here never claims more than the output holds (it may
+//! claim less: the output directory is the ledger and can re-seed it with
+//! [`StateStore::reset_done`]).
 
 pub mod embedded;
+pub mod redis;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -21,9 +32,61 @@ pub trait StateStore: Send + Sync {
     /// Records samples as done; called only after their rows are durable.
     async fn mark_done(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError>;
     /// A cached model-call result for (sample, step).
-    async fn step_get(&self, job: &str, key: &SampleKey, step: &str) -> Result<Option<Vec<u8>>, StateError>;
+    async fn step_get(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        step: &str,
+    ) -> Result<Option<Vec<u8>>, StateError>;
     /// Caches a model-call result for (sample, step).
-    async fn step_put(&self, job: &str, key: &SampleKey, step: &str, value: Vec<u8>) -> Result<(), StateError>;
+    async fn step_put(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        step: &str,
+        value: Vec<u8>,
+    ) -> Result<(), StateError>;
     /// Drops the cached steps of samples that are done (their results are durable).
     async fn step_forget(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError>;
+
+    /// Registers a job: its spec (JSON) and fingerprint, replacing what was there.
+    async fn put_job(
+        &self,
+        job: &str,
+        spec_json: &str,
+        fingerprint: &str,
+    ) -> Result<(), StateError>;
+    /// A registered job's `(spec_json, fingerprint)`.
+    async fn get_job(&self, job: &str) -> Result<Option<(String, String)>, StateError>;
+    /// Names of the jobs workers should serve, sorted.
+    async fn active_jobs(&self) -> Result<Vec<String>, StateError>;
+    /// Adds a job to the active jobs, or removes it.
+    async fn set_active(&self, job: &str, active: bool) -> Result<(), StateError>;
+    /// Adds each delta to the named progress counter of the job (missing counters start at 0).
+    async fn add_counters(&self, job: &str, deltas: &[(&str, i64)]) -> Result<(), StateError>;
+    /// All progress counters of the job.
+    async fn counters(&self, job: &str) -> Result<BTreeMap<String, i64>, StateError>;
+    /// Records that a worker is alive, with its info (JSON), for `ttl` from now.
+    async fn heartbeat(
+        &self,
+        worker_id: &str,
+        info_json: &str,
+        ttl: Duration,
+    ) -> Result<(), StateError>;
+    /// `(worker_id, info_json)` of the workers whose last heartbeat has not expired, by id.
+    async fn workers(&self) -> Result<Vec<(String, String)>, StateError>;
+    /// How many samples of the job are done.
+    async fn done_count(&self, job: &str) -> Result<u64, StateError>;
+    /// Replaces the job's done set with exactly `keys` (re-seeding it from the ledger).
+    async fn reset_done(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError>;
+    /// Records why the job cannot go on (a worker found its API key refused, its model unknown),
+    /// so the coordinator stops it; the first message recorded is kept.
+    async fn set_fatal(&self, job: &str, message: &str) -> Result<(), StateError>;
+    /// The job's fatal error, if one was recorded.
+    async fn fatal(&self, job: &str) -> Result<Option<String>, StateError>;
+    /// Forgets the job's fatal error (a new run of the job starts clean).
+    async fn clear_fatal(&self, job: &str) -> Result<(), StateError>;
+    /// Forgets everything about the job: registry entry, active flag, done set, counters and
+    /// step cache.
+    async fn clear_job(&self, job: &str) -> Result<(), StateError>;
 }
