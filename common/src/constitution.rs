@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 /// A constitution that cannot be used; the message names the file and what is wrong.
@@ -18,7 +18,7 @@ pub struct ConstitutionError {
 }
 
 /// One principle.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Principle {
     /// Stable id, recorded with every critique, revision and label.
@@ -33,7 +33,7 @@ pub struct Principle {
 }
 
 /// A worked example of one critique-revise round, prepended as few-shot context.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Demonstration {
     /// The human's request.
@@ -50,8 +50,8 @@ pub struct Demonstration {
     pub revision: String,
 }
 
-/// A loaded constitution.
-#[derive(Clone, Debug)]
+/// A loaded constitution (serialisable, so workers receive it from the job registry).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Constitution {
     /// The principles, in file order (draws index into this list).
     pub principles: Vec<Principle>,

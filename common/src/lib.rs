@@ -5,6 +5,7 @@
 //! - [`sample`]: a corpus line turned into work ([`sample::Sample`]) and its content key.
 //! - [`job`]: the job file (TOML), validated, and its fingerprint.
 //! - [`constitution`]: principles and demonstrations, from cai TOML or the HF JSON format.
+//! - [`descriptor`]: a job as registered for workers (spec, constitution, fingerprint).
 //! - [`result`]: what a worker returns for a sample: output rows, trace, usage.
 //! - [`envelope`]: the versioned MessagePack codec for tasks and results.
 //! - [`seed`]: deterministic randomness derived from (job seed, sample key, step).
@@ -13,6 +14,7 @@
 
 pub mod broker;
 pub mod constitution;
+pub mod descriptor;
 pub mod envelope;
 pub mod job;
 pub mod message;

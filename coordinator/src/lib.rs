@@ -6,6 +6,7 @@
 //! - [`ledger`]: the output directory as an exactly-once commit log.
 //! - [`coordinate`]: publish tasks with back-pressure, collect results into the ledger.
 //! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
+//! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
 //! - [`progress`]: counters, progress bar, plain progress lines.
 //! - [`manifest`]: the end-of-run summary file.
 //! - [`cli`]: the command line.
@@ -13,6 +14,7 @@
 pub mod cli;
 pub mod coordinate;
 pub mod corpus;
+pub mod distributed;
 pub mod embedded;
 pub mod ledger;
 pub mod manifest;

@@ -9,6 +9,7 @@
 mod run;
 mod status;
 mod validate;
+mod worker;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,11 +47,36 @@ pub enum Command {
         /// The job file.
         job: PathBuf,
     },
-    /// Show the progress of a job from its output directory.
+    /// A stateless worker of distributed runs: serves every active job it finds in Redis.
+    Worker(WorkerArgs),
+    /// Show the progress of a job: from its output directory, or from Redis with `--state`.
     Status {
-        /// The job's output directory.
-        output: PathBuf,
+        /// The job's output directory, or with `--state` the job's name.
+        target: String,
+        /// Redis URL: read the job's live progress and the workers from there.
+        #[arg(long, env = "CAI_STATE")]
+        state: Option<String>,
     },
+}
+
+/// Flags of `cai worker`.
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// RabbitMQ URL (`amqp://user:password@host:5672/vhost`).
+    #[arg(long, env = "CAI_BROKER")]
+    pub broker: String,
+    /// Redis URL (`redis://host:6379/db`).
+    #[arg(long, env = "CAI_STATE")]
+    pub state: String,
+    /// Samples in flight per job; default: the job's largest model `max_concurrency`.
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seconds to finish tasks in flight after SIGTERM; unfinished tasks go back to the queue.
+    #[arg(long, default_value_t = 30)]
+    pub grace_s: u64,
+    /// This worker's id in heartbeats; default: host name and process id.
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 /// Flags of `cai run`: how this process runs (the job file says what to compute).
@@ -70,6 +96,12 @@ pub struct RunArgs {
     /// Start the job over: remove the previous run's output in the output directory.
     #[arg(long)]
     pub new: bool,
+    /// RabbitMQ URL: run as the coordinator of a distributed job (needs `--state`).
+    #[arg(long, env = "CAI_BROKER", requires = "state")]
+    pub broker: Option<String>,
+    /// Redis URL: run as the coordinator of a distributed job (needs `--broker`).
+    #[arg(long, env = "CAI_STATE", requires = "broker")]
+    pub state: Option<String>,
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -83,7 +115,11 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Validate { job } => validate::validate(&job).await,
-            Command::Status { output } => status::status(&output),
+            Command::Worker(args) => worker::worker(args).await,
+            Command::Status { target, state } => match state {
+                Some(state) => status::live(&target, &state).await,
+                None => status::status(std::path::Path::new(&target)),
+            },
         }
     });
     // Blocking corpus readers may still be parked on a full channel: don't wait for them.

@@ -7,6 +7,7 @@ use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
 
 use super::{RunArgs, report};
+use crate::distributed::{self, Services};
 use crate::embedded::{self, EmbeddedOptions};
 use crate::manifest;
 use crate::plan::Plan;
@@ -42,7 +43,13 @@ pub(super) async fn run(args: RunArgs) -> u8 {
     let progress = Arc::new(Progress::default());
     let started_at = SystemTime::now();
     let display = progress.display(&plan.spec().name);
-    let outcome = embedded::run(&plan, models, &options, progress, shutdown).await;
+    let outcome = match (args.broker, args.state) {
+        (Some(broker), Some(state)) => {
+            let services = Services { broker, state };
+            distributed::run(&plan, &services, &options.coordinator, progress, shutdown).await
+        }
+        _ => embedded::run(&plan, models, &options, progress, shutdown).await,
+    };
     drop(display);
     let summary = match outcome {
         Ok(summary) => summary,

@@ -75,3 +75,63 @@ pub(super) fn status(dir: &Path) -> u8 {
     );
     0
 }
+
+/// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the
+/// workers whose heartbeat is current.
+pub(super) async fn live(job: &str, state_url: &str) -> u8 {
+    use cai_common::state::StateStore;
+    let state = match cai_common::state::redis::RedisState::connect(state_url).await {
+        Ok(state) => state,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let registered = match state.get_job(job).await {
+        Ok(registered) => registered,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let Some((_, fingerprint)) = registered else {
+        eprintln!("error: no job named {job:?} in the state store");
+        return 2;
+    };
+    let counters = state.counters(job).await.unwrap_or_default();
+    let active = state
+        .active_jobs()
+        .await
+        .unwrap_or_default()
+        .iter()
+        .any(|j| j == job);
+    let get = |name: &str| counters.get(name).copied().unwrap_or(0);
+    println!(
+        "job {job:?}  fingerprint {}  {}",
+        &fingerprint[..12.min(fingerprint.len())],
+        if active { "active" } else { "not active" }
+    );
+    println!(
+        "lines read {}: done {}, failed {}, rejected {}, duplicates {}",
+        get("lines_read"),
+        get("done"),
+        get("failed"),
+        get("rejected"),
+        get("duplicates")
+    );
+    println!(
+        "this run: {} model calls, {} tokens in, {} tokens out",
+        get("model_calls"),
+        get("tokens_in"),
+        get("tokens_out")
+    );
+    if let Ok(Some(message)) = state.fatal(job).await {
+        println!("fatal: {message}");
+    }
+    let workers = state.workers().await.unwrap_or_default();
+    println!("workers: {}", workers.len());
+    for (id, info) in workers {
+        println!("  {id}  {info}");
+    }
+    0
+}

@@ -1,0 +1,59 @@
+//! `cai worker`: connect to the broker and the state store, serve until SIGTERM or Ctrl-C,
+//! then drain within the grace period.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cai_common::broker::amqp::AmqpBroker;
+use cai_common::state::redis::RedisState;
+use cai_worker::serve::{self, ServeOptions};
+use tokio_util::sync::CancellationToken;
+
+use super::WorkerArgs;
+
+pub(super) async fn worker(args: WorkerArgs) -> u8 {
+    let broker = match AmqpBroker::connect(&args.broker).await {
+        Ok(broker) => Arc::new(broker),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let state = match RedisState::connect(&args.state).await {
+        Ok(state) => Arc::new(state),
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 1;
+        }
+    };
+    let worker_id = args.id.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_else(|_| "worker".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let options = ServeOptions {
+        worker_id,
+        concurrency: args.concurrency,
+        poll_interval: Duration::from_secs(2),
+        heartbeat_ttl: Duration::from_secs(15),
+        grace: Duration::from_secs(args.grace_s),
+    };
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut terminate =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler installs");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            shutdown.cancel();
+        });
+    }
+    tracing::info!(worker = options.worker_id, "worker started");
+    serve::serve(broker, state, options, shutdown).await;
+    tracing::info!("worker stopped");
+    0
+}

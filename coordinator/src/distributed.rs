@@ -1,0 +1,223 @@
+//! Distributed mode, coordinator side: the same coordinator as embedded mode, on RabbitMQ and
+//! Redis. On start it takes the job over: registers it for workers, makes the state store's done
+//! set equal to the ledger's (re-seeding it if Redis lost it), replaces the queued tasks with the
+//! samples that are not done, and marks the job active. While running it mirrors progress into
+//! the state store and stops the job if a worker reports a fatal error. When every sample is
+//! accounted for it retires the job: not active, queues removed (the dead-letter queue is kept).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cai_common::broker::amqp::AmqpBroker;
+use cai_common::broker::{Broker, Queue};
+use cai_common::descriptor::JobDescriptor;
+use cai_common::state::StateStore;
+use cai_common::state::redis::RedisState;
+use tokio_util::sync::CancellationToken;
+
+use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
+use crate::ledger::Ledger;
+use crate::plan::Plan;
+use crate::progress::Progress;
+
+/// Where the broker and the state store are.
+#[derive(Clone, Debug)]
+pub struct Services {
+    /// `amqp://…` URL of RabbitMQ.
+    pub broker: String,
+    /// `redis://…` URL of Redis.
+    pub state: String,
+}
+
+/// Runs the coordinator of a distributed job until it is complete or `shutdown` fires.
+pub async fn run(
+    plan: &Plan,
+    services: &Services,
+    options: &CoordinatorOptions,
+    progress: Arc<Progress>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let job = plan.spec().name.clone();
+    let amqp = Arc::new(AmqpBroker::connect(&services.broker).await?);
+    let state: Arc<dyn StateStore> = Arc::new(RedisState::connect(&services.state).await?);
+    take_over(plan, &amqp, state.as_ref()).await?;
+
+    let stop = shutdown.child_token();
+    let fatal = watch_fatal(job.clone(), state.clone(), stop.clone());
+    let mirror_stop = CancellationToken::new();
+    let mirror = mirror_progress(
+        job.clone(),
+        state.clone(),
+        progress.clone(),
+        mirror_stop.clone(),
+    );
+    // Remote workers keep running after a coordinator stops: whatever they publish later is
+    // collected by the next run, so there is nothing to wait for once the queue is quiet.
+    let producers_stopped = CancellationToken::new();
+    producers_stopped.cancel();
+    let broker: Arc<dyn Broker> = amqp.clone();
+    let outcome = coordinate(
+        plan,
+        broker,
+        state.clone(),
+        options,
+        progress.clone(),
+        stop.clone(),
+        producers_stopped,
+    )
+    .await;
+    mirror_stop.cancel();
+    let _ = mirror.await;
+    fatal.abort();
+    if let Ok(Some(message)) = state.fatal(&job).await {
+        state.set_active(&job, false).await?;
+        anyhow::bail!("job {job:?} stopped: a worker reported: {message}");
+    }
+    let summary = outcome?;
+    if summary.complete {
+        state.set_active(&job, false).await?;
+        amqp.delete_job_queues(&job)
+            .await
+            .context("removing the job's queues")?;
+    }
+    Ok(summary)
+}
+
+/// Makes the broker and the state store agree with the ledger before anything is published.
+async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> anyhow::Result<()> {
+    let job = &plan.spec().name;
+    let descriptor = JobDescriptor {
+        spec: plan.spec().clone(),
+        constitution: (*plan.constitution).clone(),
+        fingerprint: plan.fingerprint.clone(),
+    };
+    if let Some((_, fingerprint)) = state.get_job(job).await? {
+        if fingerprint != plan.fingerprint {
+            tracing::warn!(
+                job,
+                "the state store held another spec of this job; replacing it"
+            );
+            state.clear_job(job).await?;
+        }
+    }
+    state.clear_fatal(job).await?;
+    state
+        .put_job(job, &descriptor.to_json(), &plan.fingerprint)
+        .await?;
+    let done: Vec<_> = {
+        let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
+        ledger.done_keys().copied().collect()
+    };
+    state.reset_done(job, &done).await?;
+    let purged = broker.purge(job, Queue::Tasks).await?;
+    if purged > 0 {
+        tracing::info!(
+            job,
+            purged,
+            "replaced the tasks left in the queue by a previous run"
+        );
+    }
+    state.set_active(job, true).await?;
+    Ok(())
+}
+
+/// Stops the run when a worker records a fatal error for the job.
+fn watch_fatal(
+    job: String,
+    state: Arc<dyn StateStore>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Ok(Some(message)) = state.fatal(&job).await {
+                tracing::error!(
+                    job,
+                    message,
+                    "a worker reported a fatal error; stopping the job"
+                );
+                stop.cancel();
+                return;
+            }
+        }
+    })
+}
+
+/// Mirrors the coordinator's counters into the state store every second, for `cai status`,
+/// and once more when `stop` fires. The counters are reset first: they describe this run.
+fn mirror_progress(
+    job: String,
+    state: Arc<dyn StateStore>,
+    progress: Arc<Progress>,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut published: Vec<(&'static str, i64)> = match state.counters(&job).await {
+            Ok(previous) => snapshot(&progress)
+                .into_iter()
+                .map(|(name, _)| (name, previous.get(name).copied().unwrap_or(0)))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                () = stop.cancelled() => true,
+            };
+            publish_counts(&job, state.as_ref(), &progress, &mut published).await;
+            if stopping {
+                return;
+            }
+        }
+    })
+}
+
+/// The counters `cai status` reads, as (name, value) pairs.
+fn snapshot(progress: &Progress) -> Vec<(&'static str, i64)> {
+    let counts = progress.counts();
+    let usage = progress.usage();
+    [
+        ("lines_read", counts.lines_read),
+        ("done", counts.done),
+        ("failed", counts.failed),
+        ("rejected", counts.rejected),
+        ("duplicates", counts.duplicates),
+        ("model_calls", usage.calls),
+        ("tokens_in", usage.tokens_in),
+        ("tokens_out", usage.tokens_out),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, value as i64))
+    .collect()
+}
+
+/// Adds what changed since `published` to the state store's counters.
+async fn publish_counts(
+    job: &str,
+    state: &dyn StateStore,
+    progress: &Progress,
+    published: &mut Vec<(&'static str, i64)>,
+) {
+    let now = snapshot(progress);
+    let deltas: Vec<(&str, i64)> = now
+        .iter()
+        .map(|(name, value)| {
+            let before = published
+                .iter()
+                .find(|(n, _)| n == name)
+                .map_or(0, |(_, v)| *v);
+            (*name, value - before)
+        })
+        .filter(|(_, delta)| *delta != 0)
+        .collect();
+    if deltas.is_empty() {
+        return;
+    }
+    match state.add_counters(job, &deltas).await {
+        Ok(()) => *published = now,
+        Err(error) => tracing::warn!(job, %error, "cannot update the progress counters"),
+    }
+}

@@ -1,0 +1,173 @@
+//! A stateless worker of a distributed run: serves every active job it finds in the state
+//! store, picks up new jobs within a poll interval, drops jobs that are no longer active,
+//! heartbeats, and drains on shutdown.
+//!
+//! Invariant: a job that fails fatally on this worker (bad API key, unknown model) is reported
+//! to the state store and not served again by this worker, so the coordinator can stop the job
+//! instead of the corpus burning through failures.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cai_common::broker::Broker;
+use cai_common::descriptor::JobDescriptor;
+use cai_common::state::StateStore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::{self, WorkerOptions};
+use crate::model::Models;
+use crate::pipeline::JobContext;
+
+/// How a worker process runs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// This worker's id in heartbeats.
+    pub worker_id: String,
+    /// Samples in flight per job; `None`: the job's largest model `max_concurrency`.
+    pub concurrency: Option<usize>,
+    /// How often the active jobs are looked up.
+    pub poll_interval: Duration,
+    /// How long a heartbeat lives; one is sent every third of it.
+    pub heartbeat_ttl: Duration,
+    /// After shutdown, how long tasks in flight may take to finish; the rest go back to the queue.
+    pub grace: Duration,
+}
+
+/// Runs until `shutdown` fires, then drains within the grace period.
+pub async fn serve(
+    broker: Arc<dyn Broker>,
+    state: Arc<dyn StateStore>,
+    options: ServeOptions,
+    shutdown: CancellationToken,
+) {
+    let mut serving: HashMap<String, CancellationToken> = HashMap::new();
+    let mut given_up: HashMap<String, String> = HashMap::new();
+    let mut consumers: JoinSet<(String, Result<(), String>)> = JoinSet::new();
+    let started = Instant::now();
+    let mut poll = tokio::time::interval(options.poll_interval);
+    let mut beat = tokio::time::interval(options.heartbeat_ttl / 3);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = beat.tick() => {
+                let jobs: Vec<&String> = serving.keys().collect();
+                let info = serde_json::json!({
+                    "jobs": jobs,
+                    "pid": std::process::id(),
+                    "up_s": started.elapsed().as_secs(),
+                });
+                if let Err(error) = state.heartbeat(&options.worker_id, &info.to_string(), options.heartbeat_ttl).await {
+                    tracing::warn!(%error, "heartbeat failed");
+                }
+            }
+            _ = poll.tick() => {
+                let active = match state.active_jobs().await {
+                    Ok(active) => active,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list active jobs; retrying");
+                        continue;
+                    }
+                };
+                serving.retain(|job, token| {
+                    let keep = active.contains(job);
+                    if !keep {
+                        tracing::info!(job, "job no longer active; stopping");
+                        token.cancel();
+                    }
+                    keep
+                });
+                for job in active {
+                    if serving.contains_key(&job) || given_up.contains_key(&job) {
+                        continue;
+                    }
+                    match start_job(&job, &broker, &state, &options, &shutdown).await {
+                        Ok((token, consumer)) => {
+                            tracing::info!(job, "serving job");
+                            serving.insert(job.clone(), token);
+                            consumers.spawn(async move { (job, consumer.await) });
+                        }
+                        Err(error) => {
+                            tracing::error!(job, %error, "cannot serve job");
+                            report_fatal(&state, &job, &error).await;
+                            given_up.insert(job, error);
+                        }
+                    }
+                }
+            }
+            Some(joined) = consumers.join_next(), if !consumers.is_empty() => {
+                let Ok((job, outcome)) = joined else { continue };
+                serving.remove(&job);
+                if let Err(error) = outcome {
+                    tracing::error!(job, %error, "job failed fatally on this worker");
+                    report_fatal(&state, &job, &error).await;
+                    given_up.insert(job, error);
+                }
+            }
+        }
+    }
+    tracing::info!(grace = ?options.grace, "draining: finishing tasks in flight");
+    for token in serving.values() {
+        token.cancel();
+    }
+    let drained = tokio::time::timeout(options.grace, async {
+        while consumers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; unfinished tasks go back to the queue");
+        consumers.abort_all();
+    }
+}
+
+type Consumer = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// Builds a job's context from the registry and starts consuming its tasks.
+async fn start_job(
+    job: &str,
+    broker: &Arc<dyn Broker>,
+    state: &Arc<dyn StateStore>,
+    options: &ServeOptions,
+    shutdown: &CancellationToken,
+) -> Result<(CancellationToken, Consumer), String> {
+    let (json, _) = state
+        .get_job(job)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("job {job:?} is active but not registered"))?;
+    let descriptor = JobDescriptor::from_json(&json)
+        .map_err(|e| format!("job {job:?}: unreadable registry entry: {e}"))?;
+    let models = Models::build(&descriptor.spec.models).map_err(|e| e.to_string())?;
+    let concurrency = options.concurrency.unwrap_or_else(|| {
+        descriptor
+            .spec
+            .models
+            .values()
+            .map(|m| m.max_concurrency)
+            .max()
+            .unwrap_or(1)
+    });
+    let ctx = Arc::new(JobContext {
+        spec: Arc::new(descriptor.spec),
+        constitution: Arc::new(descriptor.constitution),
+        models,
+        state: state.clone(),
+    });
+    let worker_options = WorkerOptions {
+        sample_concurrency: concurrency,
+        tasks_in_flight: concurrency.div_ceil(16).max(1),
+    };
+    let token = shutdown.child_token();
+    let consumer = consume::work(ctx, broker.clone(), worker_options, token.clone());
+    Ok((
+        token,
+        Box::pin(async move { consumer.await.map_err(|e| e.to_string()) }),
+    ))
+}
+
+async fn report_fatal(state: &Arc<dyn StateStore>, job: &str, error: &str) {
+    if let Err(e) = state.set_fatal(job, error).await {
+        tracing::warn!(job, error = %e, "cannot record the job's fatal error");
+    }
+}
