@@ -196,6 +196,16 @@ async fn job_registry_and_active_set() {
         assert!(state.active_jobs().await.unwrap().contains(&job));
         state.set_active(&job, false).await.unwrap();
         assert!(!state.active_jobs().await.unwrap().contains(&job));
+
+        assert_eq!(state.fatal(&job).await.unwrap(), None);
+        state.set_fatal(&job, "401 from the model").await.unwrap();
+        state.set_fatal(&job, "a later error").await.unwrap();
+        assert_eq!(
+            state.fatal(&job).await.unwrap().as_deref(),
+            Some("401 from the model")
+        );
+        state.clear_fatal(&job).await.unwrap();
+        assert_eq!(state.fatal(&job).await.unwrap(), None);
     })
     .await;
 }
@@ -273,6 +283,7 @@ async fn clear_job_removes_every_key_of_the_job() {
         state.set_active(job, true).await.unwrap();
         state.mark_done(job, &some).await.unwrap();
         state.add_counters(job, &[("done", 100)]).await.unwrap();
+        state.set_fatal(job, "401").await.unwrap();
         for key in &some {
             state
                 .step_put(job, key, "answer", b"x".to_vec())
@@ -280,12 +291,12 @@ async fn clear_job_removes_every_key_of_the_job() {
                 .unwrap();
         }
     }
-    assert_eq!(job_keys(&job).await.len(), 103);
+    assert_eq!(job_keys(&job).await.len(), 104);
 
     state.clear_job(&job).await.unwrap();
     assert!(job_keys(&job).await.is_empty());
     assert!(!state.active_jobs().await.unwrap().contains(&job));
-    assert_eq!(job_keys(&other).await.len(), 103, "another job was touched");
+    assert_eq!(job_keys(&other).await.len(), 104, "another job was touched");
     state.clear_job(&other).await.unwrap();
     assert!(job_keys(&other).await.is_empty());
 }
@@ -313,6 +324,57 @@ async fn a_done_sample_costs_less_than_100_bytes() {
         assert!(per_sample < 100.0, "{per_sample:.1} bytes per done sample");
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_killed_connection_is_replaced_without_an_error() {
+    // DB 14 alone: the test kills every connection on it but its own.
+    let base = url();
+    let base = base
+        .trim_end_matches(|c: char| c.is_ascii_digit())
+        .trim_end_matches('/');
+    let url = format!("{base}/14");
+    let state = RedisState::connect(&url).await.unwrap();
+    let job = unique_name("t");
+    state.mark_done(&job, &keys(0..10)).await.unwrap();
+
+    let mut admin = redis::Client::open(url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let me: u64 = redis::cmd("CLIENT")
+        .arg("ID")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let victims: Vec<u64> = clients
+        .lines()
+        .filter(|line| line.split(' ').any(|field| field == "db=14"))
+        .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
+        .filter(|id| *id != me)
+        .collect();
+    assert!(
+        !victims.is_empty(),
+        "the store's connection is not on DB 14: {clients}"
+    );
+    for id in victims {
+        let _: () = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    assert_eq!(state.done_count(&job).await.unwrap(), 10);
+    state.clear_job(&job).await.unwrap();
 }
 
 #[tokio::test]

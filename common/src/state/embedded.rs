@@ -104,7 +104,9 @@ impl StateStore for EmbeddedState {
 
     async fn set_fatal(&self, job: &str, message: &str) -> Result<(), StateError> {
         let mut fatal = self.fatal.lock().expect("state lock");
-        fatal.entry(job.to_owned()).or_insert_with(|| message.to_owned());
+        fatal
+            .entry(job.to_owned())
+            .or_insert_with(|| message.to_owned());
         Ok(())
     }
 
@@ -195,6 +197,7 @@ impl StateStore for EmbeddedState {
         self.jobs.lock().expect("state lock").remove(job);
         self.active.lock().expect("state lock").remove(job);
         self.counters.lock().expect("state lock").remove(job);
+        self.fatal.lock().expect("state lock").remove(job);
         Ok(())
     }
 }
@@ -245,10 +248,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(state.counters("a").await.unwrap()["done"], 3);
+        state.set_fatal("a", "401").await.unwrap();
+        state.set_fatal("a", "later").await.unwrap();
+        assert_eq!(state.fatal("a").await.unwrap().as_deref(), Some("401"));
         state.clear_job("a").await.unwrap();
         assert_eq!(state.get_job("a").await.unwrap(), None);
         assert!(state.active_jobs().await.unwrap().is_empty());
         assert!(state.counters("a").await.unwrap().is_empty());
+        assert_eq!(state.fatal("a").await.unwrap(), None);
         assert_eq!(state.done_count("a").await.unwrap(), 0);
         assert_eq!(state.done_count("b").await.unwrap(), 1);
     }

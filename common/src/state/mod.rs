@@ -86,7 +86,7 @@ pub trait StateStore: Send + Sync {
     async fn fatal(&self, job: &str) -> Result<Option<String>, StateError>;
     /// Forgets the job's fatal error (a new run of the job starts clean).
     async fn clear_fatal(&self, job: &str) -> Result<(), StateError>;
-    /// Forgets everything about the job: registry entry, active flag, done set, counters and
-    /// step cache.
+    /// Forgets everything about the job: registry entry, active flag, done set, counters,
+    /// fatal error and step cache.
     async fn clear_job(&self, job: &str) -> Result<(), StateError>;
 }

@@ -10,6 +10,7 @@
 //! | `cai:<job>:done` | set | the 16 raw bytes of each done sample key |
 //! | `cai:<job>:progress` | hash | counter name → value |
 //! | `cai:<job>:steps:<hexkey>` | hash | step name → cached model-call result, with a TTL |
+//! | `cai:<job>:fatal` | string | the first job-fatal error a worker reported |
 //!
 //! and, shared by all jobs, `cai:_jobs:active` (set of job names), `cai:_workers` (set of
 //! worker ids) and `cai:_workers:<id>` (the worker's info, expiring). The global keys carry an
@@ -259,14 +260,16 @@ impl StateStore for RedisState {
     async fn fatal(&self, job: &str) -> Result<Option<String>, StateError> {
         let mut pipeline = redis::pipe();
         pipeline.get(job_key(job, "fatal"));
-        let (message,): (Option<String>,) = self.query("fatal", &pipeline, Retry::Idempotent).await?;
+        let (message,): (Option<String>,) =
+            self.query("fatal", &pipeline, Retry::Idempotent).await?;
         Ok(message)
     }
 
     async fn clear_fatal(&self, job: &str) -> Result<(), StateError> {
         let mut pipeline = redis::pipe();
         pipeline.del(job_key(job, "fatal")).ignore();
-        self.query("clear fatal", &pipeline, Retry::Idempotent).await
+        self.query("clear fatal", &pipeline, Retry::Idempotent)
+            .await
     }
 
     async fn active_jobs(&self) -> Result<Vec<String>, StateError> {
