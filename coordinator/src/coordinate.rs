@@ -111,7 +111,9 @@ pub async fn coordinate(
     let outstanding = Arc::new(Outstanding {
         permits: Semaphore::new(options.max_outstanding.max(1)),
         tasks: Mutex::new(HashMap::new()),
-        next_id: AtomicU64::new(1),
+        // Task ids must not repeat across runs: results of a previous coordinator's tasks may
+        // still arrive and must not free this run's slots.
+        next_id: AtomicU64::new(run_id_base()),
         publishing_done: AtomicBool::new(false),
     });
 
@@ -226,6 +228,14 @@ pub async fn coordinate(
         complete,
         elapsed: started.elapsed(),
     })
+}
+
+/// The first task id of this run: the start time in nanoseconds, far above the ids any earlier
+/// run of the job can have reached.
+fn run_id_base() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |elapsed| elapsed.as_nanos() as u64)
 }
 
 /// Publishes one task, waiting for a free slot first (the back-pressure point). After

@@ -3,7 +3,8 @@
 //! set equal to the ledger's (re-seeding it if Redis lost it), replaces the queued tasks with the
 //! samples that are not done, and marks the job active. While running it mirrors progress into
 //! the state store and stops the job if a worker reports a fatal error. When every sample is
-//! accounted for it retires the job: not active, queues removed (the dead-letter queue is kept).
+//! accounted for it retires the job: workers stop serving it once it is not active. The (empty)
+//! queues and the dead-letter queue are left for the operator to inspect.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use cai_common::state::redis::RedisState;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
-use crate::ledger::Ledger;
+use crate::ledger::{self, Ledger};
 use crate::plan::Plan;
 use crate::progress::Progress;
 
@@ -44,7 +45,7 @@ pub async fn run(
     take_over(plan, &amqp, state.as_ref()).await?;
 
     let stop = shutdown.child_token();
-    let fatal = watch_fatal(job.clone(), state.clone(), stop.clone());
+    let watcher = watch_job(plan.clone(), state.clone(), stop.clone());
     let mirror_stop = CancellationToken::new();
     let mirror = mirror_progress(
         job.clone(),
@@ -69,7 +70,7 @@ pub async fn run(
     .await;
     mirror_stop.cancel();
     let _ = mirror.await;
-    fatal.abort();
+    watcher.abort();
     if let Ok(Some(message)) = state.fatal(&job).await {
         state.set_active(&job, false).await?;
         anyhow::bail!("job {job:?} stopped: a worker reported: {message}");
@@ -77,9 +78,6 @@ pub async fn run(
     let summary = outcome?;
     if summary.complete {
         state.set_active(&job, false).await?;
-        amqp.delete_job_queues(&job)
-            .await
-            .context("removing the job's queues")?;
     }
     Ok(summary)
 }
@@ -87,11 +85,8 @@ pub async fn run(
 /// Makes the broker and the state store agree with the ledger before anything is published.
 async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> anyhow::Result<()> {
     let job = &plan.spec().name;
-    let descriptor = JobDescriptor {
-        spec: plan.spec().clone(),
-        constitution: (*plan.constitution).clone(),
-        fingerprint: plan.fingerprint.clone(),
-    };
+    // Opening the ledger repairs what a crash of the previous coordinator left.
+    drop(Ledger::open(plan.job.output_dir()).context("opening the output directory")?);
     if let Some((_, fingerprint)) = state.get_job(job).await? {
         if fingerprint != plan.fingerprint {
             tracing::warn!(
@@ -102,14 +97,6 @@ async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> 
         }
     }
     state.clear_fatal(job).await?;
-    state
-        .put_job(job, &descriptor.to_json(), &plan.fingerprint)
-        .await?;
-    let done: Vec<_> = {
-        let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
-        ledger.done_keys().copied().collect()
-    };
-    state.reset_done(job, &done).await?;
     let purged = broker.purge(job, Queue::Tasks).await?;
     if purged > 0 {
         tracing::info!(
@@ -118,17 +105,18 @@ async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> 
             "replaced the tasks left in the queue by a previous run"
         );
     }
-    state.set_active(job, true).await?;
-    Ok(())
+    register(plan, state).await
 }
 
-/// Stops the run when a worker records a fatal error for the job.
-fn watch_fatal(
-    job: String,
+/// Watches the job in the state store: stops the run when a worker records a fatal error, and
+/// registers the job again (done set re-seeded from the ledger) if the state store lost it.
+fn watch_job(
+    plan: Plan,
     state: Arc<dyn StateStore>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let job = plan.spec().name.clone();
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
@@ -141,8 +129,32 @@ fn watch_fatal(
                 stop.cancel();
                 return;
             }
+            let registered = state.get_job(&job).await;
+            if matches!(registered, Ok(None)) {
+                tracing::warn!(job, "the state store lost the job; registering it again");
+                if let Err(error) = register(&plan, state.as_ref()).await {
+                    tracing::warn!(job, %error, "registering the job again failed; retrying");
+                }
+            }
         }
     })
+}
+
+/// Registers the job for workers with a done set equal to the ledger's, and marks it active.
+async fn register(plan: &Plan, state: &dyn StateStore) -> anyhow::Result<()> {
+    let job = &plan.spec().name;
+    let descriptor = JobDescriptor {
+        spec: plan.spec().clone(),
+        constitution: (*plan.constitution).clone(),
+        fingerprint: plan.fingerprint.clone(),
+    };
+    let done = ledger::committed_keys(plan.job.output_dir())?;
+    state.reset_done(job, &done).await?;
+    state
+        .put_job(job, &descriptor.to_json(), &plan.fingerprint)
+        .await?;
+    state.set_active(job, true).await?;
+    Ok(())
 }
 
 /// Mirrors the coordinator's counters into the state store every second, for `cai status`,

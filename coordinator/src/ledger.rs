@@ -183,6 +183,17 @@ pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
     })
 }
 
+/// Keys of every committed sample, read without changing anything.
+pub fn committed_keys(dir: &Path) -> Result<Vec<SampleKey>, LedgerError> {
+    let path = dir.join(LEDGER_FILE);
+    let file = File::open(&path).map_err(|source| LedgerError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let state = read_log(file).map_err(|source| LedgerError::Io { path, source })?;
+    Ok(state.done.into_keys().collect())
+}
+
 /// An open output directory.
 pub struct Ledger {
     dir: PathBuf,

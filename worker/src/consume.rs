@@ -4,10 +4,13 @@
 //! that dies at any point loses nothing (the task is redelivered; finished steps come back from
 //! the step cache and finished samples are skipped through the done set).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use cai_common::broker::{Broker, Delivery, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
+use cai_common::result::SampleResult;
+use cai_common::sample::Sample;
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
 use tokio_util::sync::CancellationToken;
@@ -23,6 +26,21 @@ pub struct WorkerOptions {
     pub tasks_in_flight: usize,
 }
 
+/// How long a sample's lease lasts without renewal; the holder renews it every third of this,
+/// so a killed worker's samples are free again within this time.
+const LEASE_TTL: Duration = Duration::from_secs(15);
+
+/// This process's name on the leases it takes: set once, never changed.
+fn lease_holder() -> &'static str {
+    static HOLDER: OnceLock<String> = OnceLock::new();
+    HOLDER.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{}-{nanos}", std::process::id())
+    })
+}
+
 /// Runs the samples of a task that are not done yet, `concurrency` at a time.
 pub async fn run_task(
     ctx: &JobContext,
@@ -35,23 +53,64 @@ pub async fn run_task(
         .done(&ctx.spec.name, &keys)
         .await
         .map_err(|e| JobFatal(e.to_string()))?;
-    let (skipped, todo): (Vec<_>, Vec<_>) = task
+    let (done, todo): (Vec<_>, Vec<_>) = task
         .samples
         .into_iter()
         .zip(done)
         .partition(|(_, done)| *done);
-    let results: Vec<_> = stream::iter(
-        todo.into_iter()
-            .map(|(sample, _)| async move { ctx.run_sample(&sample).await }),
-    )
+    let mut skipped: Vec<_> = done.into_iter().map(|(sample, _)| sample.key).collect();
+    let outcomes: Vec<_> = stream::iter(todo.into_iter().map(|(sample, _)| async move {
+        let result = run_leased(ctx, &sample).await;
+        (sample.key, result)
+    }))
     .buffer_unordered(concurrency.max(1))
     .collect()
     .await;
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (key, outcome) in outcomes {
+        match outcome? {
+            Some(result) => results.push(result),
+            None => skipped.push(key),
+        }
+    }
     Ok(ResultBatch {
         task_id: task.task_id,
-        results: results.into_iter().collect::<Result<_, _>>()?,
-        skipped: skipped.into_iter().map(|(sample, _)| sample.key).collect(),
+        results,
+        skipped,
     })
+}
+
+/// Runs a sample under its lease, so no other worker runs it at the same time. Waits while
+/// another holder has it; returns `None` if the sample is done meanwhile.
+async fn run_leased(ctx: &JobContext, sample: &Sample) -> Result<Option<SampleResult>, JobFatal> {
+    let (state, job, holder) = (&ctx.state, ctx.spec.name.as_str(), lease_holder());
+    let fatal = |e: cai_common::state::StateError| JobFatal(e.to_string());
+    while !state
+        .lease(job, &sample.key, holder, LEASE_TTL)
+        .await
+        .map_err(fatal)?
+    {
+        if state.done(job, &[sample.key]).await.map_err(fatal)?[0] {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let renew = async {
+        loop {
+            tokio::time::sleep(LEASE_TTL / 3).await;
+            if let Err(error) = state.lease(job, &sample.key, holder, LEASE_TTL).await {
+                tracing::warn!(job, %error, "cannot renew a sample lease");
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = ctx.run_sample(sample) => result,
+        () = renew => unreachable!("renewal never ends"),
+    };
+    if let Err(error) = state.release(job, &sample.key, holder).await {
+        tracing::warn!(job, %error, "cannot release a sample lease; it expires by itself");
+    }
+    result.map(Some)
 }
 
 /// Consumes the job's task queue until `shutdown` fires or the queue ends. Returns an error

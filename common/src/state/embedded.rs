@@ -29,10 +29,49 @@ pub struct EmbeddedState {
     workers: Mutex<BTreeMap<String, (String, Instant)>>,
     /// job → fatal error.
     fatal: Mutex<HashMap<String, String>>,
+    /// (job, sample) → (holder, expiry).
+    leases: Mutex<HashMap<(String, SampleKey), (String, Instant)>>,
 }
 
 #[async_trait]
 impl StateStore for EmbeddedState {
+    async fn lease(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let mut leases = self.leases.lock().expect("state lock");
+        let now = Instant::now();
+        let entry = leases.entry((job.to_owned(), *key));
+        match entry {
+            std::collections::hash_map::Entry::Occupied(mut held) => {
+                let (current, expiry) = held.get();
+                if current != holder && *expiry > now {
+                    return Ok(false);
+                }
+                held.insert((holder.to_owned(), now + ttl));
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert((holder.to_owned(), now + ttl));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn release(&self, job: &str, key: &SampleKey, holder: &str) -> Result<(), StateError> {
+        let mut leases = self.leases.lock().expect("state lock");
+        let id = (job.to_owned(), *key);
+        if leases
+            .get(&id)
+            .is_some_and(|(current, _)| current == holder)
+        {
+            leases.remove(&id);
+        }
+        Ok(())
+    }
+
     async fn done(&self, job: &str, keys: &[SampleKey]) -> Result<Vec<bool>, StateError> {
         let done = self.done.lock().expect("state lock");
         let done = done.get(job);
@@ -198,6 +237,10 @@ impl StateStore for EmbeddedState {
         self.active.lock().expect("state lock").remove(job);
         self.counters.lock().expect("state lock").remove(job);
         self.fatal.lock().expect("state lock").remove(job);
+        self.leases
+            .lock()
+            .expect("state lock")
+            .retain(|(lease_job, _), _| lease_job != job);
         Ok(())
     }
 }

@@ -49,6 +49,20 @@ pub trait StateStore: Send + Sync {
     /// Drops the cached steps of samples that are done (their results are durable).
     async fn step_forget(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError>;
 
+    /// Takes (or, for its holder, renews) the lease on running a sample for `ttl`: true when
+    /// `holder` now holds it. Two workers handed the same sample (a task redelivered while its
+    /// first copy still runs, or republished by a coordinator taking over) do not run it at the
+    /// same time: the second waits, then finds every step in the step cache.
+    async fn lease(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError>;
+    /// Gives a lease back, if `holder` still holds it.
+    async fn release(&self, job: &str, key: &SampleKey, holder: &str) -> Result<(), StateError>;
+
     /// Registers a job: its spec (JSON) and fingerprint, replacing what was there.
     async fn put_job(
         &self,

@@ -161,8 +161,66 @@ fn add_chunked(pipeline: &mut Pipeline, name: &str, set: &str, keys: &[SampleKey
     }
 }
 
+/// Takes or renews a lease: `KEYS[1]` lease, `ARGV[1]` holder, `ARGV[2]` TTL in ms.
+const LEASE: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current == false or current == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return 1
+end
+return 0
+";
+/// Deletes a lease if `ARGV[1]` still holds it.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";
+
+fn lease_key(job: &str, key: &SampleKey) -> String {
+    format!("cai:{job}:lease:{}", key.to_hex())
+}
+
 #[async_trait]
 impl StateStore for RedisState {
+    async fn lease(
+        &self,
+        job: &str,
+        key: &SampleKey,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<bool, StateError> {
+        let mut connection = self.connection.clone();
+        let taken: i64 = redis::Script::new(LEASE)
+            .key(lease_key(job, key))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| {
+                StateError(format!("lease at {}: {}", self.url, self.url.scrub(error)))
+            })?;
+        Ok(taken == 1)
+    }
+
+    async fn release(&self, job: &str, key: &SampleKey, holder: &str) -> Result<(), StateError> {
+        let mut connection = self.connection.clone();
+        let _: i64 = redis::Script::new(RELEASE)
+            .key(lease_key(job, key))
+            .arg(holder)
+            .invoke_async(&mut connection)
+            .await
+            .map_err(|error| {
+                StateError(format!(
+                    "release at {}: {}",
+                    self.url,
+                    self.url.scrub(error)
+                ))
+            })?;
+        Ok(())
+    }
+
     async fn done(&self, job: &str, keys: &[SampleKey]) -> Result<Vec<bool>, StateError> {
         if keys.is_empty() {
             return Ok(Vec::new());

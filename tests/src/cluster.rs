@@ -1,0 +1,141 @@
+//! A distributed run on this machine's RabbitMQ and Redis: a unique job name, `cai worker` and
+//! `cai run --broker --state` processes (so they can be killed for real), and clean-up of every
+//! queue and key of the job.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use cai_common::broker::amqp::AmqpBroker;
+use cai_common::state::StateStore;
+use cai_common::state::redis::RedisState;
+use tokio::process::{Child, Command};
+
+use crate::harness::cai_binary;
+
+/// RabbitMQ on this machine.
+pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// One distributed job's environment.
+pub struct Cluster {
+    /// The job name (unique per test run).
+    pub job: String,
+    /// The broker URL.
+    pub broker: String,
+    /// The Redis URL, with the test's database number.
+    pub state: String,
+}
+
+impl Cluster {
+    /// A cluster whose Redis keys live in database `db`.
+    pub fn new(db: u8) -> Self {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        Self {
+            job: format!(
+                "t-{}-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                nanos % 1_000_000
+            ),
+            broker: BROKER_URL.into(),
+            state: format!("redis://127.0.0.1:6379/{db}"),
+        }
+    }
+
+    /// Starts a `cai worker` process logging to `log`.
+    pub fn worker(&self, id: &str, log: &Path, extra: &[&str]) -> Child {
+        Command::new(cai_binary())
+            .args([
+                "worker",
+                "--broker",
+                &self.broker,
+                "--state",
+                &self.state,
+                "--id",
+                id,
+            ])
+            .args(extra)
+            .env("CAI_LOG", "info,cai_common=debug")
+            .stderr(std::fs::File::create(log).expect("worker log file"))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cai worker starts")
+    }
+
+    /// Starts the coordinator of `job_file` logging to `log`.
+    pub fn coordinator(&self, job_file: &Path, log: &Path) -> Child {
+        Command::new(cai_binary())
+            .args(["run", "--broker", &self.broker, "--state", &self.state])
+            .arg(job_file)
+            .stderr(std::fs::File::create(log).expect("coordinator log file"))
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("cai run starts")
+    }
+
+    /// A connection to the broker.
+    pub async fn broker(&self) -> AmqpBroker {
+        AmqpBroker::connect(&self.broker)
+            .await
+            .expect("RabbitMQ answers")
+    }
+
+    /// A connection to the state store.
+    pub async fn state(&self) -> RedisState {
+        RedisState::connect(&self.state)
+            .await
+            .expect("Redis answers")
+    }
+}
+
+/// Removes a job's queues and keys.
+async fn remove_job(job: &str, broker: &str, state: &str) -> Result<(), String> {
+    let amqp = AmqpBroker::connect(broker)
+        .await
+        .map_err(|e| e.to_string())?;
+    amqp.delete_job_queues(job)
+        .await
+        .map_err(|e| e.to_string())?;
+    let redis = RedisState::connect(state)
+        .await
+        .map_err(|e| e.to_string())?;
+    redis.clear_job(job).await.map_err(|e| e.to_string())
+}
+
+impl Drop for Cluster {
+    /// Removes the job's queues and keys, also when a test fails half-way, so no job stays
+    /// active for later tests' workers. Runs on a thread of its own because the test's runtime
+    /// may be shutting down.
+    fn drop(&mut self) {
+        let (job, broker, state) = (self.job.clone(), self.broker.clone(), self.state.clone());
+        let cleaning = std::thread::Builder::new()
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for clean-up");
+                runtime.block_on(async {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(20),
+                        remove_job(&job, &broker, &state),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => eprintln!("cleaning up job {job}: {error}"),
+                        Err(_) => eprintln!("cleaning up job {job}: timed out"),
+                    }
+                });
+            })
+            .expect("a clean-up thread starts");
+        let _ = cleaning.join();
+    }
+}
