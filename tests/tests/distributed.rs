@@ -467,3 +467,89 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_samples_keep_queue_depth_and_coordinator_memory_bounded() {
+    const SAMPLES: usize = 10_000;
+    let cluster = Cluster::new(6);
+    let dir = JobDir::new();
+    let corpus: String = (0..SAMPLES)
+        .map(|i| {
+            format!(
+                "{{\"prompt\": \"synthetic question number {i}: how do I stay safe online?\"}}\n"
+            )
+        })
+        .collect();
+    dir.write("prompts.jsonl", corpus);
+    let job = dir.write(
+        "job.toml",
+        format!(
+            r#"
+name = "{}"
+pipeline = "critique-revise"
+output = "out"
+[input]
+path = "prompts.jsonl"
+prompt = "prompt"
+[constitution]
+path = "{}"
+few_shot = false
+[critique_revise]
+model = "policy"
+revisions = 1
+[models.policy]
+backend = "mock"
+max_concurrency = 64
+"#,
+            cluster.job,
+            cai_tests::harness::repo_file("constitutions/default.toml").display()
+        ),
+    );
+    let mut w1 = cluster.worker("w1", &dir.path("w1.log"), &[]);
+    let mut w2 = cluster.worker("w2", &dir.path("w2.log"), &[]);
+    let log = dir.path("coordinator.log");
+    let mut coordinator = cluster.coordinator(&job, &log);
+    let pid = coordinator.id().unwrap();
+    let broker = cluster.broker().await;
+    let (mut max_depth, mut max_rss_kib) = (0u32, 0u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    let status = loop {
+        if let Some(status) = coordinator.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not finish in 240 s"
+        );
+        max_depth = max_depth.max(
+            broker
+                .queue_depth(&cluster.job, Queue::Tasks)
+                .await
+                .unwrap(),
+        );
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let rss = text
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            max_rss_kib = max_rss_kib.max(rss);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    check_exactly_once(&dir.path("out"), "sft.jsonl", SAMPLES);
+    eprintln!("max task queue depth {max_depth}, max coordinator RSS {max_rss_kib} KiB");
+    // At most `max_outstanding` (64) tasks are published and not collected.
+    assert!(max_depth <= 64, "queue depth {max_depth}");
+    assert!(
+        max_rss_kib > 0 && max_rss_kib < 100 * 1024,
+        "coordinator RSS {max_rss_kib} KiB"
+    );
+    w1.start_kill().unwrap();
+    w2.start_kill().unwrap();
+}
