@@ -10,18 +10,34 @@ pub const PROMPTS: &str = "hh-rlhf/red-team-prompts/harmless-base_test_prompts.j
 /// The HH preference pairs.
 pub const PAIRS: &str = "hh-rlhf/harmless-base/test.jsonl";
 
+/// Where a job file goes and what it names: its file in the job directory, the job's name, the
+/// model server's URL and the output directory.
+pub struct Target<'a> {
+    /// The job file's name.
+    pub file: &'a str,
+    /// The job's name.
+    pub name: &'a str,
+    /// The model server's base URL.
+    pub url: &'a str,
+    /// The output directory, relative to the job directory.
+    pub output: &'a str,
+}
+
 /// A critique-revise job over the first `lines` red-team prompts (no few-shot, so a request's
-/// first message is the sample's prompt), written as `file`.
+/// first message is the sample's prompt).
 pub fn critique_revise(
     dir: &JobDir,
-    file: &str,
-    name: &str,
-    url: &str,
-    output: &str,
+    target: Target<'_>,
     lines: usize,
     revisions: u32,
     concurrency: usize,
 ) -> PathBuf {
+    let Target {
+        file,
+        name,
+        url,
+        output,
+    } = target;
     dir.head(PROMPTS, lines, "prompts.jsonl");
     dir.write(
         file,
@@ -57,15 +73,14 @@ max_concurrency = {concurrency}
     )
 }
 
-/// A pairwise job over the first `lines` HH pairs, written as `file`.
-pub fn pairwise(
-    dir: &JobDir,
-    file: &str,
-    name: &str,
-    url: &str,
-    output: &str,
-    lines: usize,
-) -> PathBuf {
+/// A pairwise job over the first `lines` HH pairs.
+pub fn pairwise(dir: &JobDir, target: Target<'_>, lines: usize) -> PathBuf {
+    let Target {
+        file,
+        name,
+        url,
+        output,
+    } = target;
     dir.head(PAIRS, lines, "pairs.jsonl");
     dir.write(
         file,

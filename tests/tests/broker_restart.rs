@@ -8,7 +8,7 @@ use std::time::Duration;
 use cai_coordinator::ledger;
 use cai_tests::cluster::Cluster;
 use cai_tests::harness::{JobDir, ids, read_jsonl, wait_until};
-use cai_tests::jobs;
+use cai_tests::jobs::{self, Target};
 use cai_tests::model_server::{ModelServer, ServerConfig};
 
 /// Starts the RabbitMQ app again when dropped, so a failing test leaves the broker running.
@@ -41,10 +41,12 @@ async fn a_run_survives_a_broker_restart() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         120,
         1,
         4,

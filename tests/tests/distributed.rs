@@ -12,7 +12,7 @@ use cai_common::state::StateStore;
 use cai_coordinator::ledger;
 use cai_tests::cluster::Cluster;
 use cai_tests::harness::{JobDir, ids, read_jsonl, run_job, wait_until};
-use cai_tests::jobs;
+use cai_tests::jobs::{self, Target};
 use cai_tests::model_server::{ModelServer, RecordedCall, ServerConfig};
 use serde_json::Value;
 use tokio::process::Child;
@@ -112,10 +112,12 @@ async fn two_workers_produce_the_embedded_output() {
 
     let cr = jobs::critique_revise(
         &dir,
-        "cr.toml",
-        &cluster.job,
-        &server.url(),
-        "cr-dist",
+        Target {
+            file: "cr.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "cr-dist",
+        },
         60,
         2,
         8,
@@ -124,10 +126,12 @@ async fn two_workers_produce_the_embedded_output() {
     finish(cluster.coordinator(&cr, &log), &log).await;
     let embedded = jobs::critique_revise(
         &dir,
-        "cr-embedded.toml",
-        &cluster.job,
-        &server.url(),
-        "cr-emb",
+        Target {
+            file: "cr-embedded.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "cr-emb",
+        },
         60,
         2,
         8,
@@ -161,14 +165,25 @@ async fn two_workers_produce_the_embedded_output() {
     assert_eq!(principles(&dist), principles(&emb));
 
     let cluster = Cluster::new(1);
-    let pw = jobs::pairwise(&dir, "pw.toml", &cluster.job, &server.url(), "pw-dist", 40);
+    let pw = jobs::pairwise(
+        &dir,
+        Target {
+            file: "pw.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "pw-dist",
+        },
+        40,
+    );
     finish(cluster.coordinator(&pw, &log), &log).await;
     let embedded = jobs::pairwise(
         &dir,
-        "pw-embedded.toml",
-        &cluster.job,
-        &server.url(),
-        "pw-emb",
+        Target {
+            file: "pw-embedded.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "pw-emb",
+        },
         40,
     );
     run_job(&embedded).await.unwrap();
@@ -193,10 +208,12 @@ async fn workers_killed_twice_lose_nothing_and_repeat_only_steps_in_flight() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         120,
         2,
         4,
@@ -261,10 +278,12 @@ async fn a_killed_coordinator_resumes_the_job() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         120,
         2,
         4,
@@ -311,10 +330,12 @@ async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         60,
         1,
         4,
@@ -381,10 +402,12 @@ async fn a_worker_told_to_stop_drains_within_its_grace_period() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         40,
         1,
         4,
@@ -431,10 +454,12 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
     let dir = JobDir::new();
     let job = jobs::critique_revise(
         &dir,
-        "job.toml",
-        &cluster.job,
-        &server.url(),
-        "out",
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
         100,
         1,
         4,

@@ -88,7 +88,7 @@ fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
         let p_x = corrected.iter().sum::<f64>() / corrected.len() as f64;
         let p_chosen = row["p_chosen"].as_f64().unwrap();
         assert!((p_chosen - p_x.max(1.0 - p_x)).abs() < 1e-12, "{row}");
-        assert!(p_chosen >= 0.5 && p_chosen < 1.0);
+        assert!((0.5..1.0).contains(&p_chosen));
         // `chosen` is x (the corpus' "chosen" answer) exactly when p_x >= 0.5.
         let chosen_text = row["chosen"][0]["content"].as_str().unwrap();
         let x_wins = p_x >= 0.5;
