@@ -163,6 +163,21 @@ async fn two_workers_produce_the_embedded_output() {
         p
     };
     assert_eq!(principles(&dist), principles(&emb));
+    let status = tokio::process::Command::new(cai_tests::harness::cai_binary())
+        .args(["status", &cluster.job, "--state", &cluster.state])
+        .output()
+        .await
+        .unwrap();
+    let status_text = String::from_utf8_lossy(&status.stdout);
+    assert!(status.status.success(), "{status_text}");
+    assert!(
+        status_text.contains("lines read 60: done 60, failed 0"),
+        "{status_text}"
+    );
+    assert!(
+        status_text.contains("not active") && status_text.contains("  w1  "),
+        "{status_text}"
+    );
 
     let cluster = Cluster::new(1);
     let pw = jobs::pairwise(

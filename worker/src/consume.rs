@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::{JobContext, JobFatal};
+use crate::pipeline::{Interrupted, JobContext, JobFatal};
 
 /// How one worker runs.
 #[derive(Clone, Debug)]
@@ -41,12 +41,13 @@ fn lease_holder() -> &'static str {
     })
 }
 
-/// Runs the samples of a task that are not done yet, `concurrency` at a time.
+/// Runs the samples of a task that are not done yet, `concurrency` at a time. An interrupted
+/// sample interrupts the task: it is not complete and must be run again.
 pub async fn run_task(
     ctx: &JobContext,
     task: Task,
     concurrency: usize,
-) -> Result<ResultBatch, JobFatal> {
+) -> Result<ResultBatch, Interrupted> {
     let keys: Vec<_> = task.samples.iter().map(|s| s.key).collect();
     let done = ctx
         .state
@@ -82,9 +83,12 @@ pub async fn run_task(
 
 /// Runs a sample under its lease, so no other worker runs it at the same time. Waits while
 /// another holder has it; returns `None` if the sample is done meanwhile.
-async fn run_leased(ctx: &JobContext, sample: &Sample) -> Result<Option<SampleResult>, JobFatal> {
+async fn run_leased(
+    ctx: &JobContext,
+    sample: &Sample,
+) -> Result<Option<SampleResult>, Interrupted> {
     let (state, job, holder) = (&ctx.state, ctx.spec.name.as_str(), lease_holder());
-    let fatal = |e: cai_common::state::StateError| JobFatal(e.to_string());
+    let fatal = |e: cai_common::state::StateError| Interrupted::Fatal(JobFatal(e.to_string()));
     while !state
         .lease(job, &sample.key, holder, LEASE_TTL)
         .await
@@ -131,17 +135,67 @@ pub async fn work(
     let limit = options.tasks_in_flight.max(1);
     let mut in_flight = FuturesUnordered::new();
     let mut taking = true;
+    let mut outage = OutageBackoff::default();
     while taking || !in_flight.is_empty() {
+        let paused = outage.paused();
         tokio::select! {
-            Some(handled) = in_flight.next(), if !in_flight.is_empty() => handled?,
-            delivery = deliveries.next(), if taking && in_flight.len() < limit => match delivery {
+            Some(handled) = in_flight.next(), if !in_flight.is_empty() => match handled? {
+                Handled::Settled => outage.reset(),
+                Handled::Outage(message) => {
+                    let wait = outage.pause();
+                    tracing::warn!(job, %message, ?wait, "model endpoint unreachable; pausing, the task went back to the queue");
+                }
+            },
+            delivery = deliveries.next(), if taking && !paused && in_flight.len() < limit => match delivery {
                 Some(delivery) => in_flight.push(handle(&ctx, broker.as_ref(), &options, delivery)),
                 None => taking = false,
             },
+            () = outage.resumed(), if taking && paused => tracing::info!(job, "probing the model endpoint with the next task"),
             () = shutdown.cancelled(), if taking => taking = false,
         }
     }
     Ok(())
+}
+
+/// What became of a delivery.
+enum Handled {
+    /// Acked, dead-lettered, or requeued because results could not be confirmed.
+    Settled,
+    /// Requeued because a model endpoint is unreachable.
+    Outage(String),
+}
+
+/// The pause after an endpoint outage: doubling from 1 s up to 30 s while tasks keep finding
+/// the endpoint down; the first task taken after a pause is the probe.
+#[derive(Default)]
+struct OutageBackoff {
+    until: Option<tokio::time::Instant>,
+    next: Option<Duration>,
+}
+
+impl OutageBackoff {
+    fn paused(&self) -> bool {
+        self.until
+            .is_some_and(|until| until > tokio::time::Instant::now())
+    }
+
+    fn pause(&mut self) -> Duration {
+        let wait = self.next.unwrap_or(Duration::from_secs(1));
+        self.next = Some((wait * 2).min(Duration::from_secs(30)));
+        self.until = Some(tokio::time::Instant::now() + wait);
+        wait
+    }
+
+    fn reset(&mut self) {
+        self.until = None;
+        self.next = None;
+    }
+
+    async fn resumed(&self) {
+        if let Some(until) = self.until {
+            tokio::time::sleep_until(until).await;
+        }
+    }
 }
 
 async fn handle(
@@ -149,22 +203,27 @@ async fn handle(
     broker: &dyn Broker,
     options: &WorkerOptions,
     delivery: Delivery,
-) -> Result<(), JobFatal> {
+) -> Result<Handled, JobFatal> {
     let job = &ctx.spec.name;
+    let settle = |result: Result<(), cai_common::broker::BrokerError>| {
+        result
+            .map(|()| Handled::Settled)
+            .map_err(|e| JobFatal(e.to_string()))
+    };
     let task: Task = match envelope::decode(&delivery.payload, job) {
         Ok(task) => task,
         Err(error) => {
             tracing::warn!(job, %error, "dead-lettering a task that cannot be decoded");
-            return delivery
-                .acker
-                .dead_letter(&error.to_string())
-                .await
-                .map_err(|e| JobFatal(e.to_string()));
+            return settle(delivery.acker.dead_letter(&error.to_string()).await);
         }
     };
     let batch = match run_task(ctx, task, options.sample_concurrency).await {
         Ok(batch) => batch,
-        Err(fatal) => {
+        Err(Interrupted::Outage(message)) => {
+            settle(delivery.acker.requeue().await)?;
+            return Ok(Handled::Outage(message));
+        }
+        Err(Interrupted::Fatal(fatal)) => {
             let _ = delivery.acker.requeue().await;
             return Err(fatal);
         }
@@ -172,15 +231,7 @@ async fn handle(
     let payload = envelope::encode(job, &batch);
     if let Err(error) = broker.publish(job, Queue::Results, payload).await {
         tracing::warn!(job, %error, "results not confirmed; the task goes back to the queue");
-        return delivery
-            .acker
-            .requeue()
-            .await
-            .map_err(|e| JobFatal(e.to_string()));
+        return settle(delivery.acker.requeue().await);
     }
-    delivery
-        .acker
-        .ack()
-        .await
-        .map_err(|e| JobFatal(e.to_string()))
+    settle(delivery.acker.ack().await)
 }

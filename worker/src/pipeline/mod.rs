@@ -40,17 +40,32 @@ pub struct JobContext {
 #[error("{0}")]
 pub struct JobFatal(pub String);
 
+/// Why a sample stopped without an outcome: neither done nor failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Interrupted {
+    /// Stop the job.
+    #[error(transparent)]
+    Fatal(#[from] JobFatal),
+    /// A model endpoint cannot be reached: an outage, not the sample's fault. The sample is run
+    /// again later; the steps it finished are in the step cache.
+    #[error("model endpoint unreachable: {0}")]
+    Outage(String),
+}
+
 /// Why a step did not produce a value.
 enum StepError {
     /// The sample cannot be completed: record it as failed.
     Sample { reason: String, attempts: u32 },
+    /// The model's endpoint is down.
+    Outage(String),
     /// Stop the job.
     Job(String),
 }
 
 impl JobContext {
-    /// Runs one sample to its end: done with rows, or failed with a reason.
-    pub async fn run_sample(&self, sample: &Sample) -> Result<SampleResult, JobFatal> {
+    /// Runs one sample to its end: done with rows, or failed with a reason; or interrupted by a
+    /// job-fatal error or an endpoint outage.
+    pub async fn run_sample(&self, sample: &Sample) -> Result<SampleResult, Interrupted> {
         let mut run = SampleRun {
             ctx: self,
             sample,
@@ -64,7 +79,8 @@ impl JobContext {
         let outcome = match outcome {
             Ok(output) => Outcome::Done { output },
             Err(StepError::Sample { reason, attempts }) => Outcome::Failed { reason, attempts },
-            Err(StepError::Job(message)) => return Err(JobFatal(message)),
+            Err(StepError::Job(message)) => return Err(JobFatal(message).into()),
+            Err(StepError::Outage(message)) => return Err(Interrupted::Outage(message)),
         };
         Ok(SampleResult {
             key: sample.key,
@@ -197,6 +213,11 @@ impl SampleRun<'_> {
                 reason: format!("step {}: {message}", info.name),
                 attempts: 1,
             },
+            ModelError::Retryable {
+                message,
+                unreachable: true,
+                ..
+            } => StepError::Outage(format!("step {}: {message}", info.name)),
             ModelError::Retryable { message, .. } => StepError::Sample {
                 reason: format!(
                     "step {}: gave up after {attempts} attempts: {message}",
