@@ -224,6 +224,8 @@ pub enum Backend {
     Openai,
     /// Deterministic in-process model for dry runs, tests and benchmarks.
     Mock,
+    /// A GGUF model run in-process on the CPU.
+    Local,
 }
 
 /// Which OpenAI-compatible endpoint to call.
@@ -272,9 +274,32 @@ pub struct ModelSpec {
     /// Transient failures retried per call before the sample fails.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The most time one call may take across its retries, in seconds: no retry starts whose
+    /// wait would end past it (so a call ends within `retry_budget_s + timeout_s`). Unset: only
+    /// `max_retries` bounds a call.
+    #[serde(default)]
+    pub retry_budget_s: Option<u64>,
+    /// Most requests a minute sent to this model from one process (retries included).
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Most tokens (prompt and completion) a minute sent to this model from one process.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Price of a million prompt tokens in USD, for cost accounting.
+    #[serde(default)]
+    pub price_in: Option<f64>,
+    /// Price of a million generated tokens in USD, for cost accounting.
+    #[serde(default)]
+    pub price_out: Option<f64>,
     /// Mock only: simulated latency per call in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// Local only: the GGUF file, relative to the job file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Local only: CPU threads for inference (default: every physical core).
+    #[serde(default)]
+    pub threads: Option<usize>,
 }
 
 fn default_true() -> bool {
@@ -330,8 +355,9 @@ pub struct Job {
 }
 
 impl Job {
-    /// Reads, parses and checks a job file. Relative `input.path`, `constitution.path` and
-    /// `output` are taken from the job file's directory; the default output is `out/<name>`.
+    /// Reads, parses and checks a job file. Relative `input.path`, `constitution.path`, models'
+    /// `path` and `output` are taken from the job file's directory; the default output is
+    /// `out/<name>`.
     pub fn load(path: &Path) -> Result<Self, JobError> {
         let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
             path: path.to_owned(),
@@ -354,6 +380,11 @@ impl Job {
         let base = path.parent().unwrap_or(Path::new("."));
         spec.input.path = base.join(&spec.input.path);
         spec.constitution.path = base.join(&spec.constitution.path);
+        for model in spec.models.values_mut() {
+            if let Some(file) = model.path.take() {
+                model.path = Some(base.join(file));
+            }
+        }
         spec.output = Some(match spec.output.take() {
             Some(output) => base.join(output),
             None => Path::new("out").join(&spec.name),
@@ -366,7 +397,10 @@ impl Job {
 
     /// The output directory.
     pub fn output_dir(&self) -> &Path {
-        self.spec.output.as_deref().expect("output resolved in Job::parse")
+        self.spec
+            .output
+            .as_deref()
+            .expect("output resolved in Job::parse")
     }
 }
 
@@ -376,13 +410,26 @@ impl JobSpec {
         let fail = |field: &str, message: String| Err((field.to_owned(), message));
         if self.name.is_empty()
             || self.name.len() > 64
-            || !self.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            || !self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
-            return fail("name", format!("{:?} must match [a-z0-9-]{{1,64}}", self.name));
+            return fail(
+                "name",
+                format!("{:?} must match [a-z0-9-]{{1,64}}", self.name),
+            );
         }
-        let selectors = [&self.input.prompt, &self.input.messages, &self.input.transcript];
+        let selectors = [
+            &self.input.prompt,
+            &self.input.messages,
+            &self.input.transcript,
+        ];
         let pairs_from_corpus = self.pipeline == PipelineKind::Pairwise
-            && self.pairwise.as_ref().is_some_and(|p| p.candidates.is_some());
+            && self
+                .pairwise
+                .as_ref()
+                .is_some_and(|p| p.candidates.is_some());
         match selectors.iter().filter(|s| s.is_some()).count() {
             0 if !pairs_from_corpus => {
                 return fail(
@@ -428,7 +475,10 @@ impl JobSpec {
                 };
                 model_exists("critique_revise.model", &cr.model)?;
                 if !(1..=64).contains(&cr.revisions) {
-                    return fail("critique_revise.revisions", "must be between 1 and 64".into());
+                    return fail(
+                        "critique_revise.revisions",
+                        "must be between 1 and 64".into(),
+                    );
                 }
             }
             PipelineKind::Pairwise => {
@@ -443,7 +493,8 @@ impl JobSpec {
                     (Some(_), Some(_)) | (None, None) => {
                         return fail(
                             "pairwise",
-                            "set exactly one of `candidates` (two corpus fields) or `generate`".into(),
+                            "set exactly one of `candidates` (two corpus fields) or `generate`"
+                                .into(),
                         );
                     }
                     (Some([x, y]), None) if x == y => {
@@ -458,11 +509,17 @@ impl JobSpec {
                     _ => {}
                 }
                 if !(1..=16).contains(&pw.principles_per_label) {
-                    return fail("pairwise.principles_per_label", "must be between 1 and 16".into());
+                    return fail(
+                        "pairwise.principles_per_label",
+                        "must be between 1 and 16".into(),
+                    );
                 }
                 let [low, high] = pw.clamp;
                 if !(0.0..=1.0).contains(&low) || !(0.0..=1.0).contains(&high) || low > high {
-                    return fail("pairwise.clamp", "must be [low, high] with 0 <= low <= high <= 1".into());
+                    return fail(
+                        "pairwise.clamp",
+                        "must be [low, high] with 0 <= low <= high <= 1".into(),
+                    );
                 }
             }
         }
@@ -470,8 +527,9 @@ impl JobSpec {
     }
 
     /// The settings that decide what a job computes, as JSON: everything but how this run is
-    /// operated (output place, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries).
-    /// Two specs with the same view (and the same constitution) produce the same rows.
+    /// operated (output place, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries,
+    /// rate limits, prices). Two specs with the same view (and the same constitution) produce the
+    /// same rows.
     pub fn semantic_view(&self, constitution_hash: &str) -> Value {
         let mut view = serde_json::to_value(self).expect("job spec serialises");
         let object = view.as_object_mut().expect("job spec is an object");
@@ -480,7 +538,10 @@ impl JobSpec {
             input.remove("limit");
             input.remove("path");
         }
-        if let Some(constitution) = object.get_mut("constitution").and_then(Value::as_object_mut) {
+        if let Some(constitution) = object
+            .get_mut("constitution")
+            .and_then(Value::as_object_mut)
+        {
             constitution.remove("path");
             constitution.insert("hash".into(), Value::from(constitution_hash));
         }
@@ -492,9 +553,22 @@ impl JobSpec {
                     "max_concurrency",
                     "timeout_s",
                     "max_retries",
+                    "retry_budget_s",
+                    "rpm",
+                    "tpm",
+                    "price_in",
+                    "price_out",
                     "latency_ms",
+                    "threads",
                 ] {
                     model.remove(operational);
+                }
+                // Where the GGUF file lies is operational; which file it is, is not.
+                if let Some(Value::String(file)) = model.remove("path") {
+                    let name = Path::new(&file)
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned());
+                    model.insert("file".into(), Value::from(name.unwrap_or(file)));
                 }
             }
         }
@@ -522,13 +596,40 @@ impl ModelSpec {
         if !(1..=20).contains(&self.top_logprobs) {
             return Err("`top_logprobs` must be between 1 and 20".into());
         }
+        if self.retry_budget_s == Some(0) {
+            return Err("`retry_budget_s` must be at least 1".into());
+        }
+        if self.rpm == Some(0) {
+            return Err("`rpm` must be at least 1 (leave it out for no limit)".into());
+        }
+        if self.tpm == Some(0) {
+            return Err("`tpm` must be at least 1 (leave it out for no limit)".into());
+        }
+        for (field, price) in [("price_in", self.price_in), ("price_out", self.price_out)] {
+            if price.is_some_and(|usd| !(usd.is_finite() && usd >= 0.0)) {
+                return Err(format!(
+                    "`{field}` must be a non-negative number of USD per million tokens"
+                ));
+            }
+        }
         if self.backend == Backend::Openai {
-            let url = self.url.as_deref().ok_or("`url` is required for backend \"openai\"")?;
+            let url = self
+                .url
+                .as_deref()
+                .ok_or("`url` is required for backend \"openai\"")?;
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err("`url` must start with http:// or https://".into());
             }
             if self.model.is_none() {
                 return Err("`model` is required for backend \"openai\"".into());
+            }
+        }
+        if self.backend == Backend::Local {
+            if self.path.is_none() {
+                return Err("`path` (the GGUF file) is required for backend \"local\"".into());
+            }
+            if self.threads == Some(0) {
+                return Err("`threads` must be at least 1".into());
             }
         }
         Ok(())
@@ -565,7 +666,11 @@ pub fn describe_changes(old: &Value, new: &Value) -> Vec<String> {
         .filter(|field| before.get(*field) != after.get(*field))
         .map(|field| {
             let show = |v: Option<&String>| v.cloned().unwrap_or_else(|| "(unset)".into());
-            format!("{field}: {} → {}", show(before.get(field)), show(after.get(field)))
+            format!(
+                "{field}: {} → {}",
+                show(before.get(field)),
+                show(after.get(field))
+            )
         })
         .collect()
 }
@@ -627,9 +732,18 @@ api_key_env = "OPENAI_API_KEY"
     fn bad_values_name_the_field() {
         let cases = [
             (EXAMPLE.replace("harmless-sl", "Harmless SL"), "name"),
-            (EXAMPLE.replace("model = \"policy\"", "model = \"nope\""), "critique_revise.model"),
-            (EXAMPLE.replace("revisions = 4", "revisions = 0"), "critique_revise.revisions"),
-            (EXAMPLE.replace("url = \"http://127.0.0.1:8000/v1\"", ""), "models.policy"),
+            (
+                EXAMPLE.replace("model = \"policy\"", "model = \"nope\""),
+                "critique_revise.model",
+            ),
+            (
+                EXAMPLE.replace("revisions = 4", "revisions = 0"),
+                "critique_revise.revisions",
+            ),
+            (
+                EXAMPLE.replace("url = \"http://127.0.0.1:8000/v1\"", ""),
+                "models.policy",
+            ),
         ];
         for (text, field) in cases {
             match parse(&text) {
@@ -646,7 +760,10 @@ api_key_env = "OPENAI_API_KEY"
         assert_eq!(job.spec.fingerprint("c1"), faster.spec.fingerprint("c1"));
         assert_ne!(job.spec.fingerprint("c1"), job.spec.fingerprint("c2"));
         let changed = parse(&EXAMPLE.replace("revisions = 4", "revisions = 2")).unwrap();
-        let changes = describe_changes(&job.spec.semantic_view("c1"), &changed.spec.semantic_view("c1"));
+        let changes = describe_changes(
+            &job.spec.semantic_view("c1"),
+            &changed.spec.semantic_view("c1"),
+        );
         assert_eq!(changes, vec!["critique_revise.revisions: 4 → 2".to_owned()]);
     }
 }

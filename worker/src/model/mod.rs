@@ -7,6 +7,7 @@
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
 pub mod letters;
+pub mod local;
 pub mod mock;
 pub mod openai;
 
@@ -210,6 +211,7 @@ impl Models {
             let model: Arc<dyn Model> = match spec.backend {
                 Backend::Mock => Arc::new(mock::MockModel::new(name, spec)),
                 Backend::Openai => Arc::new(openai::OpenAiModel::new(name, spec)?),
+                Backend::Local => Arc::new(local::LocalModel::new(name, spec)?),
             };
             models.insert(name.clone(), model);
         }
