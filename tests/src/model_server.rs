@@ -37,7 +37,19 @@
 //! Log-probabilities use the chat wire format (`logprobs.content[i].top_logprobs`) on the chat
 //! endpoint and the legacy one (`logprobs.top_logprobs[i]`, a token → log-probability map) on the
 //! completions endpoint, unless [`ServerConfig::logprob_format`] forces one.
+//!
+//! # Faults
+//! [`ServerConfig::faults`] makes some requests fail, each kind with its probability
+//! ([`Faults`]): a 500, a 429 (with `Retry-After` when [`Faults::retry_after_s`] is set), a hang
+//! (no reply for [`HANG`], or until the server stops) or a 200 whose body is cut in the middle
+//! of the JSON. Which request fails is decided deterministically: the n-th arrival of a body
+//! (n = 0, 1, …, counted per distinct body) draws a number in [0, 1) from SHA-256(SHA-256(body),
+//! n) and the kinds take consecutive intervals of it in the order above. A retried request, being
+//! the same body again, draws anew and can succeed. Every request's fault is in its
+//! [`RecordedCall::fault`]; a request refused for its key or its body gets none. With all
+//! probabilities zero (the default) the server behaves as if there were no fault injection.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -45,7 +57,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::AUTHORIZATION;
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -53,6 +65,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// Share of the first position's probability mass held by the two letters.
 const LETTER_MASS: f64 = 0.9;
@@ -64,6 +77,9 @@ const OTHERS: [(&str, f64); 2] = [("The", 0.06), (" I", 0.04)];
 const NO_LETTERS: [(&str, f64); 3] = [(" The", 0.5), (" I", 0.3), (" (", 0.2)];
 /// The second position of a judgment.
 const SECOND: [(&str, f64); 2] = [(")", 0.9), (".", 0.1)];
+/// How long a hanging request goes unanswered (unless the server stops first): longer than any
+/// sane client timeout.
+pub const HANG: Duration = Duration::from_secs(60);
 
 /// How log-probabilities are laid out in a reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +101,56 @@ pub struct ServerConfig {
     pub api_key: Option<String>,
     /// Force this log-prob format on both endpoints.
     pub logprob_format: Option<LogprobFormat>,
+    /// Requests that fail on purpose (see the module documentation).
+    pub faults: Faults,
+}
+
+/// The probability of each kind of injected fault per request; their sum is at most 1.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Faults {
+    /// Answer 500 with an OpenAI-style error.
+    pub error_500: f64,
+    /// Answer 429 with an OpenAI-style error.
+    pub rate_limited_429: f64,
+    /// The `Retry-After` seconds a 429 carries; 0 sends no `Retry-After`.
+    pub retry_after_s: u64,
+    /// Do not answer for [`HANG`].
+    pub hang: f64,
+    /// Answer 200 with the reply's JSON cut off in the middle.
+    pub truncated: f64,
+}
+
+impl Faults {
+    /// The kinds in the order they take their intervals of the draw, with their probabilities.
+    fn kinds(&self) -> [(Fault, f64); 4] {
+        [
+            (Fault::Error500, self.error_500),
+            (Fault::RateLimited429, self.rate_limited_429),
+            (Fault::Hang, self.hang),
+            (Fault::Truncated, self.truncated),
+        ]
+    }
+}
+
+/// One kind of injected fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    Error500,
+    RateLimited429,
+    Hang,
+    Truncated,
+}
+
+impl Fault {
+    /// The name in [`RecordedCall::fault`].
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Error500 => "500",
+            Fault::RateLimited429 => "429",
+            Fault::Hang => "hang",
+            Fault::Truncated => "truncated",
+        }
+    }
 }
 
 /// One request the server received.
@@ -96,6 +162,8 @@ pub struct RecordedCall {
     pub body: Value,
     /// Whether log-probabilities were requested.
     pub judge: bool,
+    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
+    pub fault: Option<&'static str>,
 }
 
 /// A running test server; dropping it shuts it down.
@@ -107,8 +175,16 @@ pub struct ModelServer {
 }
 
 impl ModelServer {
-    /// Starts a server on `127.0.0.1:0` in a task of the current tokio runtime.
+    /// Starts a server on `127.0.0.1:0` in a task of the current tokio runtime. Panics when the
+    /// fault probabilities are not each in [0, 1] or add up to more than 1.
     pub async fn start(config: ServerConfig) -> ModelServer {
+        let kinds = config.faults.kinds();
+        assert!(
+            kinds.iter().all(|(_, p)| (0.0..=1.0).contains(p))
+                && kinds.iter().map(|(_, p)| p).sum::<f64>() <= 1.0,
+            "fault probabilities must be in [0, 1] and add up to at most 1: {:?}",
+            config.faults
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
@@ -118,6 +194,8 @@ impl ModelServer {
         let shared = Arc::new(Shared {
             config,
             calls: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(HashMap::new()),
+            stopping: CancellationToken::new(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
@@ -155,8 +233,9 @@ impl ModelServer {
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have
-    /// closed (in-flight requests are answered first).
+    /// closed (in-flight requests are answered first; hanging ones at once, with a 503).
     pub async fn stop(mut self) {
+        self.shared.stopping.cancel();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -168,6 +247,7 @@ impl ModelServer {
 
 impl Drop for ModelServer {
     fn drop(&mut self) {
+        self.shared.stopping.cancel();
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
@@ -178,11 +258,14 @@ impl Drop for ModelServer {
 /// first 8 bytes of SHA-256(`prompt_text`) as a big-endian u64 `v`, then
 /// `0.05 + 0.9 × ((v >> 11) + 0.5) / 2^53`.
 pub fn p_first(prompt_text: &str) -> f64 {
-    let digest = Sha256::digest(prompt_text.as_bytes());
+    0.05 + 0.9 * unit(&Sha256::digest(prompt_text.as_bytes()))
+}
+
+/// A number in (0, 1) from the first 8 bytes of a digest: `((v >> 11) + 0.5) / 2^53`.
+fn unit(digest: &[u8]) -> f64 {
     let mut first = [0u8; 8];
     first.copy_from_slice(&digest[..8]);
-    let unit = ((u64::from_be_bytes(first) >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    0.05 + 0.9 * unit
+    ((u64::from_be_bytes(first) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
 }
 
 /// The reply a generation call gets: `"reply <h>: seed <seed>, a test answer"` where `<h>` is
@@ -196,6 +279,41 @@ pub fn reply_for(prompt_text: &str, seed: u64) -> String {
 struct Shared {
     config: ServerConfig,
     calls: Mutex<Vec<RecordedCall>>,
+    /// How often each body (by SHA-256) has arrived, for the fault draw.
+    arrivals: Mutex<HashMap<[u8; 32], u64>>,
+    /// Cancelled when the server stops: ends hanging requests.
+    stopping: CancellationToken,
+}
+
+impl Shared {
+    /// The fault this arrival of `raw` gets (see the module documentation).
+    fn draw_fault(&self, raw: &[u8]) -> Option<Fault> {
+        let kinds = self.config.faults.kinds();
+        if kinds.iter().all(|(_, p)| *p == 0.0) {
+            return None;
+        }
+        let body: [u8; 32] = Sha256::digest(raw).into();
+        let arrival = {
+            let mut arrivals = self.arrivals.lock().unwrap_or_else(PoisonError::into_inner);
+            let count = arrivals.entry(body).or_default();
+            *count += 1;
+            *count - 1
+        };
+        let draw = unit(
+            &Sha256::new()
+                .chain_update(body)
+                .chain_update(arrival.to_be_bytes())
+                .finalize(),
+        );
+        let mut bound = 0.0;
+        for (fault, probability) in kinds {
+            bound += probability;
+            if draw < bound {
+                return Some(fault);
+            }
+        }
+        None
+    }
 }
 
 /// The two endpoints.
@@ -226,10 +344,22 @@ async fn completions(
     handle(&shared, Api::Completions, &headers, &body).await
 }
 
-/// Every request goes through the same steps, in order: record it, check the key, wait the
-/// configured latency, answer.
+/// Every request goes through the same steps, in order: record it (with the fault it draws),
+/// check the key, wait the configured latency, check the body, inject the fault, answer.
 async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
+    let authorized = shared.config.api_key.as_ref().is_none_or(|key| {
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            == Some(key.as_str())
+    });
+    let fault = if authorized && parsed.is_some() {
+        shared.draw_fault(raw)
+    } else {
+        None
+    };
     shared
         .calls
         .lock()
@@ -240,19 +370,14 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
                 .clone()
                 .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
             judge: parsed.as_ref().is_some_and(is_judge),
+            fault: fault.map(Fault::name),
         });
-    if let Some(key) = &shared.config.api_key {
-        let bearer = headers
-            .get(AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
-        if bearer != Some(key.as_str()) {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "Incorrect API key provided.",
-                "invalid_api_key",
-            );
-        }
+    if !authorized {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "Incorrect API key provided.",
+            "invalid_api_key",
+        );
     }
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
@@ -264,7 +389,55 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
             "invalid_json",
         );
     };
+    match fault {
+        Some(Fault::Error500) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "The server had an error while processing your request.",
+                "server_error",
+            );
+        }
+        Some(Fault::RateLimited429) => {
+            let mut response = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Rate limit reached for requests.",
+                "rate_limit_exceeded",
+            );
+            let seconds = shared.config.faults.retry_after_s;
+            if seconds > 0 {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, seconds.to_string().parse().expect("digits"));
+            }
+            return response;
+        }
+        Some(Fault::Hang) => {
+            tokio::select! {
+                () = tokio::time::sleep(HANG) => {}
+                () = shared.stopping.cancelled() => {}
+            }
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The server gave up on this request.",
+                "unavailable",
+            );
+        }
+        Some(Fault::Truncated) | None => {}
+    }
     match answer(&shared.config, api, &request) {
+        Ok(reply) if fault == Some(Fault::Truncated) => {
+            let text = reply.to_string();
+            let mut cut = text.len() / 2;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            (
+                StatusCode::OK,
+                [(CONTENT_TYPE, "application/json")],
+                text[..cut].to_owned(),
+            )
+                .into_response()
+        }
         Ok(reply) => axum::Json(reply).into_response(),
         Err(message) => error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
     }
@@ -461,5 +634,70 @@ mod tests {
         let p = mass('A') / (mass('A') + mass('B'));
         assert!((p - p_first("prompt 1")).abs() < 1e-12);
         assert_eq!(judge_positions("x", true, 1).len(), 1);
+    }
+
+    fn shared(faults: Faults) -> Shared {
+        Shared {
+            config: ServerConfig {
+                faults,
+                ..ServerConfig::default()
+            },
+            calls: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(HashMap::new()),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    #[test]
+    fn faults_are_drawn_per_arrival_deterministically_at_their_rates() {
+        let faults = Faults {
+            error_500: 0.2,
+            rate_limited_429: 0.1,
+            retry_after_s: 1,
+            hang: 0.05,
+            truncated: 0.05,
+        };
+        // 10 arrivals each of 1,000 bodies.
+        let draws = |server: &Shared| -> Vec<Option<Fault>> {
+            (0..10_000)
+                .map(|i| server.draw_fault(format!("body {}", i % 1000).as_bytes()))
+                .collect()
+        };
+        let first = draws(&shared(faults));
+        assert_eq!(
+            first,
+            draws(&shared(faults)),
+            "the same arrivals draw the same"
+        );
+        let share = |fault: Option<Fault>| {
+            first.iter().filter(|drawn| **drawn == fault).count() as f64 / first.len() as f64
+        };
+        for (fault, expected) in [
+            (Some(Fault::Error500), 0.2),
+            (Some(Fault::RateLimited429), 0.1),
+            (Some(Fault::Hang), 0.05),
+            (Some(Fault::Truncated), 0.05),
+            (None, 0.6),
+        ] {
+            let drawn = share(fault);
+            assert!((drawn - expected).abs() < 0.02, "{fault:?}: {drawn}");
+        }
+        // A body's later arrivals draw anew: most bodies that failed first succeed later.
+        let recovered = (0..1000)
+            .filter(|&body| first[body].is_some())
+            .filter(|&body| (1..10).any(|arrival| first[arrival * 1000 + body].is_none()))
+            .count();
+        let failed_first = (0..1000).filter(|&body| first[body].is_some()).count();
+        assert!(
+            recovered > failed_first * 9 / 10,
+            "{recovered} of {failed_first}"
+        );
+    }
+
+    #[test]
+    fn without_faults_nothing_is_drawn_or_counted() {
+        let server = shared(Faults::default());
+        assert!((0..100).all(|_| server.draw_fault(b"body").is_none()));
+        assert!(server.arrivals.lock().unwrap().is_empty());
     }
 }

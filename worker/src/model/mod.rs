@@ -7,6 +7,7 @@
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
 pub mod letters;
+pub mod limits;
 pub mod local;
 pub mod mock;
 pub mod openai;

@@ -1,9 +1,12 @@
 //! The `openai` backend: any OpenAI-compatible HTTP server (vLLM, SGLang, TGI, llama.cpp server,
 //! Ollama, hosted APIs), on its chat or its completions endpoint.
 //!
-//! One [`reqwest::Client`] per model reuses connections, a semaphore bounds the requests in
-//! flight, and transient failures are retried with exponential backoff and jitter that honours
-//! `Retry-After`. Every other failure is classified as [`ModelError::SampleFatal`] or
+//! One [`reqwest::Client`] per model reuses connections (HTTP/2 where the server offers it over
+//! TLS), a semaphore bounds the requests in flight, the optional `rpm` and `tpm` limits
+//! ([`super::limits`]) pace every attempt, and transient failures are retried with exponential
+//! backoff and full jitter (a uniform wait between zero and the exponential delay) that honours
+//! `Retry-After`, for at most `max_retries` retries and, if set, `retry_budget_s` seconds per
+//! call. Every other failure is classified as [`ModelError::SampleFatal`] or
 //! [`ModelError::JobFatal`]. Neither the API key nor a URL's userinfo ever reaches an error or a
 //! log line.
 //!
@@ -13,6 +16,7 @@
 //! token to log-probability), whichever endpoint answered.
 
 use std::error::Error as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,14 +26,16 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use super::limits::RateLimits;
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Generated positions a judgment asks for: a model may emit a shared `" ("` before the letter.
 const JUDGE_MAX_TOKENS: u32 = 3;
-/// First backoff delay (doubled per retry, with jitter).
+/// First backoff delay (doubled per retry; the wait is drawn uniformly below it).
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 /// Longest backoff delay.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -59,6 +65,10 @@ pub struct OpenAiModel {
     client: reqwest::Client,
     /// Bounds the requests in flight.
     in_flight: Semaphore,
+    /// Paces the attempts (`rpm`, `tpm`).
+    limits: RateLimits,
+    /// The most time a call may spend before starting another retry.
+    retry_budget: Option<Duration>,
     temperature: f32,
     max_tokens: u32,
     timeout: Duration,
@@ -128,6 +138,8 @@ impl OpenAiModel {
             secrets,
             client,
             in_flight: Semaphore::new(spec.max_concurrency.max(1)),
+            limits: RateLimits::new(spec.rpm, spec.tpm),
+            retry_budget: spec.retry_budget_s.map(Duration::from_secs),
             temperature: spec.temperature,
             max_tokens: spec.max_tokens,
             timeout,
@@ -177,18 +189,40 @@ impl OpenAiModel {
         body
     }
 
-    /// Sends `body`, retrying transient failures; returns the last error when retries run out.
-    async fn call(&self, body: &Value) -> Result<Reply, ModelError> {
+    /// The prompt tokens of a request estimated from its text, a token per four characters
+    /// (rounded up), for the `tpm` limit before the server has counted them.
+    fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
+        let chars = match self.endpoint {
+            Endpoint::Chat => prompt
+                .turns
+                .iter()
+                .map(|turn| turn.text.chars().count())
+                .sum(),
+            Endpoint::Completions => prompt.transcript().chars().count(),
+        };
+        (chars as u64).div_ceil(4)
+    }
+
+    /// Sends `body`, retrying transient failures; returns the last error when the retries or the
+    /// retry budget run out. `prompt_tokens` is the estimate [`Self::prompt_tokens`] made.
+    async fn call(&self, body: &Value, prompt_tokens: u64) -> Result<Reply, ModelError> {
+        let started = Instant::now();
+        let budget_spent = AtomicBool::new(false);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(MIN_BACKOFF)
             .with_max_delay(MAX_BACKOFF)
-            .with_max_times(self.max_retries as usize)
-            .with_jitter()
-            .with_jitter_seed(rand::random());
-        (|| self.attempt(body))
+            .with_max_times(self.max_retries as usize);
+        let result = (|| self.attempt(body, prompt_tokens))
             .retry(backoff)
             .when(|error| matches!(error, ModelError::Retryable { .. }))
-            .adjust(wait_before_retry)
+            .adjust(|error, backoff| {
+                let wait = wait_before_retry(error, backoff.map(full_jitter))?;
+                if exceeds_budget(self.retry_budget, started.elapsed(), wait) {
+                    budget_spent.store(true, Ordering::Relaxed);
+                    return None;
+                }
+                Some(wait)
+            })
             .notify(|error, delay| {
                 tracing::warn!(
                     model = %self.name,
@@ -197,16 +231,51 @@ impl OpenAiModel {
                     "model call failed; retrying"
                 );
             })
-            .await
+            .await;
+        match (result, self.retry_budget) {
+            (
+                Err(ModelError::Retryable {
+                    message,
+                    retry_after,
+                    unreachable,
+                }),
+                Some(budget),
+            ) if budget_spent.load(Ordering::Relaxed) => Err(ModelError::Retryable {
+                message: format!(
+                    "{message} (the retry budget of {} s is spent)",
+                    budget.as_secs()
+                ),
+                retry_after,
+                unreachable,
+            }),
+            (result, _) => result,
+        }
     }
 
-    /// One request.
-    async fn attempt(&self, body: &Value) -> Result<Reply, ModelError> {
+    /// One attempt: waits for a concurrency slot and the rate limits, sends the request, and
+    /// settles the token charge with the reply's `usage` (with the prompt estimate alone when
+    /// the attempt failed, with the whole estimate when a reply reports no usage).
+    async fn attempt(&self, body: &Value, prompt_tokens: u64) -> Result<Reply, ModelError> {
         let _permit = self
             .in_flight
             .acquire()
             .await
             .expect("the semaphore is never closed");
+        let estimate = prompt_tokens + body["max_tokens"].as_u64().unwrap_or_default();
+        let charge = self.limits.admit(estimate).await;
+        let result = self.send(body).await;
+        charge.settle(match &result {
+            Ok(reply) if reply.usage != CallUsage::default() => {
+                reply.usage.tokens_in + reply.usage.tokens_out
+            }
+            Ok(_) => estimate,
+            Err(_) => prompt_tokens,
+        });
+        result
+    }
+
+    /// Sends one request and reads its reply.
+    async fn send(&self, body: &Value) -> Result<Reply, ModelError> {
         let mut request = self.client.post(&self.url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
@@ -356,7 +425,9 @@ impl OpenAiModel {
 #[async_trait]
 impl Model for OpenAiModel {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
-        let reply = self.call(&self.body(prompt, seed, false)).await?;
+        let reply = self
+            .call(&self.body(prompt, seed, false), self.prompt_tokens(prompt))
+            .await?;
         Ok(Generation {
             text: reply.text.trim().to_owned(),
             usage: reply.usage,
@@ -364,7 +435,9 @@ impl Model for OpenAiModel {
     }
 
     async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
-        let reply = self.call(&self.body(prompt, seed, true)).await?;
+        let reply = self
+            .call(&self.body(prompt, seed, true), self.prompt_tokens(prompt))
+            .await?;
         let positions = positions(&reply.choice);
         if positions.is_empty() {
             let asked = match self.endpoint {
@@ -414,6 +487,17 @@ fn wait_before_retry(error: &ModelError, backoff: Option<Duration>) -> Option<Du
         } => Some(backoff.max(*wait)),
         _ => Some(backoff),
     }
+}
+
+/// Full jitter: a wait drawn uniformly from `[0, delay)`, so that clients that failed together do
+/// not retry together.
+fn full_jitter(delay: Duration) -> Duration {
+    delay.mul_f64(rand::random::<f64>())
+}
+
+/// Whether waiting `wait` more, after `elapsed` of the call, would end past the retry budget.
+fn exceeds_budget(budget: Option<Duration>, elapsed: Duration, wait: Duration) -> bool {
+    budget.is_some_and(|budget| elapsed + wait > budget)
 }
 
 /// A `Retry-After` header in seconds (the HTTP-date form is ignored).
@@ -687,6 +771,37 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn full_jitter_draws_below_the_delay_and_the_budget_stops_retries() {
+        let delay = Duration::from_secs(8);
+        let waits: Vec<Duration> = (0..1000).map(|_| full_jitter(delay)).collect();
+        assert!(waits.iter().all(|wait| *wait < delay));
+        assert!(waits.iter().any(|wait| *wait < Duration::from_secs(1)));
+        assert!(waits.iter().any(|wait| *wait > Duration::from_secs(7)));
+
+        let secs = Duration::from_secs;
+        assert!(!exceeds_budget(None, secs(10_000), secs(30)));
+        assert!(!exceeds_budget(Some(secs(60)), secs(50), secs(10)));
+        assert!(exceeds_budget(Some(secs(60)), secs(50), secs(11)));
+        assert!(exceeds_budget(Some(secs(60)), secs(61), Duration::ZERO));
+    }
+
+    #[test]
+    fn prompt_tokens_are_estimated_from_the_text_the_endpoint_sees() {
+        use crate::model::{Speaker, Turn};
+        let prompt = Prompt {
+            turns: vec![Turn::new(Speaker::Human, "héllo wörld")],
+            reply_as: Some(Speaker::Assistant),
+        };
+        // 11 characters (not 13 bytes) → 3 tokens.
+        assert_eq!(model().prompt_tokens(&prompt), 3);
+        let mut completions = spec("http://127.0.0.1:8000/v1");
+        completions.endpoint = Endpoint::Completions;
+        let model = OpenAiModel::new("policy", &completions).unwrap();
+        // "\n\nHuman: héllo wörld\n\nAssistant:" is 32 characters → 8 tokens.
+        assert_eq!(model.prompt_tokens(&prompt), 8);
     }
 
     #[test]
