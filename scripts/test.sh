@@ -8,6 +8,7 @@ CAI_TEST_MODEL="$(scripts/fetch-model.sh)"
 export CAI_TEST_MODEL
 scripts/services.sh
 
+scripts/validate-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
