@@ -178,6 +178,12 @@ impl ModelServer {
     /// Starts a server on `127.0.0.1:0` in a task of the current tokio runtime. Panics when the
     /// fault probabilities are not each in [0, 1] or add up to more than 1.
     pub async fn start(config: ServerConfig) -> ModelServer {
+        Self::start_at("127.0.0.1:0", config).await
+    }
+
+    /// Starts a server on a given address, e.g. the address of a server that was stopped, to
+    /// end a simulated outage.
+    pub async fn start_at(address: &str, config: ServerConfig) -> ModelServer {
         let kinds = config.faults.kinds();
         assert!(
             kinds.iter().all(|(_, p)| (0.0..=1.0).contains(p))
@@ -185,9 +191,9 @@ impl ModelServer {
             "fault probabilities must be in [0, 1] and add up to at most 1: {:?}",
             config.faults
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        let listener = tokio::net::TcpListener::bind(address)
             .await
-            .expect("bind 127.0.0.1:0");
+            .unwrap_or_else(|e| panic!("bind {address}: {e}"));
         let addr: SocketAddr = listener
             .local_addr()
             .expect("a bound listener has an address");
