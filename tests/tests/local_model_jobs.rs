@@ -105,11 +105,16 @@ async fn pairwise_on_the_real_model() {
         assert_ne!(row["chosen"][0]["content"], row["rejected"][0]["content"]);
         for reading in row["readings"].as_array().unwrap() {
             let p_first = reading["p_first"].as_f64().unwrap();
-            assert!(p_first > 0.0 && p_first < 1.0, "{p_first}");
+            // A letter missing from the top log-probabilities counts as 0 after normalising, so
+            // a reading of exactly 0 or 1 is possible with this small, position-biased model.
+            assert!((0.0..=1.0).contains(&p_first), "{p_first}");
             readings.push(p_first.to_bits());
         }
     }
     readings.sort_unstable();
     readings.dedup();
-    assert!(readings.len() > 1, "the readings should not all be equal");
+    assert!(
+        readings.len() > 1,
+        "the readings should not all be equal: {rows:?}"
+    );
 }
