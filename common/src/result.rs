@@ -15,6 +15,10 @@ pub struct Usage {
     pub tokens_out: u64,
     /// Model calls made (cache hits excluded).
     pub calls: u64,
+    /// What the calls cost, in millionths of a US dollar, from the models' `price_in` and
+    /// `price_out` (dollars per million tokens): tokens × price is exactly micro-dollars.
+    #[serde(default)]
+    pub cost_micro_usd: u64,
 }
 
 impl std::ops::AddAssign for Usage {
@@ -22,6 +26,7 @@ impl std::ops::AddAssign for Usage {
         self.tokens_in += other.tokens_in;
         self.tokens_out += other.tokens_out;
         self.calls += other.calls;
+        self.cost_micro_usd += other.cost_micro_usd;
     }
 }
 

@@ -200,6 +200,7 @@ fn snapshot(progress: &Progress) -> Vec<(&'static str, i64)> {
         ("model_calls", usage.calls),
         ("tokens_in", usage.tokens_in),
         ("tokens_out", usage.tokens_out),
+        ("cost_micro_usd", usage.cost_micro_usd),
     ]
     .into_iter()
     .map(|(name, value)| (name, value as i64))

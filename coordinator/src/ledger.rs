@@ -453,6 +453,7 @@ mod tests {
                 tokens_in: 10,
                 tokens_out: 5,
                 calls: 3,
+                cost_micro_usd: 0,
             },
         }
     }

@@ -45,6 +45,7 @@ pub struct Progress {
     calls: AtomicU64,
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
+    cost_micro_usd: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -81,6 +82,8 @@ impl Progress {
         self.tokens_in.fetch_add(usage.tokens_in, Ordering::Relaxed);
         self.tokens_out
             .fetch_add(usage.tokens_out, Ordering::Relaxed);
+        self.cost_micro_usd
+            .fetch_add(usage.cost_micro_usd, Ordering::Relaxed);
     }
 
     /// Model usage of the samples collected in this run.
@@ -89,6 +92,7 @@ impl Progress {
             tokens_in: self.tokens_in.load(Ordering::Relaxed),
             tokens_out: self.tokens_out.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
+            cost_micro_usd: self.cost_micro_usd.load(Ordering::Relaxed),
         }
     }
 

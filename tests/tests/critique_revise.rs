@@ -55,6 +55,8 @@ model = "test-model"
 endpoint = "{endpoint}"
 max_concurrency = 8
 max_tokens = 64
+price_in = 0.5
+price_out = 2.0
 "#,
             constitution = constitution.display()
         ),
@@ -115,6 +117,27 @@ async fn chat_endpoint_rows_calls_and_principles() {
         r == [1, 2, 3]
     }));
 
+    // Cost: $0.5 per million prompt tokens and $2 per million generated ones, in micro-dollars,
+    // per call from its tokens, summed per sample and over the job.
+    let mut job_cost = 0;
+    for trace in dir.rows("traces.jsonl") {
+        let expected: u64 = trace["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| {
+                let (tokens_in, tokens_out) = (
+                    step["tokens_in"].as_u64().unwrap(),
+                    step["tokens_out"].as_u64().unwrap(),
+                );
+                (0.5 * tokens_in as f64).round() as u64 + (2.0 * tokens_out as f64).round() as u64
+            })
+            .sum();
+        assert!(expected > 0);
+        assert_eq!(trace["usage"]["cost_micro_usd"].as_u64().unwrap(), expected);
+        job_cost += expected;
+    }
+    assert_eq!(summary.usage.cost_micro_usd, job_cost);
     // Exactly 1 + 2 × revisions calls per sample, none of them a judge call.
     let calls = server.calls();
     assert_eq!(calls.len(), SAMPLES * (1 + 2 * 3));

@@ -81,14 +81,16 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         },
     );
     eprintln!(
-        "this run: {} model calls, {} tokens in, {} tokens out in {:.1} s; whole job: {} calls, {} tokens in, {} tokens out",
+        "this run: {} model calls, {} tokens in, {} tokens out, ${:.4} in {:.1} s; whole job: {} calls, {} tokens in, {} tokens out, ${:.4}",
         summary.run_usage.calls,
         summary.run_usage.tokens_in,
         summary.run_usage.tokens_out,
+        summary.run_usage.cost_micro_usd as f64 / 1e6,
         summary.elapsed.as_secs_f64(),
         summary.usage.calls,
         summary.usage.tokens_in,
         summary.usage.tokens_out,
+        summary.usage.cost_micro_usd as f64 / 1e6,
     );
     eprintln!("output: {}", plan.job.output_dir().display());
     if summary.complete { 0 } else { 130 }

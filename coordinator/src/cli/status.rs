@@ -59,8 +59,11 @@ pub(super) fn status(dir: &Path) -> u8 {
         ),
     }
     println!(
-        "usage: {} model calls, {} tokens in, {} tokens out",
-        totals.usage.calls, totals.usage.tokens_in, totals.usage.tokens_out
+        "usage: {} model calls, {} tokens in, {} tokens out, ${:.4}",
+        totals.usage.calls,
+        totals.usage.tokens_in,
+        totals.usage.tokens_out,
+        totals.usage.cost_micro_usd as f64 / 1e6
     );
     if let Some(counts) = manifest.as_ref().and_then(|m| m.get("counts")) {
         println!("last run: {counts}");
@@ -120,10 +123,11 @@ pub(super) async fn live(job: &str, state_url: &str) -> u8 {
         get("duplicates")
     );
     println!(
-        "this run: {} model calls, {} tokens in, {} tokens out",
+        "this run: {} model calls, {} tokens in, {} tokens out, ${:.4}",
         get("model_calls"),
         get("tokens_in"),
-        get("tokens_out")
+        get("tokens_out"),
+        get("cost_micro_usd") as f64 / 1e6
     );
     if let Ok(Some(message)) = state.fatal(job).await {
         println!("fatal: {message}");

@@ -183,9 +183,15 @@ impl SampleRun<'_> {
         };
         let usage = value.usage();
         if !was_cached {
+            let spec = &self.ctx.spec.models[info.model];
+            let cost = |price: Option<f64>, tokens: u64| {
+                (price.unwrap_or(0.0) * tokens as f64).round() as u64
+            };
             self.usage.tokens_in += usage.tokens_in;
             self.usage.tokens_out += usage.tokens_out;
             self.usage.calls += 1;
+            self.usage.cost_micro_usd +=
+                cost(spec.price_in, usage.tokens_in) + cost(spec.price_out, usage.tokens_out);
         }
         self.steps.push(TraceStep {
             step: info.name.clone(),
