@@ -275,27 +275,6 @@ impl Ledger {
         self.done.get(key).copied()
     }
 
-    /// Whether a corpus line's rejection is already recorded.
-    pub fn is_rejected(&self, line: u64) -> bool {
-        self.rejected.contains(&line)
-    }
-
-    /// Keys of every committed sample (done or failed).
-    pub fn done_keys(&self) -> impl Iterator<Item = &SampleKey> {
-        self.done.keys()
-    }
-
-    /// Committed counts: (done, failed).
-    pub fn counts(&self) -> (u64, u64) {
-        let failed = self.done.values().filter(|s| **s == Status::Failed).count() as u64;
-        (self.done.len() as u64 - failed, failed)
-    }
-
-    /// Rejected lines recorded.
-    pub fn rejected_count(&self) -> u64 {
-        self.rejected.len() as u64
-    }
-
     /// Tokens and calls of every committed sample.
     pub fn usage(&self) -> Usage {
         self.usage
@@ -491,7 +470,7 @@ mod tests {
         assert_eq!(lines(dir.path(), "traces.jsonl"), 1);
         assert_eq!(ledger.status(&SampleKey([1; 16])), Some(Status::Done));
         assert_eq!(ledger.status(&SampleKey([2; 16])), None);
-        assert!(ledger.is_rejected(4));
+        assert_eq!(totals(dir.path()).unwrap().rejected, 1);
         assert_eq!(ledger.usage().calls, 3);
     }
 
@@ -509,8 +488,9 @@ mod tests {
         let text = std::fs::read(&log).unwrap();
         std::fs::write(&log, &text[..text.len() - 5]).unwrap();
 
-        let ledger = Ledger::open(dir.path()).unwrap();
-        assert_eq!(ledger.counts(), (1, 0));
+        drop(Ledger::open(dir.path()).unwrap());
+        let totals = totals(dir.path()).unwrap();
+        assert_eq!((totals.done, totals.failed), (1, 0));
         assert_eq!(lines(dir.path(), "sft.jsonl"), 1);
     }
 
