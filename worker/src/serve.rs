@@ -88,7 +88,12 @@ pub async fn serve(
                             serving.insert(job.clone(), token);
                             consumers.spawn(async move { (job, consumer.await) });
                         }
-                        Err(error) => {
+                        Err(StartError::Unreadable(error)) => {
+                            // Written by a newer coordinator: another worker may serve it.
+                            tracing::error!(job, %error, "cannot read this job's spec; not serving it");
+                            given_up.insert(job, error);
+                        }
+                        Err(StartError::Fatal(error)) => {
                             tracing::error!(job, %error, "cannot serve job");
                             report_fatal(&state, &job, &error).await;
                             given_up.insert(job, error);
@@ -123,6 +128,15 @@ pub async fn serve(
 
 type Consumer = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
+/// Why a job could not be started on this worker.
+enum StartError {
+    /// The registry entry does not decode (a newer format): this worker skips the job, newer
+    /// workers can serve it, so the job itself is not stopped.
+    Unreadable(String),
+    /// The job cannot run anywhere (its API key variable is missing, say): stop it.
+    Fatal(String),
+}
+
 /// Builds a job's context from the registry and starts consuming its tasks.
 async fn start_job(
     job: &str,
@@ -130,15 +144,19 @@ async fn start_job(
     state: &Arc<dyn StateStore>,
     options: &ServeOptions,
     shutdown: &CancellationToken,
-) -> Result<(CancellationToken, Consumer), String> {
+) -> Result<(CancellationToken, Consumer), StartError> {
     let (json, _) = state
         .get_job(job)
         .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("job {job:?} is active but not registered"))?;
-    let descriptor = JobDescriptor::from_json(&json)
-        .map_err(|e| format!("job {job:?}: unreadable registry entry: {e}"))?;
-    let models = Models::build(&descriptor.spec.models).map_err(|e| e.to_string())?;
+        .map_err(|e| StartError::Unreadable(e.to_string()))?
+        .ok_or_else(|| {
+            StartError::Unreadable(format!("job {job:?} is active but not registered"))
+        })?;
+    let descriptor = JobDescriptor::from_json(&json).map_err(|e| {
+        StartError::Unreadable(format!("job {job:?}: unreadable registry entry: {e}"))
+    })?;
+    let models =
+        Models::build(&descriptor.spec.models).map_err(|e| StartError::Fatal(e.to_string()))?;
     let concurrency = options.concurrency.unwrap_or_else(|| {
         descriptor
             .spec
