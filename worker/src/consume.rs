@@ -114,7 +114,11 @@ async fn run_leased(
     if let Err(error) = state.release(job, &sample.key, holder).await {
         tracing::warn!(job, %error, "cannot release a sample lease; it expires by itself");
     }
-    result.map(Some)
+    match result {
+        Ok(result) => Ok(Some(result)),
+        Err(Interrupted::AlreadyDone) => Ok(None),
+        Err(other) => Err(other),
+    }
 }
 
 /// Consumes the job's task queue until `shutdown` fires or the queue ends. Returns an error
@@ -222,6 +226,9 @@ async fn handle(
         Err(Interrupted::Outage(message)) => {
             settle(delivery.acker.requeue().await)?;
             return Ok(Handled::Outage(message));
+        }
+        Err(Interrupted::AlreadyDone) => {
+            unreachable!("run_leased reports a done sample as skipped")
         }
         Err(Interrupted::Fatal(fatal)) => {
             let _ = delivery.acker.requeue().await;

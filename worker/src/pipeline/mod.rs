@@ -50,6 +50,9 @@ pub enum Interrupted {
     /// again later; the steps it finished are in the step cache.
     #[error("model endpoint unreachable: {0}")]
     Outage(String),
+    /// The sample was committed by another run of it meanwhile: nothing more to do.
+    #[error("the sample is already done")]
+    AlreadyDone,
 }
 
 /// Why a step did not produce a value.
@@ -58,6 +61,8 @@ enum StepError {
     Sample { reason: String, attempts: u32 },
     /// The model's endpoint is down.
     Outage(String),
+    /// Another run of the sample was committed meanwhile.
+    AlreadyDone,
     /// Stop the job.
     Job(String),
 }
@@ -81,6 +86,7 @@ impl JobContext {
             Err(StepError::Sample { reason, attempts }) => Outcome::Failed { reason, attempts },
             Err(StepError::Job(message)) => return Err(JobFatal(message).into()),
             Err(StepError::Outage(message)) => return Err(Interrupted::Outage(message)),
+            Err(StepError::AlreadyDone) => return Err(Interrupted::AlreadyDone),
         };
         Ok(SampleResult {
             key: sample.key,
@@ -172,6 +178,15 @@ impl SampleRun<'_> {
         let (value, was_cached) = match cached {
             Some(value) => (value, true),
             None => {
+                // The collector marks a sample done before it forgets its steps, so a miss can
+                // mean another run of this sample was just committed: check before paying.
+                let done = state
+                    .done(job, &[*key])
+                    .await
+                    .map_err(|e| StepError::Job(e.to_string()))?;
+                if done[0] {
+                    return Err(StepError::AlreadyDone);
+                }
                 let value = call().await.map_err(|error| self.step_error(info, error))?;
                 let bytes = rmp_serde::to_vec_named(&value).expect("step values encode");
                 state
