@@ -11,6 +11,7 @@
 //! - [`seed`]: deterministic randomness derived from (job seed, sample key, step).
 //! - [`broker`]: the task/result queue seam and its in-memory implementation.
 //! - [`state`]: the progress / done-set / step-cache seam and its in-memory implementation.
+//! - [`telemetry`]: the process's Prometheus metrics and trace context for task messages.
 
 pub mod broker;
 pub mod constitution;
@@ -22,3 +23,4 @@ pub mod result;
 pub mod sample;
 pub mod seed;
 pub mod state;
+pub mod telemetry;

@@ -18,9 +18,13 @@ use cai_common::envelope::{self, ResultBatch, Task};
 use cai_common::result::Usage;
 use cai_common::sample::{Sample, SampleKey};
 use cai_common::state::StateStore;
+use cai_common::telemetry::metrics::{JobLabels, metrics};
+use cai_common::telemetry::trace_context;
 use futures::StreamExt;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::corpus::{self, CorpusItem};
 use crate::ledger::{Ledger, RejectedRow, Status};
@@ -68,6 +72,8 @@ pub struct Summary {
 
 /// Tasks published and not yet collected.
 struct Outstanding {
+    /// `cai_tasks_outstanding` of the job.
+    gauge: Gauge,
     permits: Semaphore,
     tasks: Mutex<HashMap<u64, Vec<SampleKey>>>,
     next_id: AtomicU64,
@@ -83,6 +89,7 @@ impl Outstanding {
             .remove(&task_id)
             .is_some()
         {
+            self.gauge.dec();
             self.permits.add_permits(1);
         }
     }
@@ -108,7 +115,15 @@ pub async fn coordinate(
     let ledger = Arc::new(Mutex::new(
         Ledger::open(plan.job.output_dir()).context("opening the output directory")?,
     ));
+    let gauge = metrics()
+        .tasks_outstanding
+        .get_or_create(&JobLabels {
+            cai_job: spec.name.clone(),
+        })
+        .clone();
+    gauge.set(0);
     let outstanding = Arc::new(Outstanding {
+        gauge,
         permits: Semaphore::new(options.max_outstanding.max(1)),
         tasks: Mutex::new(HashMap::new()),
         // Task ids must not repeat across runs: results of a previous coordinator's tasks may
@@ -255,18 +270,20 @@ async fn publish(
         () = shutdown.cancelled() => return Ok(()),
     }
     let task_id = outstanding.next_id.fetch_add(1, Ordering::Relaxed);
+    let span = tracing::info_span!("publish_task", job, task_id, samples = samples.len());
     let keys = samples.iter().map(|s| s.key).collect();
     outstanding
         .tasks
         .lock()
         .expect("outstanding lock")
         .insert(task_id, keys);
+    outstanding.gauge.inc();
     let payload = envelope::encode(
         job,
         &Task {
             task_id,
             samples,
-            trace_context: None,
+            trace_context: trace_context::traceparent(&span),
         },
     );
     (|| broker.publish(job, Queue::Tasks, payload.clone()))
@@ -278,6 +295,7 @@ async fn publish(
         .notify(
             |error, wait| tracing::warn!(job, %error, ?wait, "publishing a task failed; retrying"),
         )
+        .instrument(span)
         .await
         .with_context(|| format!("publishing task {task_id}"))
 }

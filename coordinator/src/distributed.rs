@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
 use crate::ledger::{self, Ledger};
+use crate::observe;
 use crate::plan::Plan;
 use crate::progress::Progress;
 
@@ -57,6 +58,12 @@ pub async fn run(
     // collected by the next run, so there is nothing to wait for once the queue is quiet.
     let producers_stopped = CancellationToken::new();
     producers_stopped.cancel();
+    let queues = observe::watch_queues(
+        job.clone(),
+        (*amqp).clone(),
+        Duration::from_secs(2),
+        mirror_stop.clone(),
+    );
     let broker: Arc<dyn Broker> = amqp.clone();
     let outcome = coordinate(
         plan,
@@ -70,6 +77,7 @@ pub async fn run(
     .await;
     mirror_stop.cancel();
     let _ = mirror.await;
+    let _ = queues.await;
     watcher.abort();
     if let Ok(Some(message)) = state.fatal(&job).await {
         state.set_active(&job, false).await?;

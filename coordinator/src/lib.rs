@@ -8,6 +8,8 @@
 //! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
 //! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
 //! - [`progress`]: counters, progress bar, plain progress lines.
+//! - [`observe`]: the coordinator's metrics (line counts, queue depths).
+//! - [`telemetry`]: logging, OTLP trace export, and the `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`manifest`]: the end-of-run summary file.
 //! - [`cli`]: the command line.
 
@@ -18,5 +20,7 @@ pub mod distributed;
 pub mod embedded;
 pub mod ledger;
 pub mod manifest;
+pub mod observe;
 pub mod plan;
 pub mod progress;
+pub mod telemetry;

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use cai_common::broker::{Broker, Delivery, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
-use cai_common::result::SampleResult;
+use cai_common::result::{Outcome, SampleResult};
 use cai_common::sample::Sample;
+use cai_common::telemetry::metrics::{JobLabels, metrics};
+use cai_common::telemetry::trace_context;
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::pipeline::{Interrupted, JobContext, JobFatal};
 
@@ -61,7 +64,13 @@ pub async fn run_task(
         .partition(|(_, done)| *done);
     let mut skipped: Vec<_> = done.into_iter().map(|(sample, _)| sample.key).collect();
     let outcomes: Vec<_> = stream::iter(todo.into_iter().map(|(sample, _)| async move {
-        let result = run_leased(ctx, &sample).await;
+        let span = tracing::debug_span!(
+            "sample",
+            job = %ctx.spec.name,
+            key = %sample.key,
+            id = %sample.id,
+        );
+        let result = run_leased(ctx, &sample).instrument(span).await;
         (sample.key, result)
     }))
     .buffer_unordered(concurrency.max(1))
@@ -146,6 +155,7 @@ pub async fn work(
             Some(handled) = in_flight.next(), if !in_flight.is_empty() => match handled? {
                 Handled::Settled => outage.reset(),
                 Handled::Outage(message) => {
+                    metrics().pauses.get_or_create(&JobLabels { cai_job: job.clone() }).inc();
                     let wait = outage.pause();
                     tracing::warn!(job, %message, ?wait, "model endpoint unreachable; pausing, the task went back to the queue");
                 }
@@ -221,7 +231,15 @@ async fn handle(
             return settle(delivery.acker.dead_letter(&error.to_string()).await);
         }
     };
-    let batch = match run_task(ctx, task, options.sample_concurrency).await {
+    let _in_flight = InFlight::start(job);
+    let span = tracing::info_span!("task", job = %job, task_id = task.task_id, samples = task.samples.len());
+    if let Some(parent) = &task.trace_context {
+        trace_context::set_parent(&span, parent);
+    }
+    let batch = match run_task(ctx, task, options.sample_concurrency)
+        .instrument(span)
+        .await
+    {
         Ok(batch) => batch,
         Err(Interrupted::Outage(message)) => {
             settle(delivery.acker.requeue().await)?;
@@ -240,5 +258,30 @@ async fn handle(
         tracing::warn!(job, %error, "results not confirmed; the task goes back to the queue");
         return settle(delivery.acker.requeue().await);
     }
+    for result in &batch.results {
+        metrics().record_sample(job, matches!(result.outcome, Outcome::Done { .. }));
+    }
     settle(delivery.acker.ack().await)
+}
+
+/// Counts a task in `cai_tasks_in_flight` for as long as it lives.
+struct InFlight(prometheus_client::metrics::gauge::Gauge);
+
+impl InFlight {
+    fn start(job: &str) -> Self {
+        let gauge = metrics()
+            .tasks_in_flight
+            .get_or_create(&JobLabels {
+                cai_job: job.to_owned(),
+            })
+            .clone();
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }

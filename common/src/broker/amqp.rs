@@ -108,6 +108,18 @@ impl AmqpBroker {
         Ok(Self { supervisor })
     }
 
+    /// Whether both connections are open, reopening a closed one, within two seconds: for a
+    /// readiness probe, which thereby also brings an idle process back after a broker outage.
+    pub async fn is_connected(&self) -> bool {
+        for slot in [&self.supervisor.publishing, &self.supervisor.consuming] {
+            let linked = timeout(Duration::from_secs(2), self.supervisor.link(slot)).await;
+            if !matches!(linked, Ok(Ok(link)) if link.is_open()) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Messages ready for delivery in a job's queue (deliveries in flight are not counted);
     /// 0 when the queue does not exist.
     pub async fn queue_depth(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {

@@ -94,6 +94,17 @@ impl RedisState {
         })
     }
 
+    /// Whether Redis answers a `PING` within a second, for a readiness probe.
+    pub async fn ping(&self) -> bool {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(_))
+        )
+    }
+
     /// Sets how long cached steps live (at least a second).
     pub fn with_step_ttl(mut self, ttl: Duration) -> Self {
         self.step_ttl = ttl.max(Duration::from_secs(1));

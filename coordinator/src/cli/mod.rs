@@ -11,10 +11,13 @@ mod status;
 mod validate;
 mod worker;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+use crate::telemetry::tracing_setup;
 
 /// Build Constitutional AI datasets: critique → revise (SFT) and pairwise AI feedback (preferences).
 #[derive(Debug, Parser)]
@@ -77,6 +80,29 @@ pub struct WorkerArgs {
     /// This worker's id in heartbeats; default: host name and process id.
     #[arg(long)]
     pub id: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz (`HOST:PORT`, port 0 picks one), or `off`.
+    /// Default: 0.0.0.0:9090, skipped with a warning if that port is taken.
+    #[arg(long, value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<MetricsAddr>,
+}
+
+/// The `--metrics-addr` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// No listener.
+    Off,
+    /// Listen here.
+    At(SocketAddr),
+}
+
+fn parse_metrics_addr(value: &str) -> Result<MetricsAddr, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(MetricsAddr::Off);
+    }
+    value
+        .parse()
+        .map(MetricsAddr::At)
+        .map_err(|_| format!("{value:?} is not HOST:PORT (an IP address and a port) or `off`"))
 }
 
 /// Flags of `cai run`: how this process runs (the job file says what to compute).
@@ -102,15 +128,26 @@ pub struct RunArgs {
     /// Redis URL: run as the coordinator of a distributed job (needs `--broker`).
     #[arg(long, env = "CAI_STATE", requires = "broker")]
     pub state: Option<String>,
+    /// Where to serve /metrics, /healthz and /readyz (`HOST:PORT`, port 0 picks one); off by
+    /// default.
+    #[arg(long, value_parser = parse_metrics_addr, default_value = "off")]
+    pub metrics_addr: MetricsAddr,
 }
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn main(cli: Cli) -> ExitCode {
-    init_logging(cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime starts");
+    let service = match cli.command {
+        Command::Worker(_) => "cai-worker",
+        _ => "cai-coordinator",
+    };
+    let tracing = {
+        let _runtime = runtime.enter();
+        tracing_setup::init(cli.log_format, service)
+    };
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
@@ -122,21 +159,11 @@ pub fn main(cli: Cli) -> ExitCode {
             },
         }
     });
+    // Outside `block_on`, while the runtime's threads still run the exporter.
+    tracing.shutdown();
     // Blocking corpus readers may still be parked on a full channel: don't wait for them.
     runtime.shutdown_background();
     ExitCode::from(code)
-}
-
-fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
 }
 
 /// Prints an error with its chain of causes, one per line.

@@ -6,12 +6,14 @@ use std::time::SystemTime;
 use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
 
-use super::{RunArgs, report};
+use super::{MetricsAddr, RunArgs, report};
 use crate::distributed::{self, Services};
 use crate::embedded::{self, EmbeddedOptions};
 use crate::manifest;
+use crate::observe;
 use crate::plan::Plan;
 use crate::progress::Progress;
+use crate::telemetry::listener::{self, Readiness};
 
 pub(super) async fn run(args: RunArgs) -> u8 {
     let plan = match Plan::load(&args.job) {
@@ -40,7 +42,29 @@ pub(super) async fn run(args: RunArgs) -> u8 {
 
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone());
+    let _listener = match args.metrics_addr {
+        MetricsAddr::Off => None,
+        MetricsAddr::At(addr) => {
+            let readiness = Readiness {
+                draining: shutdown.clone(),
+                ..Readiness::default()
+            };
+            match listener::serve(addr, readiness).await {
+                Ok(listener) => Some(listener),
+                Err(error) => {
+                    eprintln!("error: --metrics-addr {addr}: {error}");
+                    return 2;
+                }
+            }
+        }
+    };
     let progress = Arc::new(Progress::default());
+    let lines_stop = CancellationToken::new();
+    let lines = observe::mirror_lines(
+        plan.spec().name.clone(),
+        progress.clone(),
+        lines_stop.clone(),
+    );
     let started_at = SystemTime::now();
     let display = progress.display(&plan.spec().name);
     let outcome = match (args.broker, args.state) {
@@ -51,6 +75,8 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         _ => embedded::run(&plan, models, &options, progress, shutdown).await,
     };
     drop(display);
+    lines_stop.cancel();
+    let _ = lines.await;
     let summary = match outcome {
         Ok(summary) => summary,
         Err(error) => {

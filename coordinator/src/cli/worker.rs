@@ -9,7 +9,11 @@ use cai_common::state::redis::RedisState;
 use cai_worker::serve::{self, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
-use super::WorkerArgs;
+use super::{MetricsAddr, WorkerArgs};
+use crate::telemetry::listener::{self, Readiness};
+
+/// Where a worker serves /metrics, /healthz and /readyz unless told otherwise.
+const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([0, 0, 0, 0], 9090);
 
 pub(super) async fn worker(args: WorkerArgs) -> u8 {
     let broker = match AmqpBroker::connect(&args.broker).await {
@@ -39,6 +43,28 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
         grace: Duration::from_secs(args.grace_s),
     };
     let shutdown = CancellationToken::new();
+    let readiness = Readiness {
+        draining: shutdown.clone(),
+        broker: Some((*broker).clone()),
+        state: Some((*state).clone()),
+    };
+    let _listener = match args.metrics_addr {
+        Some(MetricsAddr::Off) => None,
+        Some(MetricsAddr::At(addr)) => match listener::serve(addr, readiness).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                eprintln!("error: --metrics-addr {addr}: {error}");
+                return 2;
+            }
+        },
+        None => match listener::serve(DEFAULT_METRICS_ADDR.into(), readiness).await {
+            Ok(listener) => Some(listener),
+            Err(error) => {
+                tracing::warn!(addr = %std::net::SocketAddr::from(DEFAULT_METRICS_ADDR), %error, "no /metrics listener (pass --metrics-addr to choose a port)");
+                None
+            }
+        },
+    };
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

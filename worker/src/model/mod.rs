@@ -204,6 +204,22 @@ pub struct Models {
     models: BTreeMap<String, Arc<dyn Model>>,
 }
 
+/// Where a model's calls go, for spans: the server URL without secrets, or the backend and
+/// the model file.
+pub fn endpoint(spec: &ModelSpec) -> String {
+    match spec.backend {
+        Backend::Openai => spec.url.as_deref().map(openai::redact).unwrap_or_default(),
+        Backend::Mock => "mock".into(),
+        Backend::Local => format!(
+            "local:{}",
+            spec.path
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display()
+        ),
+    }
+}
+
 impl Models {
     /// Builds every model of a job. Fails (job-fatal) on a missing API key variable.
     pub fn build(specs: &BTreeMap<String, ModelSpec>) -> Result<Self, ModelError> {

@@ -16,12 +16,13 @@
 //! token to log-probability), whichever endpoint answered.
 
 use std::error::Error as _;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use cai_common::job::{Endpoint, ModelSpec};
+use cai_common::telemetry::metrics::{RetryLabels, metrics};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
@@ -212,26 +213,38 @@ impl OpenAiModel {
             .with_min_delay(MIN_BACKOFF)
             .with_max_delay(MAX_BACKOFF)
             .with_max_times(self.max_retries as usize);
-        let result = (|| self.attempt(body, prompt_tokens))
-            .retry(backoff)
-            .when(|error| matches!(error, ModelError::Retryable { .. }))
-            .adjust(|error, backoff| {
-                let wait = wait_before_retry(error, backoff.map(full_jitter))?;
-                if exceeds_budget(self.retry_budget, started.elapsed(), wait) {
-                    budget_spent.store(true, Ordering::Relaxed);
-                    return None;
-                }
-                Some(wait)
-            })
-            .notify(|error, delay| {
-                tracing::warn!(
-                    model = %self.name,
-                    delay_ms = delay.as_millis() as u64,
-                    %error,
-                    "model call failed; retrying"
-                );
-            })
-            .await;
+        let attempts = AtomicU32::new(0);
+        let result = (|| {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            self.attempt(body, prompt_tokens)
+        })
+        .retry(backoff)
+        .when(|error| matches!(error, ModelError::Retryable { .. }))
+        .adjust(|error, backoff| {
+            let wait = wait_before_retry(error, backoff.map(full_jitter))?;
+            if exceeds_budget(self.retry_budget, started.elapsed(), wait) {
+                budget_spent.store(true, Ordering::Relaxed);
+                return None;
+            }
+            Some(wait)
+        })
+        .notify(|error, delay| {
+            metrics()
+                .retries
+                .get_or_create(&RetryLabels {
+                    model: self.name.clone(),
+                })
+                .inc();
+            tracing::warn!(
+                model = %self.name,
+                delay_ms = delay.as_millis() as u64,
+                %error,
+                "model call failed; retrying"
+            );
+        })
+        .await;
+        // The caller's model-call span says how many attempts the call took.
+        tracing::Span::current().record("attempts", attempts.load(Ordering::Relaxed));
         match (result, self.retry_budget) {
             (
                 Err(ModelError::Retryable {

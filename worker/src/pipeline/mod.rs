@@ -17,9 +17,11 @@ use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
 use cai_common::sample::Sample;
 use cai_common::seed;
 use cai_common::state::StateStore;
+use cai_common::telemetry::metrics::{CallOutcome, metrics};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::model::{Generation, Judgment, ModelError, Models, Prompt};
 
@@ -154,7 +156,8 @@ impl SampleRun<'_> {
         .await
     }
 
-    /// Runs a model call through the step cache and records it in the trace.
+    /// Runs a model call through the step cache and records it in the trace, in a `model_call`
+    /// span and in the metrics.
     async fn cached_call<T, F, Fut>(
         &mut self,
         info: &StepInfo<'_>,
@@ -166,39 +169,54 @@ impl SampleRun<'_> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, ModelError>>,
     {
-        let state = &self.ctx.state;
-        let job = &self.ctx.spec.name;
-        let key = &self.sample.key;
-        let cached = state
-            .step_get(job, key, &info.name)
-            .await
-            .map_err(|e| StepError::Job(e.to_string()))?
-            .and_then(|bytes| rmp_serde::from_slice::<T>(&bytes).ok());
+        let job = self.ctx.spec.name.as_str();
+        let spec = &self.ctx.spec.models[info.model];
+        let span = tracing::debug_span!(
+            "model_call",
+            job,
+            model = info.model,
+            step = %info.name,
+            endpoint = %crate::model::endpoint(spec),
+            cached = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+            tokens_in = tracing::field::Empty,
+            tokens_out = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
         let started = Instant::now();
-        let (value, was_cached) = match cached {
-            Some(value) => (value, true),
-            None => {
-                // The collector marks a sample done before it forgets its steps, so a miss can
-                // mean another run of this sample was just committed: check before paying.
-                let done = state
-                    .done(job, &[*key])
-                    .await
-                    .map_err(|e| StepError::Job(e.to_string()))?;
-                if done[0] {
-                    return Err(StepError::AlreadyDone);
-                }
-                let value = call().await.map_err(|error| self.step_error(info, error))?;
-                let bytes = rmp_serde::to_vec_named(&value).expect("step values encode");
-                state
-                    .step_put(job, key, &info.name, bytes)
-                    .await
-                    .map_err(|e| StepError::Job(e.to_string()))?;
-                (value, false)
-            }
+        let called = self
+            .call_through_cache(info, call)
+            .instrument(span.clone())
+            .await;
+        let latency = started.elapsed();
+        let outcome = match &called {
+            Ok((_, true)) => CallOutcome::Cached,
+            Ok((_, false)) => CallOutcome::Ok,
+            Err(StepError::Sample { .. }) => CallOutcome::Failed,
+            Err(StepError::Outage(_)) => CallOutcome::Unreachable,
+            Err(StepError::Job(_)) => CallOutcome::Fatal,
+            Err(StepError::AlreadyDone) => return Err(StepError::AlreadyDone),
         };
-        let usage = value.usage();
+        let usage = match &called {
+            Ok((value, false)) => value.usage(),
+            _ => crate::model::CallUsage::default(),
+        };
+        let reached_model = !matches!(outcome, CallOutcome::Cached);
+        span.record("outcome", outcome.as_str());
+        span.record("cached", !reached_model);
+        span.record("tokens_in", usage.tokens_in);
+        span.record("tokens_out", usage.tokens_out);
+        span.record("latency_ms", latency.as_millis() as u64);
+        metrics().record_call(
+            job,
+            info.model,
+            outcome,
+            reached_model.then_some(latency),
+            (usage.tokens_in, usage.tokens_out),
+        );
+        let (value, was_cached) = called?;
         if !was_cached {
-            let spec = &self.ctx.spec.models[info.model];
             let cost = |price: Option<f64>, tokens: u64| {
                 (price.unwrap_or(0.0) * tokens as f64).round() as u64
             };
@@ -208,22 +226,64 @@ impl SampleRun<'_> {
             self.usage.cost_micro_usd +=
                 cost(spec.price_in, usage.tokens_in) + cost(spec.price_out, usage.tokens_out);
         }
+        let traced = value.usage();
         self.steps.push(TraceStep {
             step: info.name.clone(),
             principle_id: info.principle.map(|p| p.id.clone()),
             request: info.request.to_owned(),
             output: describe(&value),
             model: info.model.to_owned(),
-            tokens_in: usage.tokens_in,
-            tokens_out: usage.tokens_out,
+            tokens_in: traced.tokens_in,
+            tokens_out: traced.tokens_out,
             latency_ms: if was_cached {
                 0
             } else {
-                started.elapsed().as_millis() as u64
+                latency.as_millis() as u64
             },
             cached: was_cached,
         });
         Ok(value)
+    }
+
+    /// The step's value from the step cache, or from the model (then cached); with whether it
+    /// came from the cache.
+    async fn call_through_cache<T, F, Fut>(
+        &self,
+        info: &StepInfo<'_>,
+        call: F,
+    ) -> Result<(T, bool), StepError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, ModelError>>,
+    {
+        let state = &self.ctx.state;
+        let job = &self.ctx.spec.name;
+        let key = &self.sample.key;
+        let cached = state
+            .step_get(job, key, &info.name)
+            .await
+            .map_err(|e| StepError::Job(e.to_string()))?
+            .and_then(|bytes| rmp_serde::from_slice::<T>(&bytes).ok());
+        if let Some(value) = cached {
+            return Ok((value, true));
+        }
+        // The collector marks a sample done before it forgets its steps, so a miss can mean
+        // another run of this sample was just committed: check before paying.
+        let done = state
+            .done(job, &[*key])
+            .await
+            .map_err(|e| StepError::Job(e.to_string()))?;
+        if done[0] {
+            return Err(StepError::AlreadyDone);
+        }
+        let value = call().await.map_err(|error| self.step_error(info, error))?;
+        let bytes = rmp_serde::to_vec_named(&value).expect("step values encode");
+        state
+            .step_put(job, key, &info.name, bytes)
+            .await
+            .map_err(|e| StepError::Job(e.to_string()))?;
+        Ok((value, false))
     }
 
     fn step_error(&self, info: &StepInfo<'_>, error: ModelError) -> StepError {
