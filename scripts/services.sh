@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the services the test suite talks to answer on loopback: RabbitMQ (5672, guest/guest)
 # and Redis (6379). Starts whichever is not answering and waits (up to 90 s each) until it does.
+# Also installs Prometheus (Debian package), which the telemetry test runs to scrape a worker.
 set -euo pipefail
 
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
@@ -19,6 +20,11 @@ wait_for() {
 if ! command -v redis-server >/dev/null || ! command -v rabbitmq-server >/dev/null; then
     echo "services: installing redis-server and rabbitmq-server (Debian packages)" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server rabbitmq-server >&2
+fi
+if ! command -v prometheus >/dev/null; then
+    echo "services: installing prometheus (Debian package)" >&2
+    { apt-get install -y -qq --no-install-recommends prometheus ||
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; }; } >&2
 fi
 if ! answers 6379; then
     echo "services: starting Redis" >&2

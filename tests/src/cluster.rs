@@ -25,6 +25,8 @@ pub struct Cluster {
     pub broker: String,
     /// The Redis URL, with the test's database number.
     pub state: String,
+    /// Environment variables every process of the cluster gets.
+    pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -44,6 +46,7 @@ impl Cluster {
             ),
             broker: BROKER_URL.into(),
             state: format!("redis://127.0.0.1:6379/{db}"),
+            env: Vec::new(),
         }
     }
 
@@ -60,7 +63,13 @@ impl Cluster {
                 id,
             ])
             .args(extra)
+            .args(if extra.contains(&"--metrics-addr") {
+                &[][..]
+            } else {
+                &["--metrics-addr", "off"][..]
+            })
             .env("CAI_LOG", "info,cai_common=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(std::fs::File::create(log).expect("worker log file"))
             .stdout(Stdio::null())
             .kill_on_drop(true)
@@ -70,9 +79,16 @@ impl Cluster {
 
     /// Starts the coordinator of `job_file` logging to `log`.
     pub fn coordinator(&self, job_file: &Path, log: &Path) -> Child {
+        self.coordinator_with(job_file, log, &[])
+    }
+
+    /// Starts the coordinator of `job_file` with `extra` flags, logging to `log`.
+    pub fn coordinator_with(&self, job_file: &Path, log: &Path, extra: &[&str]) -> Child {
         Command::new(cai_binary())
             .args(["run", "--broker", &self.broker, "--state", &self.state])
+            .args(extra)
             .arg(job_file)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(std::fs::File::create(log).expect("coordinator log file"))
             .stdout(Stdio::null())
             .kill_on_drop(true)

@@ -132,6 +132,26 @@ pub async fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMu
     }
 }
 
+/// Polls the async `probe` every 100 ms until it yields a value; panics naming `what` after
+/// `deadline`.
+pub async fn eventually<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let give_up = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {deadline:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Ids of rows, sorted, with repeats kept (so a duplicate shows).
 pub fn ids(rows: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = rows

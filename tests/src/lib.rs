@@ -5,8 +5,14 @@
 //! - [`harness`]: shared data paths, job directories, running jobs, reading outputs, deadlines.
 //! - [`cluster`]: a distributed job on the local RabbitMQ and Redis, with real processes.
 //! - [`jobs`]: job files the scenarios share.
+//! - [`proxy`]: a TCP proxy a test can cut, for real network faults to one process.
+//! - [`otlp_receiver`]: an OTLP/gRPC span receiver the processes export to.
+//! - [`prometheus`]: a real Prometheus server scraping a process.
 
 pub mod cluster;
 pub mod harness;
 pub mod jobs;
 pub mod model_server;
+pub mod otlp_receiver;
+pub mod prometheus;
+pub mod proxy;

@@ -1,0 +1,520 @@
+//! Telemetry of real `cai` processes: the worker's `/metrics` after a small job (read directly
+//! and through a real Prometheus), spans exported over OTLP with the coordinator → worker parent
+//! link intact, `/readyz` while the broker is cut off and while draining, and no secret in any
+//! log, output or Redis key.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cai_tests::cluster::Cluster;
+use cai_tests::harness::{JobDir, eventually, read_jsonl};
+use cai_tests::jobs::{self, Target};
+use cai_tests::model_server::{Faults, ModelServer, ServerConfig};
+use cai_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
+use cai_tests::prometheus::Prometheus;
+use cai_tests::proxy::Proxy;
+use tokio::process::Child;
+
+// Each test has a Redis database of its own: a worker serves every active job it finds.
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}{}x{nanos}", std::process::id())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+async fn get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
+async fn finish(mut coordinator: Child, log: &Path) {
+    let status = tokio::time::timeout(Duration::from_secs(180), coordinator.wait())
+        .await
+        .expect("the coordinator finishes within 180 s")
+        .unwrap();
+    assert!(
+        status.success(),
+        "coordinator failed; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+}
+
+async fn terminate(worker: &mut Child) {
+    let pid = worker.id().expect("the worker runs").to_string();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker drains within 60 s")
+        .unwrap();
+}
+
+/// A RabbitMQ user and a Redis ACL user with known passwords, removed on drop.
+struct Accounts {
+    rabbit_user: String,
+    rabbit_password: String,
+    redis_user: String,
+    redis_password: String,
+}
+
+impl Accounts {
+    fn create() -> Self {
+        let accounts = Self {
+            rabbit_user: unique("cai-rmq-user-"),
+            rabbit_password: unique("rmq-secret-"),
+            redis_user: unique("cai-redis-user-"),
+            redis_password: unique("redis-secret-"),
+        };
+        for args in [
+            vec!["add_user", &accounts.rabbit_user, &accounts.rabbit_password],
+            vec![
+                "set_permissions",
+                "-p",
+                "/",
+                &accounts.rabbit_user,
+                ".*",
+                ".*",
+                ".*",
+            ],
+        ] {
+            let output = std::process::Command::new("rabbitmqctl")
+                .args(&args)
+                .output()
+                .expect("rabbitmqctl runs (RabbitMQ is installed on this machine)");
+            assert!(
+                output.status.success(),
+                "rabbitmqctl {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
+            .unwrap()
+            .get_connection()
+            .unwrap();
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&accounts.redis_user)
+            .arg("on")
+            .arg(format!(">{}", accounts.redis_password))
+            .arg("~*")
+            .arg("&*")
+            .arg("+@all")
+            .exec(&mut redis)
+            .unwrap();
+        accounts
+    }
+
+    fn broker_url(&self) -> String {
+        format!(
+            "amqp://{}:{}@127.0.0.1:5672/%2f",
+            self.rabbit_user, self.rabbit_password
+        )
+    }
+
+    fn state_url(&self, db: u8) -> String {
+        format!(
+            "redis://{}:{}@127.0.0.1:6379/{db}",
+            self.redis_user, self.redis_password
+        )
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["delete_user", &self.rabbit_user])
+            .output();
+        if let Ok(mut redis) =
+            redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection())
+        {
+            let _ = redis::cmd("ACL")
+                .arg("DELUSER")
+                .arg(&self.redis_user)
+                .exec(&mut redis);
+        }
+    }
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition, if present.
+fn series(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
+}
+
+/// Every string value held under every key of a Redis database.
+fn redis_values(url: &str) -> Vec<Vec<u8>> {
+    let mut redis = redis::Client::open(url).unwrap().get_connection().unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut redis).unwrap();
+    let mut values = Vec::new();
+    for key in keys {
+        let kind: String = redis::cmd("TYPE").arg(&key).query(&mut redis).unwrap();
+        let mut items: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET").arg(&key).query(&mut redis).unwrap()],
+            "hash" => redis::cmd("HGETALL").arg(&key).query(&mut redis).unwrap(),
+            "set" => redis::cmd("SMEMBERS").arg(&key).query(&mut redis).unwrap(),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut redis)
+                .unwrap(),
+            "list" => redis::cmd("LRANGE")
+                .arg(&key)
+                .arg(0)
+                .arg(-1)
+                .query(&mut redis)
+                .unwrap(),
+            _ => Vec::new(),
+        };
+        values.push(key);
+        values.append(&mut items);
+    }
+    values
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
+    const DB: u8 = 8;
+    const LINES: usize = 12;
+    let api_key = unique("sk-cai-test-");
+    let accounts = Accounts::create();
+    let receiver = OtlpReceiver::start().await;
+    let server = ModelServer::start(ServerConfig {
+        api_key: Some(api_key.clone()),
+        faults: Faults {
+            error_500: 0.2,
+            ..Faults::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut cluster = Cluster::new(DB);
+    cluster.broker = accounts.broker_url();
+    cluster.state = accounts.state_url(DB);
+    cluster.env = vec![
+        ("CAI_TEST_API_KEY".into(), api_key.clone()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
+        ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
+        ("CAI_LOG".into(), "debug".into()),
+    ];
+    let dir = JobDir::new();
+    let job = jobs::critique_revise(
+        &dir,
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
+        LINES,
+        1,
+        4,
+    );
+    let mut spec = std::fs::read_to_string(&job).unwrap();
+    spec.push_str("api_key_env = \"CAI_TEST_API_KEY\"\nmax_retries = 8\n");
+    std::fs::write(&job, spec).unwrap();
+
+    let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
+    let metrics_flag = metrics_addr.to_string();
+    let worker_log = dir.path("worker.log");
+    let mut worker = cluster.worker(
+        "w-telemetry",
+        &worker_log,
+        &["--metrics-addr", &metrics_flag],
+    );
+    let prometheus = Prometheus::start(metrics_addr);
+    let coordinator_log = dir.path("coordinator.log");
+    finish(
+        cluster.coordinator_with(&job, &coordinator_log, &["--task-size", "4"]),
+        &coordinator_log,
+    )
+    .await;
+
+    // The worker's /metrics agree with the job's traces and the server's log.
+    let out = dir.path("out");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["counts"]["done"], LINES as u64);
+    assert_eq!(manifest["counts"]["failed"], 0);
+    let steps: Vec<serde_json::Value> = read_jsonl(&out.join("traces.jsonl"))
+        .iter()
+        .flat_map(|trace| trace["steps"].as_array().unwrap().clone())
+        .filter(|step| step["cached"] == false)
+        .collect();
+    let tokens = |field: &str| -> f64 {
+        steps
+            .iter()
+            .map(|step| step[field].as_u64().unwrap() as f64)
+            .sum()
+    };
+    let faults = server
+        .calls()
+        .iter()
+        .filter(|call| call.fault.is_some())
+        .count();
+    assert!(
+        faults > 0,
+        "the server injected no fault: the retry count is untested"
+    );
+    let url = format!("http://{metrics_addr}/metrics");
+    let text = get(&url).await.expect("the worker serves /metrics").1;
+    let job_labels = format!("cai_job=\"{}\"", cluster.job);
+    let expect = |name: &str, labels: &str, value: f64| {
+        let key = format!("{name}{{{labels}}}");
+        assert_eq!(series(&text, &key), Some(value), "{key} in\n{text}");
+    };
+    expect(
+        "cai_samples_total",
+        &format!("{job_labels},outcome=\"done\""),
+        LINES as f64,
+    );
+    expect(
+        "cai_model_calls_total",
+        &format!("{job_labels},model=\"policy\",outcome=\"ok\""),
+        steps.len() as f64,
+    );
+    expect(
+        "cai_model_call_duration_seconds_count",
+        &format!("{job_labels},model=\"policy\""),
+        steps.len() as f64,
+    );
+    expect(
+        "cai_model_tokens_total",
+        &format!("{job_labels},model=\"policy\",direction=\"in\""),
+        tokens("tokens_in"),
+    );
+    expect(
+        "cai_model_tokens_total",
+        &format!("{job_labels},model=\"policy\",direction=\"out\""),
+        tokens("tokens_out"),
+    );
+    expect("cai_model_retries_total", "model=\"policy\"", faults as f64);
+    expect("cai_tasks_in_flight", &job_labels, 0.0);
+    let pauses = format!("cai_worker_pauses_total{{{job_labels}}}");
+    assert_eq!(
+        series(&text, &pauses).unwrap_or(0.0),
+        0.0,
+        "the endpoint never went down"
+    );
+
+    // A real Prometheus scrapes the same values.
+    let done_query = format!("cai_samples_total{{{job_labels},outcome=\"done\"}}");
+    let scraped = eventually(
+        Duration::from_secs(60),
+        "Prometheus scrapes the worker",
+        || {
+            let query = prometheus.query(&done_query);
+            async move { query.await.and_then(|series| series.first().map(|s| s.1)) }
+        },
+    )
+    .await;
+    assert_eq!(scraped, LINES as f64);
+    let up = prometheus.query("up{job=\"cai\"}").await.unwrap();
+    assert_eq!(up.first().map(|s| s.1), Some(1.0), "{up:?}");
+
+    // Spans: every worker task span is the child of the coordinator span that published it.
+    let calls = steps.len();
+    let spans = eventually(Duration::from_secs(60), "every span is exported", || {
+        let spans = receiver.spans();
+        async move {
+            let count = |name: &str| spans.iter().filter(|s| s.name == name).count();
+            (count("publish_task") >= LINES / 4
+                && count("task") >= LINES / 4
+                && count("sample") >= LINES
+                && count("model_call") >= calls)
+                .then_some(spans)
+        }
+    })
+    .await;
+    check_span_tree(&spans, &server.url());
+
+    // No secret anywhere: logs, outputs (manifest included), Redis, the scraped metrics.
+    terminate(&mut worker).await;
+    let secrets = [
+        api_key.as_str(),
+        accounts.rabbit_password.as_str(),
+        accounts.redis_password.as_str(),
+    ];
+    let worker_text = std::fs::read(&worker_log).unwrap();
+    assert!(
+        contains(&worker_text, &accounts.rabbit_user),
+        "the worker log names the broker (redacted): the check below is not vacuous"
+    );
+    let mut places: Vec<(String, Vec<u8>)> = vec![
+        ("worker log".into(), worker_text),
+        (
+            "coordinator log".into(),
+            std::fs::read(&coordinator_log).unwrap(),
+        ),
+        ("/metrics".into(), text.into_bytes()),
+    ];
+    for file in files_under(&out) {
+        places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
+    }
+    for value in redis_values(&format!("redis://127.0.0.1:6379/{DB}")) {
+        places.push(("a Redis key or value".into(), value));
+    }
+    for (place, bytes) in &places {
+        for secret in secrets {
+            assert!(!contains(bytes, secret), "a secret leaked into {place}");
+        }
+    }
+    drop(cluster);
+}
+
+/// publish_task (coordinator) → task (worker) → sample → model_call, in one trace each.
+fn check_span_tree(spans: &[ReceivedSpan], server_url: &str) {
+    let by_id: HashMap<&str, &ReceivedSpan> =
+        spans.iter().map(|s| (s.span_id.as_str(), s)).collect();
+    let parent_of = |span: &ReceivedSpan| -> &ReceivedSpan {
+        let parent = by_id
+            .get(span.parent_span_id.as_str())
+            .unwrap_or_else(|| panic!("the parent of {span:?} was not exported"));
+        assert_eq!(parent.trace_id, span.trace_id, "{span:?} left its trace");
+        parent
+    };
+    let mut traces = HashSet::new();
+    for task in spans.iter().filter(|s| s.name == "task") {
+        assert_eq!(task.service, "cai-worker");
+        let publish = parent_of(task);
+        assert_eq!(publish.name, "publish_task");
+        assert_eq!(publish.service, "cai-coordinator");
+        assert_eq!(publish.attribute("task_id"), task.attribute("task_id"));
+        traces.insert(task.trace_id.clone());
+    }
+    assert!(traces.len() > 1, "each task has a trace of its own");
+    for sample in spans.iter().filter(|s| s.name == "sample") {
+        assert_eq!(parent_of(sample).name, "task");
+    }
+    for call in spans.iter().filter(|s| s.name == "model_call") {
+        assert_eq!(parent_of(call).name, "sample");
+        assert_eq!(call.attribute("model"), Some("policy"));
+        assert_eq!(call.attribute("endpoint"), Some(server_url));
+        assert_eq!(call.attribute("outcome"), Some("ok"));
+        for field in ["tokens_in", "tokens_out", "latency_ms", "attempts", "step"] {
+            assert!(call.attribute(field).is_some(), "{field} missing: {call:?}");
+        }
+    }
+}
+
+/// Waits until `url` answers `code` with a body containing `body`.
+async fn becomes(url: String, code: u16, body: &'static str) {
+    let what = format!("{url} answers {code} {body:?}");
+    eventually(Duration::from_secs(30), &what, || {
+        let url = url.clone();
+        async move {
+            get(&url)
+                .await
+                .filter(|(c, text)| *c == code && text.contains(body))
+                .map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() {
+    const DB: u8 = 15;
+    let proxy = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
+    let server = ModelServer::start(ServerConfig {
+        latency: Duration::from_secs(3),
+        ..ServerConfig::default()
+    })
+    .await;
+    let mut cluster = Cluster::new(DB);
+    cluster.broker = format!("amqp://guest:guest@{}/%2f", proxy.addr);
+    let dir = JobDir::new();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut worker = cluster.worker(
+        "w-ready",
+        &dir.path("worker.log"),
+        &["--metrics-addr", &addr, "--grace-s", "60"],
+    );
+    let status = |path: &'static str| {
+        let url = format!("http://{addr}{path}");
+        async move { get(&url).await }
+    };
+    let becomes = |path: &'static str, code: u16, body: &'static str| {
+        becomes(format!("http://{addr}{path}"), code, body)
+    };
+    becomes("/readyz", 200, "ready").await;
+    assert_eq!(status("/healthz").await.map(|s| s.0), Some(200));
+
+    proxy.cut();
+    becomes("/readyz", 503, "broker not connected").await;
+    assert_eq!(
+        status("/healthz").await.map(|s| s.0),
+        Some(200),
+        "alive while not ready"
+    );
+    proxy.restore();
+    becomes("/readyz", 200, "ready").await;
+
+    // A task in flight, then SIGTERM: not ready while the worker finishes it.
+    let job = jobs::critique_revise(
+        &dir,
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: &server.url(),
+            output: "out",
+        },
+        2,
+        1,
+        2,
+    );
+    let _coordinator = cluster.coordinator(&job, &dir.path("coordinator.log"));
+    eventually(Duration::from_secs(30), "a model call is in flight", || {
+        let calls = server.calls().len();
+        async move { (calls > 0).then_some(()) }
+    })
+    .await;
+    let pid = worker.id().unwrap().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    becomes("/readyz", 503, "draining").await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "still draining when not ready"
+    );
+    tokio::time::timeout(Duration::from_secs(60), worker.wait())
+        .await
+        .expect("the worker drains within its grace")
+        .unwrap();
+}
