@@ -60,12 +60,12 @@ pub async fn run(
 ) -> anyhow::Result<Summary> {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
     let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::default());
-    let ctx = Arc::new(JobContext {
-        spec: Arc::new(plan.spec().clone()),
-        constitution: plan.constitution.clone(),
+    let ctx = Arc::new(JobContext::new(
+        Arc::new(plan.spec().clone()),
+        plan.constitution.clone(),
         models,
-        state: state.clone(),
-    });
+        state.clone(),
+    ));
     let task_size = options.coordinator.task_size.max(1);
     let worker_options = WorkerOptions {
         sample_concurrency: task_size,

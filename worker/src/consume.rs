@@ -11,7 +11,6 @@ use cai_common::broker::{Broker, Delivery, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
 use cai_common::result::{Outcome, SampleResult};
 use cai_common::sample::Sample;
-use cai_common::telemetry::metrics::{JobLabels, metrics};
 use cai_common::telemetry::trace_context;
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
@@ -155,7 +154,7 @@ pub async fn work(
             Some(handled) = in_flight.next(), if !in_flight.is_empty() => match handled? {
                 Handled::Settled => outage.reset(),
                 Handled::Outage(message) => {
-                    metrics().pauses.get_or_create(&JobLabels { cai_job: job.clone() }).inc();
+                    ctx.metrics.record_pause();
                     let wait = outage.pause();
                     tracing::warn!(job, %message, ?wait, "model endpoint unreachable; pausing, the task went back to the queue");
                 }
@@ -231,7 +230,7 @@ async fn handle(
             return settle(delivery.acker.dead_letter(&error.to_string()).await);
         }
     };
-    let _in_flight = InFlight::start(job);
+    let _in_flight = InFlight::start(ctx.metrics.tasks_in_flight());
     let span = tracing::info_span!("task", job = %job, task_id = task.task_id, samples = task.samples.len());
     if let Some(parent) = &task.trace_context {
         trace_context::set_parent(&span, parent);
@@ -259,7 +258,8 @@ async fn handle(
         return settle(delivery.acker.requeue().await);
     }
     for result in &batch.results {
-        metrics().record_sample(job, matches!(result.outcome, Outcome::Done { .. }));
+        ctx.metrics
+            .record_sample(matches!(result.outcome, Outcome::Done { .. }));
     }
     settle(delivery.acker.ack().await)
 }
@@ -268,15 +268,9 @@ async fn handle(
 struct InFlight(prometheus_client::metrics::gauge::Gauge);
 
 impl InFlight {
-    fn start(job: &str) -> Self {
-        let gauge = metrics()
-            .tasks_in_flight
-            .get_or_create(&JobLabels {
-                cai_job: job.to_owned(),
-            })
-            .clone();
+    fn start(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
         gauge.inc();
-        Self(gauge)
+        Self(gauge.clone())
     }
 }
 

@@ -166,12 +166,12 @@ async fn start_job(
             .max()
             .unwrap_or(1)
     });
-    let ctx = Arc::new(JobContext {
-        spec: Arc::new(descriptor.spec),
-        constitution: Arc::new(descriptor.constitution),
+    let ctx = Arc::new(JobContext::new(
+        Arc::new(descriptor.spec),
+        Arc::new(descriptor.constitution),
         models,
-        state: state.clone(),
-    });
+        state.clone(),
+    ));
     let worker_options = WorkerOptions {
         sample_concurrency: concurrency,
         tasks_in_flight: concurrency.div_ceil(16).max(1),

@@ -4,6 +4,7 @@
 //! The registry is process-wide and created once on first use: every worker loop and coordinator
 //! of the process records into the same families, and the listener renders them all.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -102,6 +103,20 @@ pub enum CallOutcome {
 }
 
 impl CallOutcome {
+    /// Every outcome, in [`CallOutcome::index`] order.
+    pub const ALL: [CallOutcome; 5] = [
+        CallOutcome::Ok,
+        CallOutcome::Cached,
+        CallOutcome::Failed,
+        CallOutcome::Unreachable,
+        CallOutcome::Fatal,
+    ];
+
+    /// The position in [`CallOutcome::ALL`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -220,52 +235,120 @@ impl Metrics {
         text
     }
 
-    /// Counts a model call of `job`'s `model`: its outcome, latency (if it reached the model)
-    /// and tokens.
+    /// The handles of `job`'s series for its `models`, created now (at zero) so recording
+    /// is only atomic increments.
+    pub fn job<'a>(&self, job: &str, models: impl IntoIterator<Item = &'a str>) -> JobMetrics {
+        let labels = JobLabels {
+            cai_job: job.to_owned(),
+        };
+        let sample = |outcome| {
+            self.samples
+                .get_or_create(&SampleLabels {
+                    cai_job: job.to_owned(),
+                    outcome,
+                })
+                .clone()
+        };
+        let models = models
+            .into_iter()
+            .map(|model| {
+                let call = |outcome: CallOutcome| {
+                    self.model_calls
+                        .get_or_create(&CallLabels {
+                            cai_job: job.to_owned(),
+                            model: model.to_owned(),
+                            outcome: outcome.as_str(),
+                        })
+                        .clone()
+                };
+                let tokens = |direction| {
+                    self.tokens
+                        .get_or_create(&TokenLabels {
+                            cai_job: job.to_owned(),
+                            model: model.to_owned(),
+                            direction,
+                        })
+                        .clone()
+                };
+                let handles = ModelMetrics {
+                    calls: CallOutcome::ALL.map(call),
+                    latency: self
+                        .model_latency
+                        .get_or_create(&ModelLabels {
+                            cai_job: job.to_owned(),
+                            model: model.to_owned(),
+                        })
+                        .clone(),
+                    tokens_in: tokens("in"),
+                    tokens_out: tokens("out"),
+                };
+                (model.to_owned(), handles)
+            })
+            .collect();
+        JobMetrics {
+            done: sample("done"),
+            failed: sample("failed"),
+            pauses: self.pauses.get_or_create(&labels).clone(),
+            tasks_in_flight: self.tasks_in_flight.get_or_create(&labels).clone(),
+            models,
+        }
+    }
+}
+
+/// One job's series on a worker, resolved once (see [`Metrics::job`]).
+#[derive(Clone, Debug)]
+pub struct JobMetrics {
+    done: Counter,
+    failed: Counter,
+    pauses: Counter,
+    tasks_in_flight: Gauge,
+    models: HashMap<String, ModelMetrics>,
+}
+
+/// One model's series of a job.
+#[derive(Clone, Debug)]
+struct ModelMetrics {
+    /// Indexed by [`CallOutcome::index`].
+    calls: [Counter; 5],
+    latency: Histogram,
+    tokens_in: Counter,
+    tokens_out: Counter,
+}
+
+impl JobMetrics {
+    /// Counts a finished sample.
+    pub fn record_sample(&self, done: bool) {
+        if done { &self.done } else { &self.failed }.inc();
+    }
+
+    /// Counts a model call of `model`: its outcome, its latency if it reached the model, and its
+    /// tokens. A model the job does not name is ignored.
     pub fn record_call(
         &self,
-        job: &str,
         model: &str,
         outcome: CallOutcome,
         latency: Option<std::time::Duration>,
         tokens: (u64, u64),
     ) {
-        self.model_calls
-            .get_or_create(&CallLabels {
-                cai_job: job.to_owned(),
-                model: model.to_owned(),
-                outcome: outcome.as_str(),
-            })
-            .inc();
+        let Some(series) = self.models.get(model) else {
+            return;
+        };
+        series.calls[outcome.index()].inc();
         if let Some(latency) = latency {
-            self.model_latency
-                .get_or_create(&ModelLabels {
-                    cai_job: job.to_owned(),
-                    model: model.to_owned(),
-                })
-                .observe(latency.as_secs_f64());
+            series.latency.observe(latency.as_secs_f64());
         }
-        for (direction, count) in [("in", tokens.0), ("out", tokens.1)] {
-            if count > 0 {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        cai_job: job.to_owned(),
-                        model: model.to_owned(),
-                        direction,
-                    })
-                    .inc_by(count);
-            }
-        }
+        series.tokens_in.inc_by(tokens.0);
+        series.tokens_out.inc_by(tokens.1);
     }
 
-    /// Counts a finished sample of `job`.
-    pub fn record_sample(&self, job: &str, done: bool) {
-        self.samples
-            .get_or_create(&SampleLabels {
-                cai_job: job.to_owned(),
-                outcome: if done { "done" } else { "failed" },
-            })
-            .inc();
+    /// Counts a pause after an unreachable endpoint.
+    pub fn record_pause(&self) {
+        self.pauses.inc();
+    }
+
+    /// The gauge of tasks in flight.
+    pub fn tasks_in_flight(&self) -> &Gauge {
+        &self.tasks_in_flight
     }
 }
 
@@ -282,23 +365,25 @@ mod tests {
     #[test]
     fn renders_recorded_values_with_the_cai_prefix() {
         let metrics = Metrics::new();
-        metrics.record_call(
-            "j",
+        let job = metrics.job("j", ["policy"]);
+        job.record_call(
             "policy",
             CallOutcome::Ok,
             Some(std::time::Duration::from_millis(3)),
             (10, 4),
         );
-        metrics.record_call("j", "policy", CallOutcome::Cached, None, (0, 0));
-        metrics.record_sample("j", true);
+        job.record_call("policy", CallOutcome::Cached, None, (0, 0));
+        job.record_sample(true);
         let text = metrics.render();
         for line in [
             "cai_model_calls_total{cai_job=\"j\",model=\"policy\",outcome=\"ok\"} 1",
             "cai_model_calls_total{cai_job=\"j\",model=\"policy\",outcome=\"cached\"} 1",
+            "cai_model_calls_total{cai_job=\"j\",model=\"policy\",outcome=\"fatal\"} 0",
             "cai_model_tokens_total{cai_job=\"j\",model=\"policy\",direction=\"in\"} 10",
             "cai_model_tokens_total{cai_job=\"j\",model=\"policy\",direction=\"out\"} 4",
             "cai_model_call_duration_seconds_count{cai_job=\"j\",model=\"policy\"} 1",
             "cai_samples_total{cai_job=\"j\",outcome=\"done\"} 1",
+            "cai_samples_total{cai_job=\"j\",outcome=\"failed\"} 0",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

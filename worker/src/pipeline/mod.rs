@@ -17,7 +17,7 @@ use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
 use cai_common::sample::Sample;
 use cai_common::seed;
 use cai_common::state::StateStore;
-use cai_common::telemetry::metrics::{CallOutcome, metrics};
+use cai_common::telemetry::metrics::{CallOutcome, JobMetrics, metrics};
 use rand::Rng;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -35,6 +35,8 @@ pub struct JobContext {
     pub models: Models,
     /// Done set and step cache.
     pub state: Arc<dyn StateStore>,
+    /// The job's metric series in this process.
+    pub metrics: JobMetrics,
 }
 
 /// The job cannot go on (bad API key, unknown model, state store gone); the message says why.
@@ -70,6 +72,23 @@ enum StepError {
 }
 
 impl JobContext {
+    /// The context of a job, with its metric series created.
+    pub fn new(
+        spec: Arc<JobSpec>,
+        constitution: Arc<Constitution>,
+        models: Models,
+        state: Arc<dyn StateStore>,
+    ) -> Self {
+        let metrics = metrics().job(&spec.name, spec.models.keys().map(String::as_str));
+        Self {
+            spec,
+            constitution,
+            models,
+            state,
+            metrics,
+        }
+    }
+
     /// Runs one sample to its end: done with rows, or failed with a reason; or interrupted by a
     /// job-fatal error or an endpoint outage.
     pub async fn run_sample(&self, sample: &Sample) -> Result<SampleResult, Interrupted> {
@@ -208,8 +227,7 @@ impl SampleRun<'_> {
         span.record("tokens_in", usage.tokens_in);
         span.record("tokens_out", usage.tokens_out);
         span.record("latency_ms", latency.as_millis() as u64);
-        metrics().record_call(
-            job,
+        self.ctx.metrics.record_call(
             info.model,
             outcome,
             reached_model.then_some(latency),
