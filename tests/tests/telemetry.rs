@@ -497,12 +497,45 @@ async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() 
         1,
         2,
     );
-    let _coordinator = cluster.coordinator(&job, &dir.path("coordinator.log"));
+    let coordinator_addr = format!("127.0.0.1:{}", free_port());
+    let _coordinator = cluster.coordinator_with(
+        &job,
+        &dir.path("coordinator.log"),
+        &["--metrics-addr", &coordinator_addr],
+    );
     eventually(Duration::from_secs(30), "a model call is in flight", || {
         let calls = server.calls().len();
         async move { (calls > 0).then_some(()) }
     })
     .await;
+
+    // The coordinator's series while its one task is out: both lines read, one task
+    // outstanding, and the task queue's depth read from RabbitMQ.
+    let labels = format!("cai_job=\"{}\"", cluster.job);
+    let metrics_url = format!("http://{coordinator_addr}/metrics");
+    let text = eventually(
+        Duration::from_secs(30),
+        "the coordinator exports its series",
+        || {
+            let (url, read) = (
+                metrics_url.clone(),
+                format!("cai_lines_total{{{labels},status=\"read\"}}"),
+            );
+            async move {
+                let text = get(&url).await?.1;
+                (series(&text, &read) == Some(2.0)).then_some(text)
+            }
+        },
+    )
+    .await;
+    let queue = format!("cai_queue_depth{{{labels},queue=\"tasks\"}}");
+    assert!(series(&text, &queue).is_some(), "{queue} in\n{text}");
+    let outstanding = format!("cai_tasks_outstanding{{{labels}}}");
+    assert_eq!(
+        series(&text, &outstanding),
+        Some(1.0),
+        "{outstanding} in\n{text}"
+    );
     let pid = worker.id().unwrap().to_string();
     std::process::Command::new("kill")
         .args(["-TERM", &pid])
