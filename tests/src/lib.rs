@@ -5,6 +5,7 @@
 //! - [`harness`]: shared data paths, job directories, running jobs, reading outputs, deadlines.
 //! - [`cluster`]: a distributed job on the local RabbitMQ and Redis, with real processes.
 //! - [`jobs`]: job files the scenarios share.
+//! - [`scenario`]: a distributed critique-revise run ready to start, and the checks on its output.
 //! - [`proxy`]: a TCP proxy a test can cut, for real network faults to one process.
 //! - [`otlp_receiver`]: an OTLP/gRPC span receiver the processes export to.
 //! - [`prometheus`]: a real Prometheus server scraping a process.
@@ -16,3 +17,4 @@ pub mod model_server;
 pub mod otlp_receiver;
 pub mod prometheus;
 pub mod proxy;
+pub mod scenario;

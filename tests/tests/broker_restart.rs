@@ -5,11 +5,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use cai_coordinator::ledger;
-use cai_tests::cluster::Cluster;
-use cai_tests::harness::{JobDir, ids, read_jsonl, wait_until};
-use cai_tests::jobs::{self, Target};
-use cai_tests::model_server::{ModelServer, ServerConfig};
+use cai_tests::harness::{ids, read_jsonl};
+use cai_tests::model_server::ServerConfig;
+use cai_tests::scenario::{Scenario, Size};
 
 /// Starts the RabbitMQ app again when dropped, so a failing test leaves the broker running.
 struct StartAppOnDrop;
@@ -32,35 +30,24 @@ fn rabbitmqctl(args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_survives_a_broker_restart() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(200),
-        ..ServerConfig::default()
-    })
-    .await;
-    let cluster = Cluster::new(7);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
+    let run = Scenario::critique_revise(
+        7,
+        ServerConfig {
+            latency: Duration::from_millis(200),
+            ..ServerConfig::default()
         },
-        120,
-        1,
-        4,
-    );
-    let out = dir.path("out");
-    let committed = || ledger::totals(&out).map(|t| t.done + t.failed).unwrap_or(0);
-    let mut w1 = cluster.worker("w1", &dir.path("w1.log"), &[]);
-    let mut w2 = cluster.worker("w2", &dir.path("w2.log"), &[]);
-    let log = dir.path("coordinator.log");
-    let mut coordinator = cluster.coordinator(&job, &log);
-    wait_until(Duration::from_secs(60), "20 samples are committed", || {
-        committed() >= 20
-    })
+        Size {
+            lines: 120,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
     .await;
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let log = run.dir.path("coordinator.log");
+    let mut coordinator = run.coordinator("coordinator.log");
+    run.wait_committed(20).await;
 
     assert!(
         coordinator.try_wait().unwrap().is_none(),
@@ -86,10 +73,10 @@ async fn a_run_survives_a_broker_restart() {
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let rows = ids(&read_jsonl(&out.join("sft.jsonl")));
+    let rows = ids(&read_jsonl(&run.out.join("sft.jsonl")));
     let unique: std::collections::HashSet<&String> = rows.iter().collect();
     assert_eq!((rows.len(), unique.len()), (120, 120));
-    assert_eq!(ids(&read_jsonl(&out.join("traces.jsonl"))).len(), 120);
+    assert_eq!(ids(&read_jsonl(&run.out.join("traces.jsonl"))).len(), 120);
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }

@@ -9,78 +9,20 @@ use std::time::Duration;
 use cai_common::broker::{Broker, Queue};
 use cai_common::envelope;
 use cai_common::state::StateStore;
-use cai_coordinator::ledger;
 use cai_tests::cluster::Cluster;
-use cai_tests::harness::{JobDir, ids, read_jsonl, run_job, wait_until};
+use cai_tests::harness::{JobDir, read_jsonl, run_job};
 use cai_tests::jobs::{self, Target};
-use cai_tests::model_server::{ModelServer, RecordedCall, ServerConfig};
+use cai_tests::model_server::{ModelServer, ServerConfig};
+use cai_tests::scenario::{Scenario, Size, check_exactly_once, finish, repeated};
 use serde_json::Value;
-use tokio::process::Child;
 
 // Each test has a Redis database of its own: a worker serves every active job it finds, so
 // tests sharing a database would serve each other's jobs.
-
-fn committed(out: &Path) -> u64 {
-    ledger::totals(out).map(|t| t.done + t.failed).unwrap_or(0)
-}
-
-fn committed_keys(out: &Path) -> HashSet<String> {
-    ledger::committed_keys(out)
-        .map(|keys| keys.iter().map(|k| k.to_hex()).collect())
-        .unwrap_or_default()
-}
-
-async fn finish(mut coordinator: Child, log: &Path) {
-    let status = tokio::time::timeout(Duration::from_secs(180), coordinator.wait())
-        .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "the coordinator did not finish in 180 s; log:\n{}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            )
-        })
-        .unwrap();
-    assert!(
-        status.success(),
-        "coordinator failed; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
-}
 
 fn sorted_rows(path: &Path) -> Vec<String> {
     let mut rows: Vec<String> = read_jsonl(path).iter().map(Value::to_string).collect();
     rows.sort();
     rows
-}
-
-/// Each sample exactly once, and the manifest's counts add up.
-fn check_exactly_once(out: &Path, file: &str, expected_rows: usize) {
-    let rows = read_jsonl(&out.join(file));
-    let row_ids = ids(&rows);
-    assert_eq!(row_ids.len(), expected_rows, "rows in {file}");
-    let traces = read_jsonl(&out.join("traces.jsonl"));
-    let trace_ids = ids(&traces);
-    let unique: HashSet<&String> = trace_ids.iter().collect();
-    assert_eq!(unique.len(), trace_ids.len(), "a sample was written twice");
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["complete"], true);
-    let counts = &manifest["counts"];
-    let settled: u64 = ["done", "failed", "rejected", "duplicates"]
-        .iter()
-        .map(|k| counts[*k].as_u64().unwrap())
-        .sum();
-    assert_eq!(settled, counts["lines_read"].as_u64().unwrap());
-}
-
-/// Calls whose body repeats an earlier call's body: model work paid for twice.
-fn repeated(calls: &[RecordedCall]) -> Vec<(usize, &RecordedCall)> {
-    let mut seen = HashSet::new();
-    calls
-        .iter()
-        .enumerate()
-        .filter(|(_, call)| !seen.insert(call.body.to_string()))
-        .collect()
 }
 
 /// The sample key of every prompt, from the finished output.
@@ -214,57 +156,44 @@ async fn two_workers_produce_the_embedded_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_twice_lose_nothing_and_repeat_only_steps_in_flight() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(20),
-        ..ServerConfig::default()
-    })
-    .await;
-    let cluster = Cluster::new(2);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
-        },
-        120,
+    let run = Scenario::critique_revise(
         2,
-        4,
-    );
-    let out = dir.path("out");
-    let log = dir.path("coordinator.log");
-    let mut w1 = cluster.worker("w1", &dir.path("w1.log"), &[]);
-    let mut w2 = cluster.worker("w2", &dir.path("w2.log"), &[]);
-    let coordinator = cluster.coordinator(&job, &log);
-
-    wait_until(Duration::from_secs(60), "25 samples are committed", || {
-        committed(&out) >= 25
-    })
+        ServerConfig {
+            latency: Duration::from_millis(20),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines: 120,
+            revisions: 2,
+            concurrency: 4,
+        },
+    )
     .await;
+    let log = run.dir.path("coordinator.log");
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let coordinator = run.coordinator("coordinator.log");
+
+    run.wait_committed(25).await;
     w1.kill().await.unwrap();
-    let done_at_first_kill = committed_keys(&out);
-    let mut w1 = cluster.worker("w1b", &dir.path("w1b.log"), &[]);
+    let done_at_first_kill = run.committed_keys();
+    let mut w1 = run.worker("w1b", &[]);
 
-    wait_until(Duration::from_secs(60), "70 samples are committed", || {
-        committed(&out) >= 70
-    })
-    .await;
+    run.wait_committed(70).await;
     w2.kill().await.unwrap();
-    let done_at_second_kill = committed_keys(&out);
-    let calls_at_second_kill = server.calls().len();
-    let mut w2 = cluster.worker("w2b", &dir.path("w2b.log"), &[]);
+    let done_at_second_kill = run.committed_keys();
+    let calls_at_second_kill = run.server.calls().len();
+    let mut w2 = run.worker("w2b", &[]);
 
     finish(coordinator, &log).await;
-    check_exactly_once(&out, "sft.jsonl", 120 * 2);
-    let calls = server.calls();
+    check_exactly_once(&run.out, "sft.jsonl", 120 * 2);
+    let calls = run.server.calls();
     let distinct: HashSet<String> = calls.iter().map(|c| c.body.to_string()).collect();
     assert_eq!(distinct.len(), 120 * 5, "every step of every sample called");
     // A worker has at most 4 calls in flight (max_concurrency); only those can be repeated.
     let repeats = repeated(&calls);
     assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
-    let keys = key_of_prompt(&out);
+    let keys = key_of_prompt(&run.out);
     for (index, call) in repeats {
         let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
         assert!(
@@ -284,45 +213,35 @@ async fn workers_killed_twice_lose_nothing_and_repeat_only_steps_in_flight() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_resumes_the_job() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(20),
-        ..ServerConfig::default()
-    })
-    .await;
-    let cluster = Cluster::new(3);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
+    let run = Scenario::critique_revise(
+        3,
+        ServerConfig {
+            latency: Duration::from_millis(20),
+            ..ServerConfig::default()
         },
-        120,
-        2,
-        4,
-    );
-    let out = dir.path("out");
-    let mut w1 = cluster.worker("w1", &dir.path("w1.log"), &[]);
-    let mut w2 = cluster.worker("w2", &dir.path("w2.log"), &[]);
-    let mut coordinator = cluster.coordinator(&job, &dir.path("coordinator-1.log"));
-    wait_until(Duration::from_secs(60), "40 samples are committed", || {
-        committed(&out) >= 40
-    })
+        Size {
+            lines: 120,
+            revisions: 2,
+            concurrency: 4,
+        },
+    )
     .await;
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let mut coordinator = run.coordinator("coordinator-1.log");
+    run.wait_committed(40).await;
     coordinator.kill().await.unwrap();
-    let done_at_kill = committed_keys(&out);
+    let done_at_kill = run.committed_keys();
 
-    let log = dir.path("coordinator-2.log");
-    finish(cluster.coordinator(&job, &log), &log).await;
-    check_exactly_once(&out, "sft.jsonl", 120 * 2);
-    let calls = server.calls();
+    let log = run.dir.path("coordinator-2.log");
+    finish(run.coordinator("coordinator-2.log"), &log).await;
+    check_exactly_once(&run.out, "sft.jsonl", 120 * 2);
+    let calls = run.server.calls();
     let repeats = repeated(&calls);
     // Workers go on through the takeover; leases keep a republished sample from running twice
     // at once, so at most the calls in flight on the two workers (4 each) are repeated.
     assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
-    let keys = key_of_prompt(&out);
+    let keys = key_of_prompt(&run.out);
     for (_, call) in repeats {
         let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
         assert!(
@@ -336,37 +255,27 @@ async fn a_killed_coordinator_resumes_the_job() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(10),
-        ..ServerConfig::default()
-    })
-    .await;
-    let cluster = Cluster::new(4);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
-        },
-        60,
-        1,
+    let run = Scenario::critique_revise(
         4,
-    );
-    let out = dir.path("out");
-    let log = dir.path("coordinator.log");
-    let mut worker = cluster.worker("w1", &dir.path("w1.log"), &[]);
-    let coordinator = cluster.coordinator(&job, &log);
-    wait_until(Duration::from_secs(60), "a sample is committed", || {
-        committed(&out) >= 1
-    })
+        ServerConfig {
+            latency: Duration::from_millis(10),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines: 60,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
     .await;
+    let log = run.dir.path("coordinator.log");
+    let mut worker = run.worker("w1", &[]);
+    let coordinator = run.coordinator("coordinator.log");
+    run.wait_committed(1).await;
 
-    let broker = cluster.broker().await;
+    let broker = run.cluster.broker().await;
     broker
-        .publish(&cluster.job, Queue::Tasks, b"\xc1 not msgpack".to_vec())
+        .publish(&run.cluster.job, Queue::Tasks, b"\xc1 not msgpack".to_vec())
         .await
         .unwrap();
     #[derive(serde::Serialize)]
@@ -377,64 +286,62 @@ async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
     }
     let future = rmp_serde::to_vec_named(&Future {
         version: envelope::FORMAT_VERSION + 1,
-        job: &cluster.job,
+        job: &run.cluster.job,
         body: "a task from the future",
     })
     .unwrap();
     broker
-        .publish(&cluster.job, Queue::Tasks, future)
+        .publish(&run.cluster.job, Queue::Tasks, future)
         .await
         .unwrap();
 
     finish(coordinator, &log).await;
-    check_exactly_once(&out, "sft.jsonl", 60);
+    check_exactly_once(&run.out, "sft.jsonl", 60);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while broker.queue_depth(&cluster.job, Queue::Dead).await.unwrap() < 2 {
+    while broker
+        .queue_depth(&run.cluster.job, Queue::Dead)
+        .await
+        .unwrap()
+        < 2
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "both messages should be dead-lettered; worker log:\n{}",
-            std::fs::read_to_string(dir.path("w1.log")).unwrap_or_default()
+            std::fs::read_to_string(run.dir.path("w1.log")).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        broker.queue_depth(&cluster.job, Queue::Dead).await.unwrap(),
+        broker
+            .queue_depth(&run.cluster.job, Queue::Dead)
+            .await
+            .unwrap(),
         2
     );
-    let worker_log = std::fs::read_to_string(dir.path("w1.log")).unwrap();
+    let worker_log = std::fs::read_to_string(run.dir.path("w1.log")).unwrap();
     assert!(worker_log.contains("format version"), "{worker_log}");
     worker.start_kill().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_told_to_stop_drains_within_its_grace_period() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(100),
-        ..ServerConfig::default()
-    })
-    .await;
-    let cluster = Cluster::new(5);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
+    let run = Scenario::critique_revise(
+        5,
+        ServerConfig {
+            latency: Duration::from_millis(100),
+            ..ServerConfig::default()
         },
-        40,
-        1,
-        4,
-    );
-    let out = dir.path("out");
-    let log = dir.path("coordinator.log");
-    let draining = cluster.worker("w1", &dir.path("w1.log"), &["--grace-s", "5"]);
-    let coordinator = cluster.coordinator(&job, &log);
-    wait_until(Duration::from_secs(60), "4 samples are committed", || {
-        committed(&out) >= 4
-    })
+        Size {
+            lines: 40,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
     .await;
+    let log = run.dir.path("coordinator.log");
+    let draining = run.worker("w1", &["--grace-s", "5"]);
+    let coordinator = run.coordinator("coordinator.log");
+    run.wait_committed(4).await;
     let pid = draining.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
@@ -448,47 +355,37 @@ async fn a_worker_told_to_stop_drains_within_its_grace_period() {
         .expect("the worker exits within its grace period (5 s) and a margin")
         .unwrap();
     assert!(status.status.success());
-    let worker_log = std::fs::read_to_string(dir.path("w1.log")).unwrap();
+    let worker_log = std::fs::read_to_string(run.dir.path("w1.log")).unwrap();
     assert!(worker_log.contains("draining"), "{worker_log}");
 
-    let mut other = cluster.worker("w2", &dir.path("w2.log"), &[]);
+    let mut other = run.worker("w2", &[]);
     finish(coordinator, &log).await;
-    check_exactly_once(&out, "sft.jsonl", 40);
+    check_exactly_once(&run.out, "sft.jsonl", 40);
     other.start_kill().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_millis(20),
-        ..ServerConfig::default()
-    })
-    .await;
     // A database of its own: this test flushes it.
-    let cluster = Cluster::new(9);
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
+    let run = Scenario::critique_revise(
+        9,
+        ServerConfig {
+            latency: Duration::from_millis(20),
+            ..ServerConfig::default()
         },
-        100,
-        1,
-        4,
-    );
-    let out = dir.path("out");
-    let log = dir.path("coordinator.log");
-    let mut w1 = cluster.worker("w1", &dir.path("w1.log"), &[]);
-    let mut w2 = cluster.worker("w2", &dir.path("w2.log"), &[]);
-    let coordinator = cluster.coordinator(&job, &log);
-    wait_until(Duration::from_secs(60), "30 samples are committed", || {
-        committed(&out) >= 30
-    })
+        Size {
+            lines: 100,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
     .await;
-    let client = redis::Client::open(cluster.state.as_str()).unwrap();
+    let log = run.dir.path("coordinator.log");
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let coordinator = run.coordinator("coordinator.log");
+    run.wait_committed(30).await;
+    let client = redis::Client::open(run.cluster.state.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
     let () = redis::cmd("FLUSHDB")
         .query_async(&mut connection)
@@ -496,14 +393,14 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
         .unwrap();
 
     finish(coordinator, &log).await;
-    check_exactly_once(&out, "sft.jsonl", 100);
+    check_exactly_once(&run.out, "sft.jsonl", 100);
     let coordinator_log = std::fs::read_to_string(&log).unwrap();
     assert!(
         coordinator_log.contains("registering it again"),
         "{coordinator_log}"
     );
-    let state = cluster.state().await;
-    assert_eq!(state.done_count(&cluster.job).await.unwrap(), 100);
+    let state = run.cluster.state().await;
+    assert_eq!(state.done_count(&run.cluster.job).await.unwrap(), 100);
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }

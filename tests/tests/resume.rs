@@ -3,13 +3,12 @@
 //! done before the kill.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use cai_coordinator::ledger;
 use cai_tests::harness::{JobDir, cai_binary, ids, repo_file, wait_until};
 use cai_tests::model_server::{ModelServer, ServerConfig};
+use cai_tests::scenario::{committed, committed_keys};
 use serde_json::Value;
 
 const PROMPTS: &str = "hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl";
@@ -47,28 +46,6 @@ max_concurrency = 4
             constitution = repo_file("constitutions/default.toml").display()
         ),
     )
-}
-
-/// Keys the ledger has committed.
-fn committed_keys(out: &Path) -> HashSet<String> {
-    let Ok(text) = std::fs::read_to_string(out.join(ledger::LEDGER_FILE)) else {
-        return HashSet::new();
-    };
-    text.lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .flat_map(|commit| {
-            commit["samples"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|s| s["key"].as_str().unwrap().to_owned())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn committed(out: &Path) -> u64 {
-    ledger::totals(out).map(|t| t.done + t.failed).unwrap_or(0)
 }
 
 fn check_complete_output(dir: &JobDir, distinct: usize) {

@@ -14,6 +14,7 @@ use cai_tests::model_server::{Faults, ModelServer, ServerConfig};
 use cai_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use cai_tests::prometheus::Prometheus;
 use cai_tests::proxy::Proxy;
+use cai_tests::scenario::finish;
 use tokio::process::Child;
 
 // Each test has a Redis database of its own: a worker serves every active job it finds.
@@ -37,18 +38,6 @@ async fn get(url: &str) -> Option<(u16, String)> {
     let response = reqwest::get(url).await.ok()?;
     let status = response.status().as_u16();
     Some((status, response.text().await.ok()?))
-}
-
-async fn finish(mut coordinator: Child, log: &Path) {
-    let status = tokio::time::timeout(Duration::from_secs(180), coordinator.wait())
-        .await
-        .expect("the coordinator finishes within 180 s")
-        .unwrap();
-    assert!(
-        status.success(),
-        "coordinator failed; log:\n{}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    );
 }
 
 async fn terminate(worker: &mut Child) {
