@@ -69,7 +69,7 @@ pub async fn run(
     let task_size = options.coordinator.task_size.max(1);
     let worker_options = WorkerOptions {
         sample_concurrency: task_size,
-        tasks_in_flight: options.concurrency.div_ceil(task_size).max(1),
+        tasks_in_flight: WorkerOptions::tasks_for(options.concurrency, task_size),
     };
     let mut coordinator_options = options.coordinator.clone();
     coordinator_options.max_outstanding = coordinator_options

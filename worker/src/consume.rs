@@ -28,6 +28,16 @@ pub struct WorkerOptions {
     pub tasks_in_flight: usize,
 }
 
+impl WorkerOptions {
+    /// Tasks to work on at once for `concurrency` samples in flight in tasks of `task_size`:
+    /// enough to fill the model's slots, plus one, so the slots do not idle while a task waits
+    /// for its slowest sample (the model's own `max_concurrency` still bounds the calls).
+    /// BENCHMARKS.md, target 2, has the model-bound rates this buys.
+    pub fn tasks_for(concurrency: usize, task_size: usize) -> usize {
+        concurrency.div_ceil(task_size.max(1)) + 1
+    }
+}
+
 /// How long a sample's lease lasts without renewal; the holder renews it every third of this,
 /// so a killed worker's samples are free again within this time.
 const LEASE_TTL: Duration = Duration::from_secs(15);

@@ -174,7 +174,8 @@ async fn start_job(
     ));
     let worker_options = WorkerOptions {
         sample_concurrency: concurrency,
-        tasks_in_flight: concurrency.div_ceil(16).max(1),
+        // The coordinator's default task size; a worker does not know the job's.
+        tasks_in_flight: WorkerOptions::tasks_for(concurrency, 16),
     };
     let token = shutdown.child_token();
     let consumer = consume::work(ctx, broker.clone(), worker_options, token.clone());
