@@ -21,6 +21,7 @@ use cai_common::state::StateStore;
 use cai_common::telemetry::metrics::{JobLabels, metrics};
 use cai_common::telemetry::trace_context;
 use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +31,9 @@ use crate::corpus::{self, CorpusItem};
 use crate::ledger::{Ledger, RejectedRow, Status};
 use crate::plan::Plan;
 use crate::progress::{Counts, Event, Progress};
+
+/// Most task publishes awaiting the broker's confirm at once.
+const PUBLISHES_IN_FLIGHT: usize = 8;
 
 /// How the coordinator paces a run.
 #[derive(Clone, Debug)]
@@ -160,21 +164,28 @@ pub async fn coordinate(
         let task_size = options.task_size.max(1);
         async move {
             let mut batch: Vec<Sample> = Vec::with_capacity(task_size);
+            // Publishes waiting for their confirm: the next tasks go out meanwhile, so the
+            // publish rate is not one task per confirm round trip.
+            let mut publishing = FuturesUnordered::new();
             loop {
                 let item = tokio::select! {
                     biased;
                     _ = shutdown.cancelled() => break,
-                    item = items_rx.recv() => item,
+                    Some(published) = publishing.next(), if !publishing.is_empty() => {
+                        published?;
+                        continue;
+                    }
+                    item = items_rx.recv(), if publishing.len() < PUBLISHES_IN_FLIGHT => item,
                 };
                 let Some(item) = item else {
-                    publish(
+                    let last = std::mem::take(&mut batch);
+                    publishing.push(publish(
                         &job,
                         broker.as_ref(),
                         &outstanding,
                         &shutdown,
-                        std::mem::take(&mut batch),
-                    )
-                    .await?;
+                        last,
+                    ));
                     break;
                 };
                 progress.record(Event::LineRead);
@@ -203,13 +214,21 @@ pub async fn coordinate(
                                         &mut batch,
                                         Vec::with_capacity(task_size),
                                     );
-                                    publish(&job, broker.as_ref(), &outstanding, &shutdown, full)
-                                        .await?;
+                                    publishing.push(publish(
+                                        &job,
+                                        broker.as_ref(),
+                                        &outstanding,
+                                        &shutdown,
+                                        full,
+                                    ));
                                 }
                             }
                         }
                     }
                 }
+            }
+            while let Some(published) = publishing.next().await {
+                published?;
             }
             outstanding.publishing_done.store(true, Ordering::SeqCst);
             anyhow::Ok(())
