@@ -199,11 +199,16 @@ pub struct Ledger {
     dir: PathBuf,
     writers: Vec<BufWriter<File>>,
     offsets: Vec<u64>,
+    /// Each data file's length when it was last synced: a commit syncs only files that grew.
+    synced: Vec<u64>,
     log: File,
     done: HashMap<SampleKey, Status>,
     rejected: HashSet<u64>,
     usage: Usage,
     pending_samples: Vec<CommitSample>,
+    /// Keys of `pending_samples`: a redelivered result is recognised in O(1), not by a scan
+    /// of everything staged since the last commit.
+    pending_keys: HashSet<SampleKey>,
     pending_rejected: Vec<u64>,
 }
 
@@ -260,12 +265,14 @@ impl Ledger {
         Ok(Self {
             dir: dir.to_owned(),
             writers,
+            synced: offsets.clone(),
             offsets,
             log,
             done,
             rejected,
             usage,
             pending_samples: Vec::new(),
+            pending_keys: HashSet::new(),
             pending_rejected: Vec::new(),
         })
     }
@@ -283,9 +290,7 @@ impl Ledger {
     /// Stages a sample's result for the next commit. Returns its status, or `None` when the
     /// sample is already committed (a redelivered result), in which case nothing is written.
     pub fn stage_result(&mut self, result: &SampleResult) -> Result<Option<Status>, LedgerError> {
-        if self.done.contains_key(&result.key)
-            || self.pending_samples.iter().any(|s| s.key == result.key)
-        {
+        if self.done.contains_key(&result.key) || self.pending_keys.contains(&result.key) {
             return Ok(None);
         }
         let status = match &result.outcome {
@@ -326,6 +331,7 @@ impl Ledger {
                 usage: &result.usage,
             },
         )?;
+        self.pending_keys.insert(result.key);
         self.pending_samples.push(CommitSample {
             key: result.key,
             status,
@@ -354,7 +360,10 @@ impl Ledger {
         if !self.has_pending() {
             return Ok(Vec::new());
         }
-        for (writer, name) in self.writers.iter_mut().zip(DATA_FILES) {
+        for (index, (writer, name)) in self.writers.iter_mut().zip(DATA_FILES).enumerate() {
+            if self.synced[index] == self.offsets[index] {
+                continue;
+            }
             let path = self.dir.join(name);
             writer.flush().map_err(|source| LedgerError::Io {
                 path: path.clone(),
@@ -364,6 +373,7 @@ impl Ledger {
                 .get_ref()
                 .sync_data()
                 .map_err(|source| LedgerError::Io { path, source })?;
+            self.synced[index] = self.offsets[index];
         }
         let commit = Commit {
             offsets: DATA_FILES
@@ -374,6 +384,7 @@ impl Ledger {
             samples: std::mem::take(&mut self.pending_samples),
             rejected: std::mem::take(&mut self.pending_rejected),
         };
+        self.pending_keys.clear();
         let mut line = serde_json::to_vec(&commit).expect("commit serialises");
         line.push(b'\n');
         let log_path = self.dir.join(LEDGER_FILE);
