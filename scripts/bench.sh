@@ -19,17 +19,20 @@ only="${1:-all}"
 run() { # name, then cai-bench arguments
   local name=$1
   shift
-  if [[ $only == all || $only == "$name"* ]]; then
+  if [[ $only == all || $name == "$only"* ]]; then
     echo "== $name: cai-bench $*"
     "$bench" --work-dir "$work" --json "$out/$name.json" "$@"
   fi
 }
 
 # 1. Runner overhead: mock model, zero latency, pairwise with swap.
-run overhead-embedded --pipeline pairwise --samples 500000 --mode embedded --workers 2 --concurrency 256 --runs 3
-run overhead-distributed --pipeline pairwise --samples 200000 --mode distributed --workers 2 --concurrency 256 --runs 3
-# 2. Model-bound efficiency: the OpenAI-compatible test server, 100 ms per call, 256 in flight.
-run model-bound --pipeline pairwise --samples 40000 --mode embedded --workers 1 --model server --latency-ms 100 --concurrency 256 --runs 3
+run overhead-embedded --pipeline pairwise --samples 300000 --mode embedded --workers 2 --concurrency 256 --runs 3
+run overhead-embedded-tasks256 --pipeline pairwise --samples 300000 --mode embedded --workers 2 --concurrency 256 --task-size 256 --runs 3
+run overhead-distributed --pipeline pairwise --samples 100000 --mode distributed --workers 2 --concurrency 256 --runs 3
+# 2. Model-bound efficiency: the OpenAI-compatible test server, 100 ms per call, 256 calls in
+#    flight (the model's max_concurrency), 320 samples in flight so no slot idles while a task
+#    waits for its slowest sample.
+run model-bound --pipeline pairwise --samples 40000 --mode embedded --workers 1 --model server --latency-ms 100 --concurrency 256 --samples-in-flight 320 --runs 3
 # 3. A million critique-revise samples through RabbitMQ and Redis, mock model at 20 ms a call.
 run million --pipeline critique-revise --revisions 1 --samples 1000000 --mode distributed --workers 2 --latency-ms 20 --concurrency 256
 # 4. Resume a million-sample job at 90 %: first task, and no model call made twice.

@@ -256,10 +256,12 @@ impl Spread {
         } else {
             (values[n / 2 - 1] + values[n / 2]) / 2.0
         };
+        // Three decimals: CPU seconds per 1,000 samples are a few hundredths.
+        let round3 = |value: f64| (value * 1000.0).round() / 1000.0;
         Some(Self {
-            median: round2(median),
-            min: round2(values[0]),
-            max: round2(values[n - 1]),
+            median: round3(median),
+            min: round3(values[0]),
+            max: round3(values[n - 1]),
             n,
         })
     }
@@ -720,11 +722,11 @@ impl Bench<'_> {
             efficiency: ideal.map(|ideal| (samples_per_s / ideal * 1000.0).round() / 1000.0),
             first_task_s,
             first_done_s,
-            total_cpu_s_per_1k_samples: round2(if done_this_run > 0 {
-                total_cpu * 1000.0 / done_this_run as f64
+            total_cpu_s_per_1k_samples: if done_this_run > 0 {
+                (total_cpu * 1e6 / done_this_run as f64).round() / 1000.0
             } else {
                 0.0
-            }),
+            },
             processes,
             queues: services.map(|_| QueueReport {
                 max_tasks: queue_series.iter().map(|q| q.1).max().unwrap_or(0),
@@ -926,7 +928,7 @@ fn print_summary(summary: &Summary) {
     let show = |name: &str, spread: Option<&Spread>| {
         if let Some(s) = spread {
             println!(
-                "{name:<28} median {:>10.2}  min {:>10.2}  max {:>10.2}  (n = {})",
+                "{name:<28} median {:>10.3}  min {:>10.3}  max {:>10.3}  (n = {})",
                 s.median, s.min, s.max, s.n
             );
         }
