@@ -15,6 +15,8 @@ use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use cai_common::result::{Outcome, Output, SampleResult, Usage};
+
+use crate::compact::CompactMap;
 use cai_common::sample::SampleKey;
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +110,7 @@ struct TraceRow<'a> {
 
 /// What the complete lines of a commit log say.
 struct LogState {
-    done: HashMap<SampleKey, Status>,
+    done: CompactMap<SampleKey, Status>,
     rejected: HashSet<u64>,
     usage: Usage,
     offsets: Vec<u64>,
@@ -118,7 +120,7 @@ struct LogState {
 /// Reads every complete commit of a log; stops at a torn or unreadable last line.
 fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
     let mut state = LogState {
-        done: HashMap::new(),
+        done: CompactMap::default(),
         rejected: HashSet::new(),
         usage: Usage::default(),
         offsets: vec![0; DATA_FILES.len()],
@@ -172,8 +174,8 @@ pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
     })?;
     let failed = state
         .done
-        .values()
-        .filter(|s| **s == Status::Failed)
+        .iter()
+        .filter(|(_, status)| *status == Status::Failed)
         .count() as u64;
     Ok(LedgerTotals {
         done: state.done.len() as u64 - failed,
@@ -191,7 +193,7 @@ pub fn committed_keys(dir: &Path) -> Result<Vec<SampleKey>, LedgerError> {
         source,
     })?;
     let state = read_log(file).map_err(|source| LedgerError::Io { path, source })?;
-    Ok(state.done.into_keys().collect())
+    Ok(state.done.iter().map(|(key, _)| key).collect())
 }
 
 /// An open output directory.
@@ -202,7 +204,7 @@ pub struct Ledger {
     /// Each data file's length when it was last synced: a commit syncs only files that grew.
     synced: Vec<u64>,
     log: File,
-    done: HashMap<SampleKey, Status>,
+    done: CompactMap<SampleKey, Status>,
     rejected: HashSet<u64>,
     usage: Usage,
     pending_samples: Vec<CommitSample>,
@@ -279,7 +281,7 @@ impl Ledger {
 
     /// The status of a sample committed earlier, if any.
     pub fn status(&self, key: &SampleKey) -> Option<Status> {
-        self.done.get(key).copied()
+        self.done.get(key)
     }
 
     /// Tokens and calls of every committed sample.
