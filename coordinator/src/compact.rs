@@ -65,6 +65,11 @@ impl<K: Copy + Ord + Hash, V: Copy> CompactMap<K, V> {
         self.sorted.len() + self.recent.len()
     }
 
+    /// Whether there are no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Every entry, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.sorted
@@ -77,7 +82,7 @@ impl<K: Copy + Ord + Hash, V: Copy> CompactMap<K, V> {
     /// merges from the back, so no second copy of the vector is ever allocated.
     fn merge(&mut self) {
         let mut recent: Vec<(K, V)> = self.recent.drain().collect();
-        recent.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        recent.sort_unstable_by_key(|entry| entry.0);
         let old = self.sorted.len();
         let Some(&filler) = recent.first() else {
             return;

@@ -259,10 +259,7 @@ impl CorpusReader {
                 return CorpusItem::Rejected(Rejection {
                     line,
                     field: Some(field.clone()),
-                    reason: format!(
-                        "duplicate id {:?} (first on line {first_line})",
-                        sample.id
-                    ),
+                    reason: format!("duplicate id {:?} (first on line {first_line})", sample.id),
                 });
             }
             self.ids.insert(id, line);
