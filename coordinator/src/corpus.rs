@@ -262,9 +262,9 @@ impl CorpusReader {
                     reason: format!("duplicate id {:?} (first on line {first_line})", sample.id),
                 });
             }
-            self.ids.insert(id, line);
+            self.ids.insert_new(id, line);
         }
-        self.keys.insert(sample.key.0, line);
+        self.keys.insert_new(sample.key.0, line);
         CorpusItem::Sample(sample)
     }
 }

@@ -119,6 +119,7 @@ struct LogState {
 
 /// Reads every complete commit of a log; stops at a torn or unreadable last line.
 fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
+    let mut done = Vec::new();
     let mut state = LogState {
         done: CompactMap::default(),
         rejected: HashSet::new(),
@@ -140,13 +141,14 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
         state.good_len += read as u64;
         for sample in commit.samples {
             state.usage += sample.usage;
-            state.done.insert(sample.key, sample.status);
+            done.push((sample.key, sample.status));
         }
         state.rejected.extend(commit.rejected);
         for (index, name) in DATA_FILES.iter().enumerate() {
             state.offsets[index] = commit.offsets.get(*name).copied().unwrap_or(0);
         }
     }
+    state.done = CompactMap::from_entries(done);
     Ok(state)
 }
 
@@ -400,7 +402,8 @@ impl Ledger {
         let keys = commit.samples.iter().map(|s| s.key).collect();
         for sample in commit.samples {
             self.usage += sample.usage;
-            self.done.insert(sample.key, sample.status);
+            // Staging refused keys already committed or staged.
+            self.done.insert_new(sample.key, sample.status);
         }
         self.rejected.extend(commit.rejected);
         Ok(keys)
