@@ -616,7 +616,7 @@ impl Bench<'_> {
                     }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let wall_s = started.elapsed().as_secs_f64();
         let exit = coordinator.wait(Duration::from_secs(1)).await;

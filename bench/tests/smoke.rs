@@ -62,13 +62,13 @@ fn sane(phase: &Value, samples: u64) {
 
 #[test]
 fn embedded_pairwise_run_reports_throughput_and_costs() {
-    let report = bench(&["--samples", "300", "--mode", "embedded", "--runs", "2"]);
+    let report = bench(&["--samples", "2000", "--mode", "embedded", "--runs", "2"]);
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 2);
     for run in runs {
         let phase = &run["phases"][0];
-        sane(phase, 300);
-        assert_eq!(phase["model_calls"], 600, "two judge calls per sample");
+        sane(phase, 2000);
+        assert_eq!(phase["model_calls"], 4000, "two judge calls per sample");
         assert_eq!(phase["processes"][0]["role"], "embedded");
     }
     assert_eq!(report["summary"]["samples_per_s"]["n"], 2);
