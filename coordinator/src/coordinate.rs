@@ -348,6 +348,7 @@ async fn collect(
             break;
         }
         tokio::select! {
+            biased;
             delivery = deliveries.next() => {
                 let Some(delivery) = delivery else { break };
                 quiet_ticks = 0;
@@ -376,6 +377,9 @@ async fn collect(
                     continue;
                 }
             }
+            // Group commit: once no result is ready, commit what is staged now rather than
+            // at the next tick (the outstanding tasks may all be waiting on this commit).
+            () = std::future::ready(()), if !acks.is_empty() => {}
             _ = tick.tick() => quiet_ticks += 1,
         }
         let committed = ledger.lock().expect("ledger lock").commit()?;

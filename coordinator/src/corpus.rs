@@ -14,8 +14,7 @@
 //! Two different ids with the same hash (a few chances in a million at ten million ids) would
 //! reject the later line as a duplicate id.
 
-use std::collections::HashMap;
-use std::collections::hash_map::{DefaultHasher, Entry};
+use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
@@ -26,6 +25,8 @@ use cai_common::message::{Message, Role};
 use cai_common::sample::{Sample, SampleKey};
 use flate2::read::MultiGzDecoder;
 use serde_json::{Map, Value};
+
+use crate::compact::CompactMap;
 
 /// Longest accepted line in bytes, without its newline; longer lines are rejected unread.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
@@ -112,8 +113,10 @@ pub struct CorpusReader {
     limit: u64,
     line: u64,
     buffer: Vec<u8>,
-    keys: HashMap<[u8; 16], u64>,
-    ids: HashMap<u64, u64>,
+    /// Content key → first line, for duplicates.
+    keys: CompactMap<[u8; 16], u64>,
+    /// Hash of the id → first line, for repeated ids.
+    ids: CompactMap<u64, u64>,
     finished: bool,
 }
 
@@ -138,8 +141,8 @@ pub fn open(spec: &JobSpec) -> Result<CorpusReader, CorpusError> {
         limit: spec.input.limit.unwrap_or(u64::MAX),
         line: 0,
         buffer: Vec::new(),
-        keys: HashMap::new(),
-        ids: HashMap::new(),
+        keys: CompactMap::default(),
+        ids: CompactMap::default(),
         finished: false,
     })
 }
@@ -241,37 +244,27 @@ impl CorpusReader {
                 });
             }
         };
-        let slot = match self.keys.entry(sample.key.0) {
-            Entry::Occupied(first) => {
-                return CorpusItem::Duplicate {
-                    line,
-                    key: sample.key,
-                    first_line: *first.get(),
-                };
-            }
-            Entry::Vacant(slot) => slot,
-        };
+        if let Some(first_line) = self.keys.get(&sample.key.0) {
+            return CorpusItem::Duplicate {
+                line,
+                key: sample.key,
+                first_line,
+            };
+        }
         if let Some(field) = &self.fields.id {
             let mut hasher = DefaultHasher::new();
             sample.id.hash(&mut hasher);
-            match self.ids.entry(hasher.finish()) {
-                Entry::Occupied(first) => {
-                    return CorpusItem::Rejected(Rejection {
-                        line,
-                        field: Some(field.clone()),
-                        reason: format!(
-                            "duplicate id {:?} (first on line {})",
-                            sample.id,
-                            first.get()
-                        ),
-                    });
-                }
-                Entry::Vacant(id_slot) => {
-                    id_slot.insert(line);
-                }
+            let id = hasher.finish();
+            if let Some(first_line) = self.ids.get(&id) {
+                return CorpusItem::Rejected(Rejection {
+                    line,
+                    field: Some(field.clone()),
+                    reason: format!("duplicate id {:?} (first on line {first_line})", sample.id),
+                });
             }
+            self.ids.insert_new(id, line);
         }
-        slot.insert(line);
+        self.keys.insert_new(sample.key.0, line);
         CorpusItem::Sample(sample)
     }
 }

@@ -15,6 +15,8 @@ use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use cai_common::result::{Outcome, Output, SampleResult, Usage};
+
+use crate::compact::CompactMap;
 use cai_common::sample::SampleKey;
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +110,7 @@ struct TraceRow<'a> {
 
 /// What the complete lines of a commit log say.
 struct LogState {
-    done: HashMap<SampleKey, Status>,
+    done: CompactMap<SampleKey, Status>,
     rejected: HashSet<u64>,
     usage: Usage,
     offsets: Vec<u64>,
@@ -117,8 +119,9 @@ struct LogState {
 
 /// Reads every complete commit of a log; stops at a torn or unreadable last line.
 fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
+    let mut done = Vec::new();
     let mut state = LogState {
-        done: HashMap::new(),
+        done: CompactMap::default(),
         rejected: HashSet::new(),
         usage: Usage::default(),
         offsets: vec![0; DATA_FILES.len()],
@@ -138,13 +141,14 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
         state.good_len += read as u64;
         for sample in commit.samples {
             state.usage += sample.usage;
-            state.done.insert(sample.key, sample.status);
+            done.push((sample.key, sample.status));
         }
         state.rejected.extend(commit.rejected);
         for (index, name) in DATA_FILES.iter().enumerate() {
             state.offsets[index] = commit.offsets.get(*name).copied().unwrap_or(0);
         }
     }
+    state.done = CompactMap::from_entries(done);
     Ok(state)
 }
 
@@ -172,8 +176,8 @@ pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
     })?;
     let failed = state
         .done
-        .values()
-        .filter(|s| **s == Status::Failed)
+        .iter()
+        .filter(|(_, status)| *status == Status::Failed)
         .count() as u64;
     Ok(LedgerTotals {
         done: state.done.len() as u64 - failed,
@@ -191,7 +195,7 @@ pub fn committed_keys(dir: &Path) -> Result<Vec<SampleKey>, LedgerError> {
         source,
     })?;
     let state = read_log(file).map_err(|source| LedgerError::Io { path, source })?;
-    Ok(state.done.into_keys().collect())
+    Ok(state.done.iter().map(|(key, _)| key).collect())
 }
 
 /// An open output directory.
@@ -199,11 +203,16 @@ pub struct Ledger {
     dir: PathBuf,
     writers: Vec<BufWriter<File>>,
     offsets: Vec<u64>,
+    /// Each data file's length when it was last synced: a commit syncs only files that grew.
+    synced: Vec<u64>,
     log: File,
-    done: HashMap<SampleKey, Status>,
+    done: CompactMap<SampleKey, Status>,
     rejected: HashSet<u64>,
     usage: Usage,
     pending_samples: Vec<CommitSample>,
+    /// Keys of `pending_samples`: a redelivered result is recognised in O(1), not by a scan
+    /// of everything staged since the last commit.
+    pending_keys: HashSet<SampleKey>,
     pending_rejected: Vec<u64>,
 }
 
@@ -260,19 +269,21 @@ impl Ledger {
         Ok(Self {
             dir: dir.to_owned(),
             writers,
+            synced: offsets.clone(),
             offsets,
             log,
             done,
             rejected,
             usage,
             pending_samples: Vec::new(),
+            pending_keys: HashSet::new(),
             pending_rejected: Vec::new(),
         })
     }
 
     /// The status of a sample committed earlier, if any.
     pub fn status(&self, key: &SampleKey) -> Option<Status> {
-        self.done.get(key).copied()
+        self.done.get(key)
     }
 
     /// Tokens and calls of every committed sample.
@@ -283,9 +294,7 @@ impl Ledger {
     /// Stages a sample's result for the next commit. Returns its status, or `None` when the
     /// sample is already committed (a redelivered result), in which case nothing is written.
     pub fn stage_result(&mut self, result: &SampleResult) -> Result<Option<Status>, LedgerError> {
-        if self.done.contains_key(&result.key)
-            || self.pending_samples.iter().any(|s| s.key == result.key)
-        {
+        if self.done.contains_key(&result.key) || self.pending_keys.contains(&result.key) {
             return Ok(None);
         }
         let status = match &result.outcome {
@@ -326,6 +335,7 @@ impl Ledger {
                 usage: &result.usage,
             },
         )?;
+        self.pending_keys.insert(result.key);
         self.pending_samples.push(CommitSample {
             key: result.key,
             status,
@@ -354,7 +364,10 @@ impl Ledger {
         if !self.has_pending() {
             return Ok(Vec::new());
         }
-        for (writer, name) in self.writers.iter_mut().zip(DATA_FILES) {
+        for (index, (writer, name)) in self.writers.iter_mut().zip(DATA_FILES).enumerate() {
+            if self.synced[index] == self.offsets[index] {
+                continue;
+            }
             let path = self.dir.join(name);
             writer.flush().map_err(|source| LedgerError::Io {
                 path: path.clone(),
@@ -364,6 +377,7 @@ impl Ledger {
                 .get_ref()
                 .sync_data()
                 .map_err(|source| LedgerError::Io { path, source })?;
+            self.synced[index] = self.offsets[index];
         }
         let commit = Commit {
             offsets: DATA_FILES
@@ -374,6 +388,7 @@ impl Ledger {
             samples: std::mem::take(&mut self.pending_samples),
             rejected: std::mem::take(&mut self.pending_rejected),
         };
+        self.pending_keys.clear();
         let mut line = serde_json::to_vec(&commit).expect("commit serialises");
         line.push(b'\n');
         let log_path = self.dir.join(LEDGER_FILE);
@@ -387,7 +402,8 @@ impl Ledger {
         let keys = commit.samples.iter().map(|s| s.key).collect();
         for sample in commit.samples {
             self.usage += sample.usage;
-            self.done.insert(sample.key, sample.status);
+            // Staging refused keys already committed or staged.
+            self.done.insert_new(sample.key, sample.status);
         }
         self.rejected.extend(commit.rejected);
         Ok(keys)

@@ -4,6 +4,7 @@
 //! - [`corpus`]: streams corpus lines into samples, rejections and duplicates.
 //! - [`plan`]: the checked job (spec, constitution, fingerprint) and the output directory's identity.
 //! - [`ledger`]: the output directory as an exactly-once commit log.
+//! - [`compact`]: the compact map behind the per-sample indexes of a million-sample corpus.
 //! - [`coordinate`]: publish tasks with back-pressure, collect results into the ledger.
 //! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
 //! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
@@ -14,6 +15,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod compact;
 pub mod coordinate;
 pub mod corpus;
 pub mod distributed;

@@ -103,6 +103,10 @@ pub struct ServerConfig {
     pub logprob_format: Option<LogprobFormat>,
     /// Requests that fail on purpose (see the module documentation).
     pub faults: Faults,
+    /// Keep no request log (for benchmarks of millions of calls, whose bodies would fill the
+    /// memory): only count the requests and how many repeat an earlier body
+    /// ([`ModelServer::counts`]).
+    pub count_only: bool,
 }
 
 /// The probability of each kind of injected fault per request; their sum is at most 1.
@@ -201,6 +205,7 @@ impl ModelServer {
             config,
             calls: Mutex::new(Vec::new()),
             arrivals: Mutex::new(HashMap::new()),
+            counted: Mutex::new(Counted::default()),
             stopping: CancellationToken::new(),
         });
         let app = Router::new()
@@ -236,6 +241,17 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// `(requests, requests whose body had arrived before)` since the start, in any mode:
+    /// a repeated body is a model call paid twice.
+    pub fn counts(&self) -> (u64, u64) {
+        let counted = self
+            .shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (counted.requests, counted.repeats)
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have
@@ -281,12 +297,23 @@ pub fn reply_for(prompt_text: &str, seed: u64) -> String {
     format!("reply {}: seed {seed}, a test answer", &digest[..8])
 }
 
+/// Requests counted by [`ModelServer::counts`].
+#[derive(Default)]
+struct Counted {
+    requests: u64,
+    repeats: u64,
+    /// The first 16 bytes of SHA-256 of every body seen.
+    seen: std::collections::HashSet<[u8; 16]>,
+}
+
 /// State shared by the handlers and the [`ModelServer`].
 struct Shared {
     config: ServerConfig,
     calls: Mutex<Vec<RecordedCall>>,
     /// How often each body (by SHA-256) has arrived, for the fault draw.
     arrivals: Mutex<HashMap<[u8; 32], u64>>,
+    /// Requests and repeated bodies.
+    counted: Mutex<Counted>,
     /// Cancelled when the server stops: ends hanging requests.
     stopping: CancellationToken,
 }
@@ -366,18 +393,34 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
     } else {
         None
     };
-    shared
-        .calls
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(RecordedCall {
-            endpoint: api.name(),
-            body: parsed
-                .clone()
-                .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
-            judge: parsed.as_ref().is_some_and(is_judge),
-            fault: fault.map(Fault::name),
-        });
+    {
+        let digest = Sha256::digest(raw);
+        let mut counted = shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counted.requests += 1;
+        if !counted
+            .seen
+            .insert(digest[..16].try_into().expect("16 bytes"))
+        {
+            counted.repeats += 1;
+        }
+    }
+    if !shared.config.count_only {
+        shared
+            .calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(RecordedCall {
+                endpoint: api.name(),
+                body: parsed
+                    .clone()
+                    .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
+                judge: parsed.as_ref().is_some_and(is_judge),
+                fault: fault.map(Fault::name),
+            });
+    }
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -650,6 +693,7 @@ mod tests {
             },
             calls: Mutex::new(Vec::new()),
             arrivals: Mutex::new(HashMap::new()),
+            counted: Mutex::new(Counted::default()),
             stopping: CancellationToken::new(),
         }
     }

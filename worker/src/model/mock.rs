@@ -12,6 +12,9 @@ use tokio::sync::Semaphore;
 
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
+/// The `tracing` target of the per-call log lines.
+pub const CALL_LOG_TARGET: &str = "cai::mock::calls";
+
 /// The mock model.
 pub struct MockModel {
     name: String,
@@ -45,7 +48,11 @@ impl MockModel {
         hasher.finalize().into()
     }
 
-    async fn serve(&self) {
+    /// Waits for capacity and the latency. Every call is logged at debug level under the
+    /// target [`CALL_LOG_TARGET`] with its seed, which is unique per (sample, step): a benchmark
+    /// counts them to prove that no call is made twice (`CAI_LOG=info,cai::mock::calls=debug`).
+    async fn serve(&self, seed: u64) {
+        tracing::debug!(target: CALL_LOG_TARGET, model = %self.name, seed, "mock call");
         let _permit = self
             .permits
             .acquire()
@@ -78,7 +85,7 @@ pub fn mock_p_first(digest: &[u8; 32]) -> f64 {
 #[async_trait]
 impl Model for MockModel {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
-        self.serve().await;
+        self.serve(seed).await;
         let digest = self.digest(prompt, seed);
         let text = format!(
             "Mock answer {} from {}.",
@@ -91,8 +98,8 @@ impl Model for MockModel {
         })
     }
 
-    async fn judge(&self, prompt: &Prompt, _seed: u64) -> Result<Judgment, ModelError> {
-        self.serve().await;
+    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
+        self.serve(seed).await;
         let digest = self.digest(prompt, 0);
         let p_a = mock_p_first(&digest);
         let spread = |letter: &str, p: f64| {
