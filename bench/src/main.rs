@@ -491,6 +491,7 @@ impl Bench<'_> {
             .args(["--id", &format!("{}-w{index}", self.job)])
             .args(["--concurrency", &self.args.in_flight().to_string()])
             .args(["--grace-s", "60"])
+            .args(["--metrics-addr", "off"])
             .env("CAI_LOG", log_filter(log_calls))
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
