@@ -366,11 +366,12 @@ async fn a_worker_told_to_stop_drains_within_its_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
-    // A database of its own: this test flushes it.
+    // A database of its own: this test flushes it. Calls of 100 ms keep the job running for
+    // seconds after the flush, long enough for the coordinator (checking every 500 ms) to see it.
     let run = Scenario::critique_revise(
         9,
         ServerConfig {
-            latency: Duration::from_millis(20),
+            latency: Duration::from_millis(100),
             ..ServerConfig::default()
         },
         Size {
