@@ -19,17 +19,21 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-venv="$root/target/llama-venv"
 prompts_file="$root/../shared/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
 samples="${1:-12}"
 max_tokens="${MAX_TOKENS:-64}"
 threads=2
 
-if ! "$venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
-    echo "installing llama-cpp-python[server] into $venv (builds llama.cpp: ~10 minutes)" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'llama-cpp-python[server]'
-fi
+work="$(mktemp -d)"
+# shellcheck source=scripts/llama-server.sh
+. "$root/scripts/llama-server.sh"
+cleanup() {
+    stop_llama_server
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ensure_llama_server
 model="$(scripts/fetch-model.sh)"
 if [ -n "${CAI_BIN:-}" ]; then
     cai="$CAI_BIN" # an already built release binary
@@ -37,17 +41,6 @@ else
     cargo build --release --locked --bin cai
     cai="$root/target/release/cai"
 fi
-
-work="$(mktemp -d)"
-server=""
-cleanup() {
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 job() { # name, model table body
     cat >"$work/$1.toml" <<EOF
@@ -85,21 +78,8 @@ threads = $threads"
 CANDLE_NUM_THREADS=$threads RAYON_NUM_THREADS=$threads \
     "$cai" run "$work/local.toml" --concurrency 1 --task-size 1
 
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-url="http://127.0.0.1:$port/v1"
-"$venv/bin/python" -m llama_cpp.server --model "$model" --model_alias smollm2 \
-    --host 127.0.0.1 --port "$port" --n_ctx 2048 --n_threads "$threads" \
-    --n_threads_batch "$threads" >"$work/server.log" 2>&1 &
-server=$!
-deadline=$((SECONDS + 120))
-until curl --silent --fail --max-time 2 "$url/models" >/dev/null; do
-    if ! kill -0 "$server" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-        echo "error: the llama.cpp server did not answer on $url; its log:" >&2
-        cat "$work/server.log" >&2
-        exit 1
-    fi
-    sleep 1
-done
+start_llama_server "$model" --n_threads "$threads" --n_threads_batch "$threads"
+url="$llama_url"
 job llama "backend = \"openai\"
 url = \"$url\"
 model = \"smollm2\"
@@ -107,7 +87,7 @@ endpoint = \"chat\"
 timeout_s = 300"
 "$cai" run "$work/llama.toml" --concurrency 1 --task-size 1
 
-python3 - "$work" "$("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')" <<'PY'
+python3 - "$work" "$(llama_server_version)" <<'PY'
 import json, pathlib, re, sys
 
 work, version = pathlib.Path(sys.argv[1]), sys.argv[2]

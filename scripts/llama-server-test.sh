@@ -20,45 +20,26 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-venv="$root/target/llama-venv"
 prompts="$root/../shared/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
 samples=4
 
-if ! "$venv/bin/python" -c 'import llama_cpp.server' 2>/dev/null; then
-    echo "installing llama-cpp-python[server] into $venv (builds llama.cpp: ~10 minutes)" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check 'llama-cpp-python[server]'
-fi
-model="$(scripts/fetch-model.sh)"
-cargo build --locked --bin cai
-[ -f "$prompts" ] || { echo "error: $prompts is missing" >&2; exit 1; }
-
 work="$(mktemp -d)"
-server=""
+# shellcheck source=scripts/llama-server.sh
+. "$root/scripts/llama-server.sh"
 cleanup() {
-    if [ -n "$server" ]; then
-        kill "$server" 2>/dev/null || true
-        wait "$server" 2>/dev/null || true
-    fi
+    stop_llama_server
     rm -rf "$work"
 }
 trap cleanup EXIT
 
-port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-url="http://127.0.0.1:$port/v1"
-"$venv/bin/python" -m llama_cpp.server --model "$model" --model_alias smollm2 \
-    --host 127.0.0.1 --port "$port" --n_ctx 2048 --logits_all true >"$work/server.log" 2>&1 &
-server=$!
-deadline=$((SECONDS + 120))
-until curl --silent --fail --max-time 2 "$url/models" >/dev/null; do
-    if ! kill -0 "$server" 2>/dev/null || [ "$SECONDS" -ge "$deadline" ]; then
-        echo "error: the llama.cpp server did not answer on $url; its log:" >&2
-        cat "$work/server.log" >&2
-        exit 1
-    fi
-    sleep 1
-done
-echo "llama.cpp server (llama-cpp-python $("$venv/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')) answers on $url" >&2
+ensure_llama_server
+model="$(scripts/fetch-model.sh)"
+cargo build --locked --bin cai
+[ -f "$prompts" ] || { echo "error: $prompts is missing" >&2; exit 1; }
+
+start_llama_server "$model" --logits_all true
+url="$llama_url"
+echo "llama.cpp server (llama-cpp-python $(llama_server_version)) answers on $url" >&2
 
 cat >"$work/critique-revise.toml" <<EOF
 name = "llama-server-sl"
