@@ -103,10 +103,13 @@ impl Outstanding {
     }
 }
 
-/// Runs the coordinator until every line is accounted for, or `shutdown` fires and the
-/// collector has drained what `producers_stopped` says can still arrive.
+/// Runs the coordinator on the opened output directory `ledger` until every line is accounted
+/// for, or `shutdown` fires and the collector has drained what `producers_stopped` says can
+/// still arrive.
+#[allow(clippy::too_many_arguments)]
 pub async fn coordinate(
     plan: &Plan,
+    ledger: Ledger,
     broker: Arc<dyn Broker>,
     state: Arc<dyn StateStore>,
     options: &CoordinatorOptions,
@@ -116,9 +119,7 @@ pub async fn coordinate(
 ) -> anyhow::Result<Summary> {
     let started = Instant::now();
     let spec = plan.spec().clone();
-    let ledger = Arc::new(Mutex::new(
-        Ledger::open(plan.job.output_dir()).context("opening the output directory")?,
-    ));
+    let ledger = Arc::new(Mutex::new(ledger));
     let gauge = metrics()
         .tasks_outstanding
         .get_or_create(&JobLabels {

@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use cai_common::broker::amqp::AmqpBroker;
 use cai_common::broker::{Broker, Queue};
 use cai_common::descriptor::JobDescriptor;
+use cai_common::sample::SampleKey;
 use cai_common::state::StateStore;
 use cai_common::state::redis::RedisState;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +44,7 @@ pub async fn run(
     let job = plan.spec().name.clone();
     let amqp = Arc::new(AmqpBroker::connect(&services.broker).await?);
     let state: Arc<dyn StateStore> = Arc::new(RedisState::connect(&services.state).await?);
-    take_over(plan, &amqp, state.as_ref()).await?;
+    let ledger = take_over(plan, &amqp, state.as_ref()).await?;
 
     let stop = shutdown.child_token();
     let watcher = watch_job(plan.clone(), state.clone(), stop.clone());
@@ -67,6 +68,7 @@ pub async fn run(
     let broker: Arc<dyn Broker> = amqp.clone();
     let outcome = coordinate(
         plan,
+        ledger,
         broker,
         state.clone(),
         options,
@@ -90,11 +92,16 @@ pub async fn run(
     Ok(summary)
 }
 
-/// Makes the broker and the state store agree with the ledger before anything is published.
-async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> anyhow::Result<()> {
+/// Makes the broker and the state store agree with the ledger before anything is published,
+/// and returns the ledger, opened once for the whole run.
+async fn take_over(
+    plan: &Plan,
+    broker: &AmqpBroker,
+    state: &dyn StateStore,
+) -> anyhow::Result<Ledger> {
     let job = &plan.spec().name;
     // Opening the ledger repairs what a crash of the previous coordinator left.
-    drop(Ledger::open(plan.job.output_dir()).context("opening the output directory")?);
+    let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
     if let Some((_, fingerprint)) = state.get_job(job).await? {
         if fingerprint != plan.fingerprint {
             tracing::warn!(
@@ -113,7 +120,8 @@ async fn take_over(plan: &Plan, broker: &AmqpBroker, state: &dyn StateStore) -> 
             "replaced the tasks left in the queue by a previous run"
         );
     }
-    register(plan, state).await
+    register(plan, state, &ledger.committed_keys()).await?;
+    Ok(ledger)
 }
 
 /// Watches the job in the state store: stops the run when a worker records a fatal error, and
@@ -140,7 +148,11 @@ fn watch_job(
             let registered = state.get_job(&job).await;
             if matches!(registered, Ok(None)) {
                 tracing::warn!(job, "the state store lost the job; registering it again");
-                if let Err(error) = register(&plan, state.as_ref()).await {
+                let registered = match ledger::committed_keys(plan.job.output_dir()) {
+                    Ok(done) => register(&plan, state.as_ref(), &done).await,
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = registered {
                     tracing::warn!(job, %error, "registering the job again failed; retrying");
                 }
             }
@@ -148,16 +160,16 @@ fn watch_job(
     })
 }
 
-/// Registers the job for workers with a done set equal to the ledger's, and marks it active.
-async fn register(plan: &Plan, state: &dyn StateStore) -> anyhow::Result<()> {
+/// Registers the job for workers with `done` (the ledger's committed keys) as its done set,
+/// and marks it active.
+async fn register(plan: &Plan, state: &dyn StateStore, done: &[SampleKey]) -> anyhow::Result<()> {
     let job = &plan.spec().name;
     let descriptor = JobDescriptor {
         spec: plan.spec().clone(),
         constitution: (*plan.constitution).clone(),
         fingerprint: plan.fingerprint.clone(),
     };
-    let done = ledger::committed_keys(plan.job.output_dir())?;
-    state.reset_done(job, &done).await?;
+    state.reset_done(job, done).await?;
     state
         .put_job(job, &descriptor.to_json(), &plan.fingerprint)
         .await?;

@@ -16,6 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
+use crate::ledger::Ledger;
 use crate::plan::Plan;
 use crate::progress::Progress;
 
@@ -105,8 +106,10 @@ pub async fn run(
         anyhow::Ok(())
     };
     let coordinated = async {
+        let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
         let summary = coordinate(
             plan,
+            ledger,
             broker,
             state,
             &coordinator_options,

@@ -217,6 +217,11 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Keys of every committed sample.
+    pub fn committed_keys(&self) -> Vec<SampleKey> {
+        self.done.iter().map(|(key, _)| key).collect()
+    }
+
     /// Opens (creating) an output directory, repairs what a crash left, and loads the done set.
     pub fn open(dir: &Path) -> Result<Self, LedgerError> {
         let io = |path: &Path| {
