@@ -7,14 +7,12 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cai_tests::cluster::Cluster;
-use cai_tests::harness::{JobDir, eventually, read_jsonl};
-use cai_tests::jobs::{self, Target};
-use cai_tests::model_server::{Faults, ModelServer, ServerConfig};
+use cai_tests::harness::{eventually, read_jsonl};
+use cai_tests::model_server::{Faults, ServerConfig};
 use cai_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use cai_tests::prometheus::Prometheus;
 use cai_tests::proxy::Proxy;
-use cai_tests::scenario::finish;
+use cai_tests::scenario::{Scenario, Size, finish};
 use tokio::process::Child;
 
 // Each test has a Redis database of its own: a worker serves every active job it finds.
@@ -202,40 +200,36 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     let api_key = unique("sk-cai-test-");
     let accounts = Accounts::create();
     let receiver = OtlpReceiver::start().await;
-    let server = ModelServer::start(ServerConfig {
-        api_key: Some(api_key.clone()),
-        faults: Faults {
-            error_500: 0.2,
-            ..Faults::default()
+    let mut run = Scenario::critique_revise(
+        DB,
+        ServerConfig {
+            api_key: Some(api_key.clone()),
+            faults: Faults {
+                error_500: 0.2,
+                ..Faults::default()
+            },
+            ..ServerConfig::default()
         },
-        ..ServerConfig::default()
-    })
+        Size {
+            lines: LINES,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
     .await;
-    let mut cluster = Cluster::new(DB);
-    cluster.broker = accounts.broker_url();
-    cluster.state = accounts.state_url(DB);
-    cluster.env = vec![
+    run.cluster.broker = accounts.broker_url();
+    run.cluster.state = accounts.state_url(DB);
+    run.cluster.env = vec![
         ("CAI_TEST_API_KEY".into(), api_key.clone()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ("CAI_LOG".into(), "debug".into()),
     ];
-    let dir = JobDir::new();
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
-        },
-        LINES,
-        1,
-        4,
-    );
-    let mut spec = std::fs::read_to_string(&job).unwrap();
+    let (server, cluster, dir, job, out) =
+        (&run.server, &run.cluster, &run.dir, &run.job, &run.out);
+    let mut spec = std::fs::read_to_string(job).unwrap();
     spec.push_str("api_key_env = \"CAI_TEST_API_KEY\"\nmax_retries = 8\n");
-    std::fs::write(&job, spec).unwrap();
+    std::fs::write(job, spec).unwrap();
 
     let metrics_addr: std::net::SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let metrics_flag = metrics_addr.to_string();
@@ -248,13 +242,12 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     let prometheus = Prometheus::start(metrics_addr);
     let coordinator_log = dir.path("coordinator.log");
     finish(
-        cluster.coordinator_with(&job, &coordinator_log, &["--task-size", "4"]),
+        cluster.coordinator_with(job, &coordinator_log, &["--task-size", "4"]),
         &coordinator_log,
     )
     .await;
 
     // The worker's /metrics agree with the job's traces and the server's log.
-    let out = dir.path("out");
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["counts"]["done"], LINES as u64);
@@ -371,7 +364,7 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
         ),
         ("/metrics".into(), text.into_bytes()),
     ];
-    for file in files_under(&out) {
+    for file in files_under(out) {
         places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
     for value in redis_values(&format!("redis://127.0.0.1:6379/{DB}")) {
@@ -382,7 +375,6 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
             assert!(!contains(bytes, secret), "a secret leaked into {place}");
         }
     }
-    drop(cluster);
 }
 
 /// publish_task (coordinator) → task (worker) → sample → model_call, in one trace each.
@@ -439,20 +431,22 @@ async fn becomes(url: String, code: u16, body: &'static str) {
 async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() {
     const DB: u8 = 15;
     let proxy = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
-    let server = ModelServer::start(ServerConfig {
-        latency: Duration::from_secs(3),
-        ..ServerConfig::default()
-    })
+    let mut run = Scenario::critique_revise(
+        DB,
+        ServerConfig {
+            latency: Duration::from_secs(3),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines: 2,
+            revisions: 1,
+            concurrency: 2,
+        },
+    )
     .await;
-    let mut cluster = Cluster::new(DB);
-    cluster.broker = format!("amqp://guest:guest@{}/%2f", proxy.addr);
-    let dir = JobDir::new();
+    run.cluster.broker = format!("amqp://guest:guest@{}/%2f", proxy.addr);
     let addr = format!("127.0.0.1:{}", free_port());
-    let mut worker = cluster.worker(
-        "w-ready",
-        &dir.path("worker.log"),
-        &["--metrics-addr", &addr, "--grace-s", "60"],
-    );
+    let mut worker = run.worker("w-ready", &["--metrics-addr", &addr, "--grace-s", "60"]);
     let status = |path: &'static str| {
         let url = format!("http://{addr}{path}");
         async move { get(&url).await }
@@ -474,33 +468,21 @@ async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() 
     becomes("/readyz", 200, "ready").await;
 
     // A task in flight, then SIGTERM: not ready while the worker finishes it.
-    let job = jobs::critique_revise(
-        &dir,
-        Target {
-            file: "job.toml",
-            name: &cluster.job,
-            url: &server.url(),
-            output: "out",
-        },
-        2,
-        1,
-        2,
-    );
     let coordinator_addr = format!("127.0.0.1:{}", free_port());
-    let _coordinator = cluster.coordinator_with(
-        &job,
-        &dir.path("coordinator.log"),
+    let _coordinator = run.cluster.coordinator_with(
+        &run.job,
+        &run.dir.path("coordinator.log"),
         &["--metrics-addr", &coordinator_addr],
     );
     eventually(Duration::from_secs(30), "a model call is in flight", || {
-        let calls = server.calls().len();
+        let calls = run.server.calls().len();
         async move { (calls > 0).then_some(()) }
     })
     .await;
 
     // The coordinator's series while its one task is out: both lines read, one task
     // outstanding, and the task queue's depth read from RabbitMQ.
-    let labels = format!("cai_job=\"{}\"", cluster.job);
+    let labels = format!("cai_job=\"{}\"", run.cluster.job);
     let metrics_url = format!("http://{coordinator_addr}/metrics");
     let text = eventually(
         Duration::from_secs(30),
