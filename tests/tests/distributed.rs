@@ -1,19 +1,28 @@
 //! Distributed mode against this machine's RabbitMQ and Redis, with real `cai` processes: the
 //! same output as embedded mode, and exactly-once output through killed workers, a killed
-//! coordinator, a flushed Redis, poison messages and a draining worker.
+//! coordinator (once, and three times in one run), a flushed Redis, poison messages and a
+//! draining worker, and the lease that keeps one worker from paying twice for a sample.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cai_common::broker::{Broker, Queue};
 use cai_common::envelope;
+use cai_common::envelope::{ResultBatch, Task};
+use cai_common::sample::Sample;
 use cai_common::state::StateStore;
+use cai_coordinator::corpus::{self, CorpusItem};
+use cai_coordinator::plan::Plan;
 use cai_tests::cluster::Cluster;
 use cai_tests::harness::{JobDir, read_jsonl, run_job};
 use cai_tests::jobs::{self, Target};
 use cai_tests::model_server::{ModelServer, ServerConfig};
 use cai_tests::scenario::{Scenario, Size, check_exactly_once, finish, repeated};
+use cai_worker::consume::run_task;
+use cai_worker::model::Models;
+use cai_worker::pipeline::JobContext;
 use serde_json::Value;
 
 // Each test has a Redis database of its own: a worker serves every active job it finds, so
@@ -251,6 +260,109 @@ async fn a_killed_coordinator_resumes_the_job() {
     }
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_three_times_repeats_no_call_done_before_a_kill() {
+    // The first 186 prompts are distinct (line 186 repeats an earlier one).
+    let lines = 180;
+    let run = Scenario::critique_revise(
+        11,
+        ServerConfig {
+            latency: Duration::from_millis(20),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines,
+            revisions: 2,
+            concurrency: 4,
+        },
+    )
+    .await;
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let mut coordinator = run.coordinator("coordinator-1.log");
+    let mut done_at_kills = HashSet::new();
+    // Killed at 20 %, 45 % and 70 % of the corpus; the workers go on through every takeover.
+    for (kill, percent) in [20u64, 45, 70].into_iter().enumerate() {
+        run.wait_committed(lines as u64 * percent / 100).await;
+        coordinator.kill().await.unwrap();
+        done_at_kills.extend(run.committed_keys());
+        coordinator = run.coordinator(&format!("coordinator-{}.log", kill + 2));
+    }
+    finish(coordinator, &run.dir.path("coordinator-4.log")).await;
+    check_exactly_once(&run.out, "sft.jsonl", lines * 2);
+    let calls = run.server.calls();
+    let distinct: HashSet<String> = calls.iter().map(|c| c.body.to_string()).collect();
+    assert_eq!(
+        distinct.len(),
+        lines * 5,
+        "every step of every sample called"
+    );
+    // The same bound as one kill: the calls in flight on the two workers (4 each).
+    let repeats = repeated(&calls);
+    assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
+    let keys = key_of_prompt(&run.out);
+    for (_, call) in repeats {
+        let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
+        assert!(
+            !done_at_kills.contains(key),
+            "a sample done before a kill was paid for again"
+        );
+    }
+    w1.start_kill().unwrap();
+    w2.start_kill().unwrap();
+}
+
+/// The mechanism behind the takeover bound: a worker process handed the same samples in two
+/// tasks at once (its task from the old coordinator and the copy the new one republished) runs
+/// each sample once; the other copy waits on the sample's lease, then takes every step from the
+/// step cache. A lease held in the name of the process let both copies run and pay twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_handed_a_sample_twice_at_once_pays_for_it_once() {
+    let run = Scenario::critique_revise(
+        10,
+        ServerConfig {
+            latency: Duration::from_millis(30),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines: 4,
+            revisions: 2,
+            concurrency: 8,
+        },
+    )
+    .await;
+    let plan = Plan::load(&run.job).unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(run.cluster.state().await);
+    let ctx = JobContext::new(
+        Arc::new(plan.spec().clone()),
+        plan.constitution.clone(),
+        Models::build(&plan.spec().models).unwrap(),
+        state,
+    );
+    let samples: Vec<Sample> = corpus::open(plan.spec())
+        .unwrap()
+        .filter_map(|item| match item {
+            CorpusItem::Sample(sample) => Some(sample),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(samples.len(), 4);
+    let task = |task_id| Task {
+        task_id,
+        samples: samples.clone(),
+        trace_context: None,
+    };
+    let (old, republished) = tokio::join!(run_task(&ctx, task(1), 4), run_task(&ctx, task(2), 4));
+    let paid = |batch: &ResultBatch| batch.results.iter().map(|r| r.usage.calls).sum::<u64>();
+    let (old, republished) = (old.unwrap(), republished.unwrap());
+    assert_eq!(
+        paid(&old) + paid(&republished),
+        4 * 5,
+        "each step paid once"
+    );
+    assert!(repeated(&run.server.calls()).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

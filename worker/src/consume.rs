@@ -4,6 +4,7 @@
 //! that dies at any point loses nothing (the task is redelivered; finished steps come back from
 //! the step cache and finished samples are skipped through the done set).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -42,15 +43,21 @@ impl WorkerOptions {
 /// so a killed worker's samples are free again within this time.
 const LEASE_TTL: Duration = Duration::from_secs(15);
 
-/// This process's name on the leases it takes: set once, never changed.
-fn lease_holder() -> &'static str {
-    static HOLDER: OnceLock<String> = OnceLock::new();
-    HOLDER.get_or_init(|| {
+/// A lease token for one run of one sample: this process's name and a number never used
+/// before in it. A process can be handed the same sample twice at once (its old task and the
+/// copy a coordinator taking over republished), so a token per process would let both copies
+/// hold the lease together and pay for every step twice; a token per run makes the second copy
+/// wait, then find the steps in the step cache (or the sample done).
+fn lease_token() -> String {
+    static PROCESS: OnceLock<String> = OnceLock::new();
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let process = PROCESS.get_or_init(|| {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos());
         format!("{}-{nanos}", std::process::id())
-    })
+    });
+    format!("{process}-{}", RUNS.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Runs the samples of a task that are not done yet, `concurrency` at a time. An interrupted
@@ -105,7 +112,9 @@ async fn run_leased(
     ctx: &JobContext,
     sample: &Sample,
 ) -> Result<Option<SampleResult>, Interrupted> {
-    let (state, job, holder) = (&ctx.state, ctx.spec.name.as_str(), lease_holder());
+    let (state, job) = (&ctx.state, ctx.spec.name.as_str());
+    let token = lease_token();
+    let holder = token.as_str();
     let fatal = |e: cai_common::state::StateError| Interrupted::Fatal(JobFatal(e.to_string()));
     while !state
         .lease(job, &sample.key, holder, LEASE_TTL)
