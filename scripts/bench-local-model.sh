@@ -19,7 +19,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-prompts_file="$root/../shared/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
+prompts_file="$root/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
 samples="${1:-12}"
 max_tokens="${MAX_TOKENS:-64}"
 threads=2

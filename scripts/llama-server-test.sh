@@ -20,7 +20,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-prompts="$root/../shared/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
+prompts="$root/data/hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl"
 samples=4
 
 work="$(mktemp -d)"

@@ -222,9 +222,8 @@ mod tests {
 
     #[test]
     fn hf_json_as_published_loads() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(
-            "../../shared/data/constitutions/huggingface-llm-swarm/constitution_anthropic.json",
-        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../data/constitutions/huggingface-llm-swarm/constitution_anthropic.json");
         let constitution = Constitution::load(&path).unwrap();
         assert_eq!(constitution.principles.len(), 16);
         assert_eq!(constitution.demonstrations.len(), 4);

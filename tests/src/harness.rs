@@ -1,5 +1,5 @@
-//! Helpers the scenario tests share: paths to the shared data, job directories, running a job
-//! in-process or through the `cai` binary, reading output files, and waiting on conditions
+//! Helpers the scenario tests share: paths to the repository's data, job directories, running a
+//! job in-process or through the `cai` binary, reading output files, and waiting on conditions
 //! with deadlines.
 
 use std::path::{Path, PathBuf};
@@ -14,10 +14,10 @@ use cai_worker::model::Models;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-/// A file of the shared test data (`../shared/data/` beside the repository).
-pub fn shared_data(relative: &str) -> PathBuf {
+/// A file of the repository's data (`data/` at the repository root; see `data/SOURCES.md`).
+pub fn data_file(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data")
+        .join("../data")
         .join(relative)
 }
 
@@ -59,10 +59,13 @@ impl JobDir {
         path
     }
 
-    /// Writes the first `n` lines of a shared data file as `name`.
-    pub fn head(&self, shared: &str, n: usize, name: &str) -> PathBuf {
-        let text = std::fs::read_to_string(shared_data(shared)).expect("shared data readable");
-        let lines: String = text.lines().take(n).map(|l| format!("{l}\n")).collect();
+    /// Writes the first `n` lines of a file of the repository's data (see [`data_file`]) as
+    /// `name`; panics if the file has fewer (`data/` holds samples of a few hundred lines).
+    pub fn head(&self, data: &str, n: usize, name: &str) -> PathBuf {
+        let text = std::fs::read_to_string(data_file(data)).expect("data file readable");
+        let lines: Vec<&str> = text.lines().take(n).collect();
+        assert_eq!(lines.len(), n, "data/{data} has fewer than {n} lines");
+        let lines: String = lines.iter().map(|l| format!("{l}\n")).collect();
         self.write(name, lines)
     }
 

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use crate::harness::{JobDir, repo_file};
 
-/// The red-team prompts.
+/// The red-team prompts, a file of the repository's `data/` (see [`crate::harness::data_file`]).
 pub const PROMPTS: &str = "hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl";
-/// The HH preference pairs.
+/// The HH preference pairs, a file of the repository's `data/`.
 pub const PAIRS: &str = "hh-rlhf/harmless-base/test.jsonl";
 
 /// Where a job file goes and what it names: its file in the job directory, the job's name, the

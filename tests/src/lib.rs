@@ -2,7 +2,7 @@
 //! run the coordinator and workers against, all inside the test process.
 //!
 //! - [`model_server`]: a deterministic OpenAI-compatible model server with a request log.
-//! - [`harness`]: shared data paths, job directories, running jobs, reading outputs, deadlines.
+//! - [`harness`]: data file paths, job directories, running jobs, reading outputs, deadlines.
 //! - [`cluster`]: a distributed job on the local RabbitMQ and Redis, with real processes.
 //! - [`jobs`]: job files the scenarios share.
 //! - [`scenario`]: a distributed critique-revise run ready to start, and the checks on its output.
