@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: fetches the test model (once), makes sure RabbitMQ and
-# Redis answer, checks formatting and lints, and runs every test of the workspace.
+# Redis answer, checks formatting and lints, runs every test of the workspace, then checks that a
+# fresh clone of the committed tree stands on its own (scripts/check-clone.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -12,3 +13,4 @@ scripts/validate-deploy.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+scripts/check-clone.sh

@@ -6,6 +6,7 @@
 //! was complete (re-run the same command to resume). `validate` exits 1 when lines would be
 //! rejected.
 
+mod init;
 mod run;
 mod status;
 mod validate;
@@ -45,6 +46,15 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a job. Embedded (this process does everything) unless a broker is given.
     Run(RunArgs),
+    /// Start a new job: write a commented job file, a starter constitution and a small corpus.
+    Init {
+        /// The pipeline of the job.
+        #[arg(value_enum)]
+        pipeline: InitPipeline,
+        /// The directory to write into (created if needed); existing files are not overwritten.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
     /// Check a job file, its constitution and its whole corpus without calling any model.
     Validate {
         /// The job file.
@@ -60,6 +70,15 @@ pub enum Command {
         #[arg(long, env = "CAI_STATE")]
         state: Option<String>,
     },
+}
+
+/// The pipeline `cai init` writes a job for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum InitPipeline {
+    /// Critique → revise (SFT rows).
+    CritiqueRevise,
+    /// Pairwise AI feedback (preference labels).
+    Pairwise,
 }
 
 /// Flags of `cai worker`.
@@ -151,6 +170,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let code = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Init { pipeline, dir } => init::init(pipeline, &dir),
             Command::Validate { job } => validate::validate(&job).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Status { target, state } => match state {

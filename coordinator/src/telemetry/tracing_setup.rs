@@ -6,6 +6,8 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SDK_DISABLED`); with no endpoint set nothing is exported
 //! and spans cost only what the log filter lets through.
 
+use std::io::IsTerminal as _;
+
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -38,7 +40,10 @@ impl TracingGuard {
 /// on it. `service` names the process in traces unless `OTEL_SERVICE_NAME` does.
 pub fn init(format: LogFormat, service: &'static str) -> TracingGuard {
     let filter = EnvFilter::try_from_env("CAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour only on a terminal: log files and CI output get plain text.
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let fmt = match format {
         LogFormat::Text => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),
