@@ -15,6 +15,7 @@ use anyhow::Context as _;
 use backon::{ExponentialBuilder, Retryable};
 use cai_common::broker::{Acker, Broker, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
+use cai_common::job::Turns;
 use cai_common::result::Usage;
 use cai_common::sample::{Sample, SampleKey};
 use cai_common::state::StateStore;
@@ -141,11 +142,14 @@ pub async fn coordinate(
     let total_path = spec.input.path.clone();
     let limit = spec.input.limit;
     let totals = progress.clone();
-    tokio::task::spawn_blocking(move || {
-        if let Ok(lines) = corpus::count_lines(&total_path) {
-            totals.set_total(limit.map_or(lines, |limit| lines.min(limit)));
-        }
-    });
+    // With one sample per human turn the items outnumber the lines: no total, so no false ETA.
+    if spec.input.turns == Turns::Whole {
+        tokio::task::spawn_blocking(move || {
+            if let Ok(lines) = corpus::count_lines(&total_path) {
+                totals.set_total(limit.map_or(lines, |limit| lines.min(limit)));
+            }
+        });
+    }
     let (items_tx, mut items_rx) = tokio::sync::mpsc::channel::<CorpusItem>(4096);
     let reading = tokio::task::spawn_blocking(move || {
         for item in reader {

@@ -1,26 +1,32 @@
 //! Streaming corpus reader: turns each line of a `.jsonl`, `.jsonl.gz` or `.jsonl.zst` corpus
-//! into a [`Sample`], a [`Rejection`] or a [`CorpusItem::Duplicate`].
+//! into [`Sample`]s, a [`Rejection`] or [`CorpusItem::Duplicate`]s.
 //!
-//! Invariant: every line (numbered from 1, up to `input.limit`) yields exactly one item, in file
-//! order; a bad line never stops the run. A read failure part way (a disk error, a truncated or
-//! corrupt archive) is the last item: a rejection of the line being read, also logged as an
-//! error, and nothing after it is read. The file is never held whole: a line is read into a
-//! buffer of at most [`MAX_LINE_BYTES`], and the rest of an oversized line is skipped without
-//! being kept.
+//! Invariant: items come in file order and every item settles exactly once (as done, failed,
+//! rejected or duplicate), so the items read always equal what settles. With `input.turns =
+//! "whole"` (the default) every line (numbered from 1, up to `input.limit`) yields exactly one
+//! item. With `"each"` a readable line yields one item per human turn (a sample or a duplicate,
+//! all with the line's number) and an unreadable one a single rejection; [`CorpusItem::line`]
+//! tells the lines apart. A bad line never stops the run. A read failure part way (a disk error,
+//! a truncated or corrupt archive) is the last item: a rejection of the line being read, also
+//! logged as an error, and nothing after it is read. The file is never held whole: a line is read
+//! into a buffer of at most [`MAX_LINE_BYTES`], and the rest of an oversized line is skipped
+//! without being kept.
 //!
 //! Memory grows with the number of distinct samples only: per sample its 16-byte key and first
-//! line, plus a 64-bit hash of its id and first line when `input.id` is set; with hash-table
-//! slack that is 40 to 90 bytes a sample (about 100 MB at peak for a million lines with ids).
-//! Two different ids with the same hash (a few chances in a million at ten million ids) would
-//! reject the later line as a duplicate id.
+//! line, plus a 64-bit hash of its line's id and first line when `input.id` is set; with
+//! hash-table slack that is 40 to 90 bytes a sample (about 100 MB at peak for a million lines
+//! with ids). Two different ids with the same hash (a few chances in a million at ten million
+//! ids) would reject the later line as a duplicate id. With `"each"` one line's samples are held
+//! at once, at most [`MAX_TURN_SAMPLES_BYTES`] of them.
 
+use std::collections::VecDeque;
 use std::collections::hash_map::DefaultHasher;
 use std::fs::File;
 use std::hash::{Hash, Hasher};
 use std::io::{self, BufRead, BufReader, ErrorKind, Read};
 use std::path::{Path, PathBuf};
 
-use cai_common::job::{ConversationField, JobSpec, PipelineKind};
+use cai_common::job::{ConversationField, JobSpec, PipelineKind, Turns};
 use cai_common::message::{Message, Role};
 use cai_common::sample::{Sample, SampleKey};
 use flate2::read::MultiGzDecoder;
@@ -31,14 +37,25 @@ use crate::compact::CompactMap;
 /// Longest accepted line in bytes, without its newline; longer lines are rejected unread.
 pub const MAX_LINE_BYTES: usize = 1 << 20;
 
-/// What one corpus line became.
+/// With `input.turns = "each"`, the most one line's samples may hold together: their messages'
+/// bytes plus [`MESSAGE_OVERHEAD`] for each message. A line's samples repeat its earlier turns
+/// (n human turns hold about n²/2 messages), so this bounds what one pathological line costs;
+/// a line over it is rejected. A 20-turn conversation of 5 KB turns needs about 2 MB.
+pub const MAX_TURN_SAMPLES_BYTES: usize = 16 * MAX_LINE_BYTES;
+
+/// What each message counts for beyond its content in [`MAX_TURN_SAMPLES_BYTES`]: its share of
+/// the sample's memory, so that many tiny turns are bounded too.
+pub const MESSAGE_OVERHEAD: usize = 64;
+
+/// What a corpus line became: one item, or with `input.turns = "each"` one per human turn.
 #[derive(Clone, Debug, PartialEq)]
 pub enum CorpusItem {
-    /// A line read into work.
+    /// A line (or, with `turns = "each"`, one human turn of it) read into work.
     Sample(Sample),
-    /// A line that cannot be read; the run continues without it.
+    /// A line that cannot be read; the run continues without it. Always the line's only item.
     Rejected(Rejection),
-    /// A line with the same content key as an earlier sample; it is processed once.
+    /// A line (or one human turn of it) with the same content key as an earlier sample; it is
+    /// processed once.
     Duplicate {
         /// This line.
         line: u64,
@@ -47,6 +64,19 @@ pub enum CorpusItem {
         /// The line of the sample that has this key.
         first_line: u64,
     },
+}
+
+impl CorpusItem {
+    /// The 1-based corpus line the item comes from. Items are in file order, so a change of line
+    /// number starts a new line: with `turns = "each"`, where one line may yield several items,
+    /// that is how a consumer counts lines rather than items.
+    pub fn line(&self) -> u64 {
+        match self {
+            Self::Sample(sample) => sample.line,
+            Self::Rejected(rejection) => rejection.line,
+            Self::Duplicate { line, .. } => *line,
+        }
+    }
 }
 
 /// Why a corpus line was not turned into a sample.
@@ -105,7 +135,8 @@ pub enum CorpusError {
     },
 }
 
-/// A blocking iterator over the items of a corpus, one per line; run it off the async runtime.
+/// A blocking iterator over the items of a corpus, one per line (with `turns = "each"`, one per
+/// human turn of a readable line); run it off the async runtime.
 pub struct CorpusReader {
     path: PathBuf,
     input: Box<dyn BufRead + Send>,
@@ -115,8 +146,10 @@ pub struct CorpusReader {
     buffer: Vec<u8>,
     /// Content key → first line, for duplicates.
     keys: CompactMap<[u8; 16], u64>,
-    /// Hash of the id → first line, for repeated ids.
+    /// Hash of the line's id → first line, for repeated ids.
     ids: CompactMap<u64, u64>,
+    /// Items of the line last read not yet returned (more than one only with `turns = "each"`).
+    pending: VecDeque<CorpusItem>,
     finished: bool,
 }
 
@@ -143,6 +176,7 @@ pub fn open(spec: &JobSpec) -> Result<CorpusReader, CorpusError> {
         buffer: Vec::new(),
         keys: CompactMap::default(),
         ids: CompactMap::default(),
+        pending: VecDeque::new(),
         finished: false,
     })
 }
@@ -199,13 +233,17 @@ impl Iterator for CorpusReader {
     type Item = CorpusItem;
 
     fn next(&mut self) -> Option<Self::Item> {
+        if let Some(item) = self.pending.pop_front() {
+            return Some(item);
+        }
         if self.finished || self.line >= self.limit {
             return None;
         }
         match read_bounded_line(&mut self.input, &mut self.buffer) {
             Ok(Some(length)) => {
                 self.line += 1;
-                Some(self.item(length))
+                self.read_line(length);
+                self.pending.pop_front()
             }
             Ok(None) => {
                 self.finished = true;
@@ -229,43 +267,56 @@ impl Iterator for CorpusReader {
 }
 
 impl CorpusReader {
-    /// Turns the line in the buffer (`length` bytes long in the file) into its item.
-    fn item(&mut self, length: u64) -> CorpusItem {
+    /// Turns the line in the buffer (`length` bytes long in the file) into its items, queued in
+    /// `pending`: a rejection, or a sample or duplicate for each of the line's samples. A line
+    /// whose samples are all duplicates is not checked for a repeated id (as its work is done
+    /// once already); otherwise a repeated id rejects the whole line.
+    fn read_line(&mut self, length: u64) {
         let line = self.line;
-        let sample =
-            parse_object(&self.buffer, length).and_then(|object| self.fields.sample(&object, line));
-        let sample = match sample {
-            Ok(sample) => sample,
+        let read = parse_object(&self.buffer, length)
+            .and_then(|object| self.fields.samples(&object, line));
+        let LineSamples { id, samples } = match read {
+            Ok(read) => read,
             Err((field, reason)) => {
-                return CorpusItem::Rejected(Rejection {
+                self.pending.push_back(CorpusItem::Rejected(Rejection {
                     line,
                     field,
                     reason,
-                });
+                }));
+                return;
             }
         };
-        if let Some(first_line) = self.keys.get(&sample.key.0) {
-            return CorpusItem::Duplicate {
-                line,
-                key: sample.key,
-                first_line,
-            };
-        }
-        if let Some(field) = &self.fields.id {
+        let fresh = samples
+            .iter()
+            .any(|sample| !self.keys.contains_key(&sample.key.0));
+        if let (true, Some(field), Some(id)) = (fresh, &self.fields.id, id) {
             let mut hasher = DefaultHasher::new();
-            sample.id.hash(&mut hasher);
-            let id = hasher.finish();
-            if let Some(first_line) = self.ids.get(&id) {
-                return CorpusItem::Rejected(Rejection {
+            id.hash(&mut hasher);
+            let hash = hasher.finish();
+            if let Some(first_line) = self.ids.get(&hash) {
+                self.pending.push_back(CorpusItem::Rejected(Rejection {
                     line,
                     field: Some(field.clone()),
-                    reason: format!("duplicate id {:?} (first on line {first_line})", sample.id),
-                });
+                    reason: format!("duplicate id {id:?} (first on line {first_line})"),
+                }));
+                return;
             }
-            self.ids.insert_new(id, line);
+            self.ids.insert_new(hash, line);
         }
-        self.keys.insert_new(sample.key.0, line);
-        CorpusItem::Sample(sample)
+        for sample in samples {
+            let item = match self.keys.get(&sample.key.0) {
+                Some(first_line) => CorpusItem::Duplicate {
+                    line,
+                    key: sample.key,
+                    first_line,
+                },
+                None => {
+                    self.keys.insert_new(sample.key.0, line);
+                    CorpusItem::Sample(sample)
+                }
+            };
+            self.pending.push_back(item);
+        }
     }
 }
 
@@ -359,6 +410,17 @@ struct Fields {
     candidates: Option<[String; 2]>,
     initial: Option<String>,
     id: Option<String>,
+    /// `input.turns` as it applies: a `prompt` field is one user turn, and candidates or a given
+    /// first answer answer the whole conversation, so with any of them a line is read whole
+    /// ([`JobSpec::check`] refuses `"each"` with the last two).
+    turns: Turns,
+}
+
+/// A readable line: its id (the `input.id` field's value, when the job sets one) and its
+/// samples (one, or with `turns = "each"` one per human turn, never none).
+struct LineSamples {
+    id: Option<String>,
+    samples: Vec<Sample>,
 }
 
 impl Fields {
@@ -375,44 +437,32 @@ impl Fields {
                 .and_then(|c| c.initial.clone()),
             PipelineKind::Pairwise => None,
         };
+        let conversation = spec.input.conversation_field();
+        let whole = candidates.is_some()
+            || initial.is_some()
+            || matches!(conversation, Some(ConversationField::Prompt(_)));
         Self {
-            conversation: spec.input.conversation_field(),
+            conversation,
             candidates,
             initial,
             id: spec.input.id.clone(),
+            turns: if whole {
+                Turns::Whole
+            } else {
+                spec.input.turns
+            },
         }
     }
 
-    /// Reads a line's object into a sample.
-    fn sample(&self, object: &Map<String, Value>, line: u64) -> Result<Sample, Bad> {
+    /// Reads a line's object into its samples.
+    fn samples(&self, object: &Map<String, Value>, line: u64) -> Result<LineSamples, Bad> {
         let (messages, candidates) = match &self.candidates {
-            Some([x, y]) => {
-                let (x_text, y_text) = (text_field(object, x)?, text_field(object, y)?);
-                let (shared, pair) = if is_transcript(x_text) && is_transcript(y_text) {
-                    let (shared, pair) = transcript_pair([x, y], [x_text, y_text])?;
-                    (Some(shared), pair)
-                } else {
-                    (None, [x_text.trim().to_owned(), y_text.trim().to_owned()])
-                };
-                let messages = match (&self.conversation, shared) {
-                    (Some(selector), _) => conversation(object, selector)?,
-                    (None, Some(shared)) => shared,
-                    (None, None) => {
-                        let plain = if is_transcript(x_text) { y } else { x };
-                        return Err(bad(
-                            plain,
-                            "expected an HH transcript (\"\\n\\nHuman: …\\n\\nAssistant: …\"), \
-                             as the job sets no conversation field",
-                        ));
-                    }
-                };
-                if pair[0] == pair[1] {
-                    return Err((None, format!("candidates {x:?} and {y:?} are identical")));
-                }
+            Some(fields) => {
+                let (messages, pair) = self.pair(object, fields)?;
                 (messages, Some(pair))
             }
             None => match &self.conversation {
-                Some(selector) => (conversation(object, selector)?, None),
+                Some(selector) => (conversation(object, selector, self.turns)?, None),
                 None => {
                     let reason =
                         "the job sets no conversation field (prompt, messages or transcript)";
@@ -428,7 +478,165 @@ impl Fields {
             Some(field) => Some(id_field(object, field)?),
             None => None,
         };
-        Ok(Sample::new(id, line, messages, candidates, initial))
+        let samples = match (self.turns, &self.conversation) {
+            (Turns::Each, Some(selector)) => {
+                turn_samples(selector.name(), id.as_deref(), line, &messages)?
+            }
+            _ => vec![Sample::new(id.clone(), line, messages, candidates, initial)],
+        };
+        Ok(LineSamples { id, samples })
+    }
+
+    /// A pairwise line's conversation and its two candidates `[x, y]`, in that order.
+    fn pair(
+        &self,
+        object: &Map<String, Value>,
+        [x, y]: &[String; 2],
+    ) -> Result<(Vec<Message>, [String; 2]), Bad> {
+        let (x_answer, y_answer) = (candidate_field(object, x)?, candidate_field(object, y)?);
+        let (shared, pair) = match (&x_answer, &y_answer) {
+            (Candidate::Text(x_text), Candidate::Text(y_text))
+                if is_transcript(x_text) && is_transcript(y_text) =>
+            {
+                let (shared, pair) = transcript_pair([x, y], [x_text, y_text])?;
+                (Some(shared), pair)
+            }
+            _ => (None, [x_answer.plain(), y_answer.plain()]),
+        };
+        let messages = match (&self.conversation, shared) {
+            (Some(selector), _) => conversation(object, selector, Turns::Whole)?,
+            (None, Some(shared)) => shared,
+            (None, None) => {
+                let (field, answer) = if x_answer.is_transcript() {
+                    (y, &y_answer)
+                } else {
+                    (x, &x_answer)
+                };
+                let reason = match answer {
+                    Candidate::Text(_) => {
+                        "expected an HH transcript (\"\\n\\nHuman: …\\n\\nAssistant: …\"), \
+                         as the job sets no conversation field"
+                    }
+                    Candidate::Message(_) => {
+                        "a message list holds only the answer, and the job sets no conversation \
+                         field (for TRL preference rows: `messages = \"prompt\"`)"
+                    }
+                };
+                return Err(bad(field, reason));
+            }
+        };
+        if pair[0] == pair[1] {
+            return Err((None, format!("candidates {x:?} and {y:?} are identical")));
+        }
+        Ok((messages, pair))
+    }
+}
+
+/// The samples of a conversation read with `turns = "each"`: one per user turn, holding
+/// everything up to and including it. Their ids are the line's id (the `input.id` value, else
+/// the content key of the last sample, which is the key `"whole"` gives the line when it ends
+/// with a user turn) with `#<n>` appended, n counting the user turns from 1. `field` is the
+/// conversation field, named when the line is refused.
+fn turn_samples(
+    field: &str,
+    id: Option<&str>,
+    line: u64,
+    messages: &[Message],
+) -> Result<Vec<Sample>, Bad> {
+    let (mut ends, mut held, mut cost) = (Vec::new(), 0usize, 0usize);
+    for (index, message) in messages.iter().enumerate() {
+        held = held.saturating_add(message.content.len() + MESSAGE_OVERHEAD);
+        if message.role == Role::User {
+            ends.push(index + 1);
+            cost = cost.saturating_add(held);
+        }
+    }
+    if ends.is_empty() {
+        return Err(bad(field, "no user turn"));
+    }
+    if cost > MAX_TURN_SAMPLES_BYTES {
+        return Err(bad(
+            field,
+            format!(
+                "its {} human turns make {:.1} MiB of samples (each repeats the turns before it), \
+                 more than the {} MiB limit of one line with turns = \"each\"",
+                ends.len(),
+                cost as f64 / f64::from(1 << 20),
+                MAX_TURN_SAMPLES_BYTES >> 20
+            ),
+        ));
+    }
+    let mut samples: Vec<Sample> = ends
+        .iter()
+        .map(|&end| Sample::new(None, line, messages[..end].to_vec(), None, None))
+        .collect();
+    let base = match (id, samples.last()) {
+        (Some(id), _) => id.to_owned(),
+        (None, Some(last)) => last.key.to_hex(),
+        (None, None) => unreachable!("a user turn makes a sample"),
+    };
+    for (turn, sample) in samples.iter_mut().enumerate() {
+        sample.id = format!("{base}#{}", turn + 1);
+    }
+    Ok(samples)
+}
+
+/// A candidate field's value: text (plain, or an HH transcript), or the content of a
+/// one-message assistant list.
+enum Candidate<'a> {
+    /// A string field, as written.
+    Text(&'a str),
+    /// The (trimmed) content of `[{"role": "assistant", "content": …}]`.
+    Message(String),
+}
+
+impl Candidate<'_> {
+    /// Whether it is an HH transcript.
+    fn is_transcript(&self) -> bool {
+        matches!(self, Self::Text(text) if is_transcript(text))
+    }
+
+    /// The answer as it stands: trimmed text, or the message's content.
+    fn plain(&self) -> String {
+        match self {
+            Self::Text(text) => text.trim().to_owned(),
+            Self::Message(content) => content.clone(),
+        }
+    }
+}
+
+/// A candidate field: a non-blank string, or a list of one assistant message with non-blank
+/// content, as TRL preference rows (and cai's `preferences.jsonl`) hold `chosen` and `rejected`.
+fn candidate_field<'a>(object: &'a Map<String, Value>, field: &str) -> Result<Candidate<'a>, Bad> {
+    match object.get(field) {
+        Some(Value::Array(items)) => {
+            let [item] = items.as_slice() else {
+                let reason = match items.len() {
+                    0 => "empty".to_owned(),
+                    n => format!("expected one assistant message, found {n} messages"),
+                };
+                return Err(bad(field, reason));
+            };
+            let message =
+                message_item(item).map_err(|reason| bad(field, format!("message 1: {reason}")))?;
+            let role = match message.role {
+                Role::Assistant => return Ok(Candidate::Message(message.content)),
+                Role::User => "user",
+                Role::System => "system",
+            };
+            Err(bad(
+                field,
+                format!("message 1: role {role:?} is not assistant (a candidate is an answer)"),
+            ))
+        }
+        Some(Value::String(_)) | None => text_field(object, field).map(Candidate::Text),
+        Some(other) => Err(bad(
+            field,
+            format!(
+                "expected a string or a [{{role, content}}] list, found {}",
+                kind(other)
+            ),
+        )),
     }
 }
 
@@ -471,24 +679,37 @@ fn id_field(object: &Map<String, Value>, field: &str) -> Result<String, Bad> {
     }
 }
 
-/// The conversation of a line, read by the job's selector.
+/// The conversation of a line, read by the job's selector. With `turns = "each"` a messages
+/// or transcript conversation may end with assistant turns, which are dropped: it is returned
+/// up to its last user turn.
 fn conversation(
     object: &Map<String, Value>,
     selector: &ConversationField,
+    turns: Turns,
 ) -> Result<Vec<Message>, Bad> {
     match selector {
         ConversationField::Prompt(field) => {
             Ok(vec![Message::user(text_field(object, field)?.trim())])
         }
-        ConversationField::Messages(field) => messages_field(object, field),
+        ConversationField::Messages(field) => messages_field(object, field, turns),
         ConversationField::Transcript(field) => {
-            transcript_conversation(text_field(object, field)?).map_err(|reason| bad(field, reason))
+            let text = text_field(object, field)?;
+            match turns {
+                Turns::Whole => transcript_conversation(text),
+                Turns::Each => transcript_through_last_human(text),
+            }
+            .map_err(|reason| bad(field, reason))
         }
     }
 }
 
-/// A `[{role, content}]` field: non-empty, contents trimmed and not blank, ending with a user turn.
-fn messages_field(object: &Map<String, Value>, field: &str) -> Result<Vec<Message>, Bad> {
+/// A `[{role, content}]` field: non-empty, contents trimmed and not blank, ending with a user
+/// turn (with `turns = "each"`: holding one, and cut after the last).
+fn messages_field(
+    object: &Map<String, Value>,
+    field: &str,
+    turns: Turns,
+) -> Result<Vec<Message>, Bad> {
     let items = match object.get(field) {
         Some(Value::Array(items)) => items,
         Some(other) => {
@@ -510,6 +731,14 @@ fn messages_field(object: &Map<String, Value>, field: &str) -> Result<Vec<Messag
                 .map_err(|reason| bad(field, format!("message {}: {reason}", index + 1)))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if turns == Turns::Each {
+        let mut messages = messages;
+        let Some(last) = messages.iter().rposition(|m| m.role == Role::User) else {
+            return Err(bad(field, "no user turn"));
+        };
+        messages.truncate(last + 1);
+        return Ok(messages);
+    }
     match messages.last() {
         Some(Message {
             role: Role::User, ..
@@ -557,7 +786,7 @@ const MARKERS: [(&str, Role); 2] = [
 ];
 
 /// The turns of an HH transcript: speaker and trimmed content.
-type Turns<'a> = Vec<(Role, &'a str)>;
+type TurnList<'a> = Vec<(Role, &'a str)>;
 
 /// Whether a string is an HH transcript: it starts with `Human:` after optional whitespace.
 fn is_transcript(text: &str) -> bool {
@@ -566,7 +795,7 @@ fn is_transcript(text: &str) -> bool {
 
 /// Splits an HH transcript into turns with trimmed contents (empty ones kept). The leading
 /// `"\n\n"` is optional; the first turn must be a Human one.
-fn transcript_turns(text: &str) -> Result<Turns<'_>, String> {
+fn transcript_turns(text: &str) -> Result<TurnList<'_>, String> {
     let Some(mut rest) = text.trim_start().strip_prefix("Human:") else {
         return Err("expected an HH transcript starting with \"\\n\\nHuman:\"".into());
     };
@@ -630,8 +859,17 @@ fn transcript_conversation(text: &str) -> Result<Vec<Message>, String> {
     turn_messages(&turns)
 }
 
+/// The conversation of a transcript read with `turns = "each"`: its turns up to its last Human
+/// one; the Assistant turns after it (answered or empty) are in no sample and not checked.
+fn transcript_through_last_human(text: &str) -> Result<Vec<Message>, String> {
+    let mut turns = transcript_turns(text)?;
+    let last = turns.iter().rposition(|&(role, _)| role == Role::User);
+    turns.truncate(last.map_or(0, |index| index + 1));
+    turn_messages(&turns)
+}
+
 /// A transcript's turns before its final, non-empty Assistant answer, and that answer.
-fn final_answer<'a>(field: &str, text: &'a str) -> Result<(Turns<'a>, String), Bad> {
+fn final_answer<'a>(field: &str, text: &'a str) -> Result<(TurnList<'a>, String), Bad> {
     let mut turns = transcript_turns(text).map_err(|reason| bad(field, reason))?;
     match turns.pop() {
         Some((Role::Assistant, "")) => Err(bad(field, "the final Assistant turn is empty")),
@@ -1425,6 +1663,391 @@ mod tests {
         assert_eq!(
             rejected,
             [(87, Some("chosen"), "the final Assistant turn is empty")]
+        );
+    }
+
+    /// Reads `objects` as one corpus (line n is `objects[n - 1]`).
+    fn read_lines(spec_of: impl Fn(&Path) -> JobSpec, objects: &[Value]) -> Vec<CorpusItem> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(&dir, "c.jsonl", &lines(objects));
+        read_all(&spec_of(&path))
+    }
+
+    /// Lines (distinct line numbers, in order) and items per line.
+    fn per_line(items: &[CorpusItem]) -> Vec<(u64, usize)> {
+        let mut lines: Vec<(u64, usize)> = Vec::new();
+        for item in items {
+            match lines.last_mut() {
+                Some((line, count)) if *line == item.line() => *count += 1,
+                _ => lines.push((item.line(), 1)),
+            }
+        }
+        lines
+    }
+
+    fn duplicate(line: u64, key: SampleKey, first_line: u64) -> CorpusItem {
+        CorpusItem::Duplicate {
+            line,
+            key,
+            first_line,
+        }
+    }
+
+    #[test]
+    fn each_human_turn_of_a_transcript_becomes_a_sample() {
+        let (user, assistant) = (Message::user, Message::assistant);
+        let objects = [
+            json!({"id": "a", "t": "\n\nHuman: q1\n\nAssistant: r1\n\nHuman: q2\n\nAssistant: r2"}),
+            json!({"id": "b", "t": "\n\nHuman: q1\n\nAssistant: r1\n\nHuman: q3\n\nAssistant:"}),
+            json!({"id": "c", "t": "\n\nHuman: q1\n\nAssistant: r1\n\nHuman: q2"}),
+            json!({"id": "a", "t": "\n\nHuman: q1"}),
+            json!({"id": "a", "t": "\n\nHuman: new"}),
+            json!({"id": "d", "t": "\n\nHuman: x\n\nAssistant: \n\nHuman: y"}),
+            json!({"id": "e", "t": "hello"}),
+            json!({"id": "f", "t": "\n\nHuman: z\n\nAssistant: w\n\nAssistant: "}),
+            json!({"t": "\n\nHuman: no id"}),
+        ];
+        let mut text = lines(&objects);
+        text.extend_from_slice(b"{\"id\": \"g\"\n");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write(&dir, "t.jsonl", &text);
+        let each = json!({"transcript": "t", "id": "id", "turns": "each"});
+        let items = read_all(&spec(&path, each, json!({})));
+
+        let q1 = vec![user("q1")];
+        let q2 = vec![user("q1"), assistant("r1"), user("q2")];
+        let q3 = vec![user("q1"), assistant("r1"), user("q3")];
+        let (a1, a2, b2) = (sample(&items[0]), sample(&items[1]), sample(&items[3]));
+        assert_eq!((a1.id.as_str(), a1.line, &a1.messages), ("a#1", 1, &q1));
+        assert_eq!((a2.id.as_str(), a2.line, &a2.messages), ("a#2", 1, &q2));
+        assert_eq!((b2.id.as_str(), b2.line, &b2.messages), ("b#2", 2, &q3));
+        let t = Some("t");
+        let expected = vec![
+            items[0].clone(),
+            items[1].clone(),
+            // Line 2's first turn is line 1's.
+            duplicate(2, a1.key, 1),
+            items[3].clone(),
+            // Line 3 repeats line 1's turns: duplicates only, and so is line 4 (its repeated
+            // id is not checked, as no work comes of it).
+            duplicate(3, a1.key, 1),
+            duplicate(3, a2.key, 1),
+            duplicate(4, a1.key, 1),
+            rejected(Some("id"), "duplicate id \"a\" (first on line 1)", 5),
+            rejected(t, "turn 2 (Assistant) is empty", 6),
+            rejected(
+                t,
+                "expected an HH transcript starting with \"\\n\\nHuman:\"",
+                7,
+            ),
+            items[10].clone(),
+            rejected(Some("id"), "missing", 9),
+            rejected(
+                None,
+                "invalid JSON at column 10: EOF while parsing an object",
+                10,
+            ),
+        ];
+        assert_eq!(items, expected);
+        let f1 = sample(&items[10]);
+        assert_eq!((f1.id.as_str(), &f1.messages), ("f#1", &vec![user("z")]));
+
+        // Counts add up: every line ends as its items (one per human turn of a readable line,
+        // one rejection otherwise), and every item settles once.
+        assert_eq!(
+            per_line(&items),
+            [
+                (1, 2),
+                (2, 2),
+                (3, 2),
+                (4, 1),
+                (5, 1),
+                (6, 1),
+                (7, 1),
+                (8, 1),
+                (9, 1),
+                (10, 1)
+            ]
+        );
+        assert_eq!(
+            counts(&items),
+            Counts {
+                samples: 4,
+                rejected: 5,
+                duplicates: 4
+            }
+        );
+        assert_eq!(count_lines(&path).expect("count"), 10);
+        // `limit` counts lines, not samples.
+        let limited = json!({"transcript": "t", "id": "id", "turns": "each", "limit": 3});
+        let first_three = read_all(&spec(&path, limited, json!({})));
+        assert_eq!(first_three, items[..6]);
+
+        // Without an id field the line's id is the content key of its last sample, which is the
+        // key (and id) "whole" gives a line ending with a Human turn.
+        let without = json!({"transcript": "t", "turns": "each"});
+        let items = read_lines(
+            |path| spec(path, without.clone(), json!({})),
+            &objects[2..3],
+        );
+        let whole = read_lines(
+            |path| spec(path, json!({"transcript": "t"}), json!({})),
+            &objects[2..3],
+        );
+        let last = sample(&items[1]);
+        assert_eq!(last.key, sample(&whole[0]).key);
+        assert_eq!(last.id, format!("{}#2", sample(&whole[0]).id));
+        assert_eq!(sample(&items[0]).id, format!("{}#1", last.key.to_hex()));
+        assert_ne!(sample(&items[0]).key, last.key);
+    }
+
+    #[test]
+    fn each_user_turn_of_a_message_list_becomes_a_sample() {
+        let system = Message {
+            role: Role::System,
+            content: "be kind".into(),
+        };
+        let m = |role: &str, content: &str| json!({"role": role, "content": content});
+        let objects = [
+            json!({"m": [m("system", "be kind"), m("user", "a"), m("assistant", "b"), m("user", "c"), m("assistant", "d")]}),
+            json!({"m": [m("system", "be kind"), m("user", "a")]}),
+            json!({"m": [m("system", "s"), m("assistant", "x")]}),
+            json!({"m": [m("user", "a"), m("assistant", " ")]}),
+            json!({"m": []}),
+        ];
+        for pipeline in [
+            json!({}),
+            json!({"pipeline": "pairwise", "pairwise": {"judge": "m", "generate": {"model": "p"}}}),
+        ] {
+            let input = json!({"messages": "m", "turns": "each"});
+            let items = read_lines(|path| spec(path, input.clone(), pipeline.clone()), &objects);
+            let (first, second) = (sample(&items[0]), sample(&items[1]));
+            assert_eq!(first.messages, vec![system.clone(), Message::user("a")]);
+            assert_eq!(
+                second.messages,
+                vec![
+                    system.clone(),
+                    Message::user("a"),
+                    Message::assistant("b"),
+                    Message::user("c")
+                ]
+            );
+            let base = second.key.to_hex();
+            assert_eq!(
+                (first.id.clone(), second.id.clone()),
+                (format!("{base}#1"), format!("{base}#2"))
+            );
+            let field = Some("m");
+            let expected = [
+                duplicate(2, first.key, 1),
+                rejected(field, "no user turn", 3),
+                rejected(field, "message 2: content: empty", 4),
+                rejected(field, "empty", 5),
+            ];
+            assert_eq!(items[2..], expected);
+        }
+    }
+
+    #[test]
+    fn each_with_a_prompt_field_reads_as_whole() {
+        let path = Path::new(RED_TEAM);
+        let input = |turns: &str| json!({"prompt": "prompt", "id": "source_line", "turns": turns});
+        let whole = read_all(&spec(path, input("whole"), json!({})));
+        assert_eq!(read_all(&spec(path, input("each"), json!({}))), whole);
+        assert_eq!(whole.len(), 500);
+    }
+
+    #[test]
+    fn each_refuses_a_line_whose_samples_would_be_too_big() {
+        let text = "\n\nHuman: a\n\nAssistant: b".repeat(3000);
+        let items = read_lines(
+            |path| spec(path, json!({"transcript": "t", "turns": "each"}), json!({})),
+            &[json!({"t": text}), json!({"t": "\n\nHuman: a"})],
+        );
+        let CorpusItem::Rejected(rejection) = &items[0] else {
+            panic!("expected a rejection: {:?}", items[0]);
+        };
+        assert_eq!((rejection.line, rejection.field.as_deref()), (1, Some("t")));
+        assert!(
+            rejection.reason.starts_with("its 3000 human turns make ")
+                && rejection
+                    .reason
+                    .ends_with("more than the 16 MiB limit of one line with turns = \"each\""),
+            "{}",
+            rejection.reason
+        );
+        // The whole conversation still reads as one sample.
+        let whole = read_lines(
+            |path| spec(path, json!({"transcript": "t"}), json!({})),
+            &[json!({"t": format!("{text}\n\nHuman: c")})],
+        );
+        assert_eq!(sample(&whole[0]).messages.len(), 6001);
+        assert_eq!(sample(&items[1]).id, format!("{}#1", sample(&items[1]).key));
+    }
+
+    #[test]
+    fn hh_transcripts_give_one_sample_per_human_turn() {
+        let path = Path::new(HH_TEST);
+        let input = json!({"transcript": "chosen", "turns": "each", "limit": 20});
+        let items = read_all(&spec(path, input, json!({})));
+        let rows: Vec<String> = BufReader::new(File::open(path).expect("open"))
+            .lines()
+            .take(20)
+            .map(|line| {
+                let row: Value = serde_json::from_str(&line.expect("line")).expect("json");
+                row["chosen"].as_str().expect("chosen").to_owned()
+            })
+            .collect();
+        let marker = "\n\nHuman:";
+        let humans: usize = rows.iter().map(|text| text.matches(marker).count()).sum();
+        let counted = counts(&items);
+        assert_eq!(counted.rejected, 0);
+        assert_eq!(counted.samples, humans - counted.duplicates);
+        assert_eq!(items.len(), humans);
+        // The distinct prefixes, found on the raw text: up to each Human turn's end.
+        let mut prefixes = std::collections::HashSet::new();
+        for text in &rows {
+            for (at, _) in text.match_indices(marker) {
+                let end = text[at..]
+                    .find("\n\nAssistant:")
+                    .map_or(text.len(), |e| at + e);
+                prefixes.insert(&text[..end]);
+            }
+        }
+        assert_eq!(counted.samples, prefixes.len());
+        assert_eq!(humans, 44);
+
+        for (line, count) in per_line(&items) {
+            let text = &rows[line as usize - 1];
+            assert_eq!(count, text.matches(marker).count(), "line {line}");
+            let mut previous: Option<&Sample> = None;
+            for (turn, item) in items.iter().filter(|i| i.line() == line).enumerate() {
+                let CorpusItem::Sample(sample) = item else {
+                    continue;
+                };
+                let (base, n) = sample.id.rsplit_once('#').expect("#n");
+                assert_eq!(n, (turn + 1).to_string());
+                assert_eq!(base.len(), 32);
+                let messages = &sample.messages;
+                assert_eq!(messages.first().map(|m| m.role), Some(Role::User));
+                assert_eq!(messages.last().map(|m| m.role), Some(Role::User));
+                let users = messages.iter().filter(|m| m.role == Role::User).count();
+                assert_eq!(users, turn + 1, "line {line}");
+                if let Some(before) = previous {
+                    assert!(messages.starts_with(&before.messages), "line {line}");
+                }
+                for message in messages {
+                    assert!(text.contains(&message.content));
+                }
+                previous = Some(sample);
+            }
+        }
+        assert_eq!(per_line(&items).len(), 20);
+    }
+
+    /// A pairwise job reading TRL preference rows: `messages = "prompt"`, candidates
+    /// `chosen` and `rejected`.
+    fn trl(path: &Path) -> JobSpec {
+        let pairwise = json!({"judge": "m", "candidates": ["chosen", "rejected"]});
+        spec(
+            path,
+            json!({"messages": "prompt"}),
+            json!({"pipeline": "pairwise", "pairwise": pairwise}),
+        )
+    }
+
+    #[test]
+    fn trl_preference_rows_read_as_pairwise_samples() {
+        let m = |role: &str, content: &str| json!({"role": role, "content": content});
+        let answer = |content: &str| json!([m("assistant", content)]);
+        let prompt = json!([m("system", "be kind"), m("user", "q")]);
+        let objects = [
+            json!({"id": "x", "prompt": prompt, "chosen": answer(" good "), "rejected": answer("bad"), "p_chosen": 0.8, "readings": []}),
+            json!({"prompt": [m("user", "a"), m("assistant", "b"), m("user", "c")], "chosen": answer("d"), "rejected": "e"}),
+            json!({"prompt": prompt, "chosen": "good", "rejected": "bad"}),
+            json!({"prompt": prompt, "chosen": [m("assistant", "a"), m("assistant", "b")], "rejected": answer("c")}),
+            json!({"prompt": prompt, "chosen": answer("a"), "rejected": [m("user", "c")]}),
+            json!({"prompt": prompt, "chosen": answer("  "), "rejected": answer("c")}),
+            json!({"prompt": prompt, "chosen": [], "rejected": answer("c")}),
+            json!({"prompt": prompt, "chosen": 3, "rejected": answer("c")}),
+            json!({"prompt": prompt, "chosen": [5], "rejected": answer("c")}),
+            json!({"prompt": prompt, "chosen": answer("a"), "rejected": [{"content": "c"}]}),
+            json!({"prompt": prompt, "chosen": answer("same"), "rejected": answer("same")}),
+            json!({"chosen": answer("a"), "rejected": answer("c")}),
+            json!({"prompt": [m("user", "q"), m("assistant", "x")], "chosen": answer("a"), "rejected": answer("c")}),
+        ];
+        let items = read_lines(trl, &objects);
+        assert_eq!(items.len(), objects.len());
+        let first = sample(&items[0]);
+        let system = Message {
+            role: Role::System,
+            content: "be kind".into(),
+        };
+        assert_eq!(first.messages, vec![system, Message::user("q")]);
+        assert_eq!(
+            first.candidates,
+            Some(["good".to_owned(), "bad".to_owned()])
+        );
+        let second = sample(&items[1]);
+        assert_eq!(
+            second.messages,
+            vec![
+                Message::user("a"),
+                Message::assistant("b"),
+                Message::user("c")
+            ]
+        );
+        assert_eq!(second.candidates, Some(["d".to_owned(), "e".to_owned()]));
+        // The same answers as strings are the same work.
+        assert_eq!(items[2], duplicate(3, first.key, 1));
+        let (chosen, rejected_field) = (Some("chosen"), Some("rejected"));
+        let expected = [
+            rejected(
+                chosen,
+                "expected one assistant message, found 2 messages",
+                4,
+            ),
+            rejected(
+                rejected_field,
+                "message 1: role \"user\" is not assistant (a candidate is an answer)",
+                5,
+            ),
+            rejected(chosen, "message 1: content: empty", 6),
+            rejected(chosen, "empty", 7),
+            rejected(
+                chosen,
+                "expected a string or a [{role, content}] list, found a number",
+                8,
+            ),
+            rejected(
+                chosen,
+                "message 1: expected an object {role, content}, found a number",
+                9,
+            ),
+            rejected(rejected_field, "message 1: role: missing", 10),
+            rejected(
+                None,
+                "candidates \"chosen\" and \"rejected\" are identical",
+                11,
+            ),
+            rejected(Some("prompt"), "missing", 12),
+            rejected(Some("prompt"), "the last message must be a user turn", 13),
+        ];
+        assert_eq!(items[3..], expected);
+
+        // Without a conversation field a message list cannot be read.
+        let bare = read_lines(
+            |path| pairwise(path, json!({})),
+            &[json!({"a": answer("x"), "b": "\n\nHuman: q\n\nAssistant: y"})],
+        );
+        assert_eq!(
+            bare[0],
+            rejected(
+                Some("a"),
+                "a message list holds only the answer, and the job sets no conversation field \
+                 (for TRL preference rows: `messages = \"prompt\"`)",
+                1
+            )
         );
     }
 }

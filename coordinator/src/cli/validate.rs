@@ -26,10 +26,15 @@ pub(super) async fn validate(job: &Path) -> u8 {
     let spec = plan.spec().clone();
     let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
         let reader = corpus::open(&spec).map_err(|e| e.to_string())?;
-        let (mut lines, mut samples, mut duplicates) = (0u64, 0u64, 0u64);
+        let (mut lines, mut items, mut samples, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
+        let mut last_line = None;
         let mut rejected = Vec::new();
         for item in reader {
-            lines += 1;
+            items += 1;
+            if last_line != Some(item.line()) {
+                lines += 1;
+                last_line = Some(item.line());
+            }
             match item {
                 CorpusItem::Sample(_) => samples += 1,
                 CorpusItem::Duplicate { .. } => duplicates += 1,
@@ -38,11 +43,11 @@ pub(super) async fn validate(job: &Path) -> u8 {
                 }
             }
         }
-        Ok((lines, samples, duplicates, rejected))
+        Ok((lines, items, samples, duplicates, rejected))
     })
     .await
     .expect("the corpus reader does not panic");
-    let (lines, samples, duplicates, rejected) = match read {
+    let (lines, items, samples, duplicates, rejected) = match read {
         Ok(counts) => counts,
         Err(error) => {
             eprintln!("error: {error}");
@@ -56,10 +61,17 @@ pub(super) async fn validate(job: &Path) -> u8 {
         plan.constitution.demonstrations.len(),
         plan.constitution.hash
     );
-    println!(
-        "corpus: {lines} lines = {samples} samples + {duplicates} duplicates + {} rejected",
-        rejected.len()
-    );
+    if items == lines {
+        println!(
+            "corpus: {lines} lines = {samples} samples + {duplicates} duplicates + {} rejected",
+            rejected.len()
+        );
+    } else {
+        println!(
+            "corpus: {lines} lines -> {items} items (one per human turn) = {samples} samples + {duplicates} duplicates + {} rejected",
+            rejected.len()
+        );
+    }
     for message in rejected.iter().take(SHOWN) {
         println!("  {message}");
     }
