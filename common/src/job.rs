@@ -100,6 +100,33 @@ pub struct InputSpec {
     /// Read only the first N lines.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// One sample per line (`"whole"`, the default) or one per human turn (`"each"`), as the
+    /// Constitutional AI paper takes one prompt per human turn of its red-team conversations.
+    /// Left out of the serialised spec when `"whole"`, so the fingerprints of jobs written
+    /// before this setting existed do not change.
+    #[serde(default, skip_serializing_if = "Turns::is_whole")]
+    pub turns: Turns,
+}
+
+/// How many samples a corpus line with a multi-turn conversation becomes (`input.turns`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Turns {
+    /// One sample: the whole conversation, which must end with a user turn.
+    #[default]
+    Whole,
+    /// One sample per user turn, its conversation being everything up to and including that
+    /// turn; assistant turns after the last user turn are in no sample. The ids are the line's
+    /// id with `#<n>` appended (n counts the user turns from 1). A `prompt` field holds one user
+    /// turn, so it reads as `"whole"` (same sample, same id).
+    Each,
+}
+
+impl Turns {
+    /// Whether this is the default, `"whole"` (which is not serialised).
+    pub fn is_whole(&self) -> bool {
+        *self == Self::Whole
+    }
 }
 
 /// How the conversation of a corpus line is found.
@@ -111,6 +138,15 @@ pub enum ConversationField {
     Messages(String),
     /// An HH transcript field.
     Transcript(String),
+}
+
+impl ConversationField {
+    /// The corpus field it reads, to name it in a rejection.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Prompt(field) | Self::Messages(field) | Self::Transcript(field) => field,
+        }
+    }
 }
 
 impl InputSpec {
@@ -167,6 +203,10 @@ pub struct CritiqueReviseSpec {
     /// restarts from the conversation and the latest revision, as the paper's reading suggests).
     #[serde(default)]
     pub keep_history: bool,
+    /// Also write `preferences.jsonl`: the final revision as `chosen` over the initial answer
+    /// as `rejected` (Hugging Face's CAI recipe: revision ≻ initial, no judge).
+    #[serde(default)]
+    pub preferences: bool,
 }
 
 /// How the feedback model's answer is read.
@@ -196,7 +236,8 @@ pub struct GenerateSpec {
 pub struct PairwiseSpec {
     /// The feedback model.
     pub judge: String,
-    /// Two corpus fields holding the candidates (strings or HH transcripts sharing the prompt).
+    /// Two corpus fields holding the candidates: strings, HH transcripts sharing the prompt, or
+    /// one-message lists `[{"role": "assistant", "content": …}]` (TRL preference rows).
     #[serde(default)]
     pub candidates: Option<[String; 2]>,
     /// Or: sample the two candidates from a model.
@@ -214,6 +255,10 @@ pub struct PairwiseSpec {
     /// Clamp for `cot` labels, `[low, high]`.
     #[serde(default = "default_clamp")]
     pub clamp: [f64; 2],
+    /// Least probability the letters (A) and (B) must hold at the position read for the
+    /// reading to be trusted; below it the reading is retried once, then the sample fails.
+    #[serde(default = "default_min_letter_mass")]
+    pub min_letter_mass: f64,
 }
 
 /// Which backend serves a model.
@@ -253,6 +298,11 @@ pub struct ModelSpec {
     /// Chat or completions endpoint.
     #[serde(default = "default_endpoint")]
     pub endpoint: Endpoint,
+    /// Chat endpoints only: the server continues a final assistant message (vLLM's
+    /// `continue_final_message`, llama.cpp's server), so a judge's answer can be started with
+    /// ` (` and the next token is the letter.
+    #[serde(default)]
+    pub prefill: bool,
     /// Name of the environment variable holding the API key (the key itself is never stored).
     #[serde(default)]
     pub api_key_env: Option<String>,
@@ -322,6 +372,9 @@ fn default_mode() -> JudgeMode {
 }
 fn default_clamp() -> [f64; 2] {
     [0.4, 0.6]
+}
+fn default_min_letter_mass() -> f64 {
+    0.1
 }
 fn default_endpoint() -> Endpoint {
     Endpoint::Chat
@@ -445,6 +498,30 @@ impl JobSpec {
                 );
             }
         }
+        if self.input.turns == Turns::Each {
+            if pairs_from_corpus {
+                return fail(
+                    "input.turns",
+                    "\"each\" cannot be used with `pairwise.candidates`: a candidate pair answers \
+                     the whole conversation, not each human turn (use `turns = \"whole\"`, or \
+                     `pairwise.generate` to sample answers for every turn)"
+                        .into(),
+                );
+            }
+            let initial = self.pipeline == PipelineKind::CritiqueRevise
+                && self
+                    .critique_revise
+                    .as_ref()
+                    .is_some_and(|c| c.initial.is_some());
+            if initial {
+                return fail(
+                    "input.turns",
+                    "\"each\" cannot be used with `critique_revise.initial`: a given first answer \
+                     answers the whole conversation, not each human turn"
+                        .into(),
+                );
+            }
+        }
         if self.input.limit == Some(0) {
             return fail("input.limit", "must be at least 1".into());
         }
@@ -515,10 +592,17 @@ impl JobSpec {
                     );
                 }
                 let [low, high] = pw.clamp;
-                if !(0.0..=1.0).contains(&low) || !(0.0..=1.0).contains(&high) || low > high {
+                if !(0.0..=0.5).contains(&low) || !(0.5..=1.0).contains(&high) {
                     return fail(
                         "pairwise.clamp",
-                        "must be [low, high] with 0 <= low <= high <= 1".into(),
+                        "must be a range around 0.5: [low, high] with 0 <= low <= 0.5 <= high <= 1"
+                            .into(),
+                    );
+                }
+                if !(0.0..1.0).contains(&pw.min_letter_mass) {
+                    return fail(
+                        "pairwise.min_letter_mass",
+                        "must be at least 0 and below 1".into(),
                     );
                 }
             }
@@ -765,5 +849,99 @@ api_key_env = "OPENAI_API_KEY"
             &changed.spec.semantic_view("c1"),
         );
         assert_eq!(changes, vec!["critique_revise.revisions: 4 → 2".to_owned()]);
+    }
+
+    const PAIRWISE: &str = r#"
+name = "harmless-rl"
+pipeline = "pairwise"
+
+[input]
+path = "pairs.jsonl"
+messages = "prompt"
+
+[constitution]
+path = "constitution.toml"
+
+[pairwise]
+judge = "feedback"
+candidates = ["chosen", "rejected"]
+
+[models.feedback]
+backend = "mock"
+"#;
+
+    fn invalid(text: &str) -> (String, String) {
+        match parse(text) {
+            Err(JobError::Invalid { field, message, .. }) => (field, message),
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn turns_default_to_whole_and_each_is_allowed_without_candidates() {
+        assert_eq!(parse(EXAMPLE).unwrap().spec.input.turns, Turns::Whole);
+        let each = EXAMPLE.replace("limit = 1000", "limit = 1000\nturns = \"each\"");
+        assert_eq!(parse(&each).unwrap().spec.input.turns, Turns::Each);
+        let transcript = each.replace("prompt = \"prompt\"", "transcript = \"conversation\"");
+        assert_eq!(parse(&transcript).unwrap().spec.input.turns, Turns::Each);
+        // Pairs sampled from a model answer each turn's conversation.
+        let generate = PAIRWISE
+            .replace(
+                "messages = \"prompt\"",
+                "messages = \"prompt\"\nturns = \"each\"",
+            )
+            .replace(
+                "candidates = [\"chosen\", \"rejected\"]",
+                "generate = { model = \"feedback\" }",
+            );
+        assert_eq!(parse(&generate).unwrap().spec.input.turns, Turns::Each);
+        // TRL rows: `messages` and `candidates` together.
+        let trl = parse(PAIRWISE).unwrap();
+        assert_eq!(
+            trl.spec.input.conversation_field(),
+            Some(ConversationField::Messages("prompt".into()))
+        );
+    }
+
+    #[test]
+    fn each_is_refused_with_candidates_or_a_given_answer_and_unknown_values_are_errors() {
+        let pairs = PAIRWISE.replace(
+            "messages = \"prompt\"",
+            "messages = \"prompt\"\nturns = \"each\"",
+        );
+        let (field, message) = invalid(&pairs);
+        assert_eq!(field, "input.turns");
+        assert!(message.contains("pairwise.candidates"), "{message}");
+        let transcripts = pairs.replace("messages = \"prompt\"\n", "");
+        assert_eq!(invalid(&transcripts).0, "input.turns");
+        let initial = EXAMPLE
+            .replace("limit = 1000", "turns = \"each\"")
+            .replace("revisions = 4", "revisions = 4\ninitial = \"response\"");
+        let (field, message) = invalid(&initial);
+        assert_eq!(field, "input.turns");
+        assert!(message.contains("critique_revise.initial"), "{message}");
+        let unknown = EXAMPLE.replace("limit = 1000", "turns = \"all\"");
+        match parse(&unknown) {
+            Err(JobError::Parse { message, .. }) => {
+                assert!(message.contains("unknown variant `all`"), "{message}");
+                assert!(
+                    message.contains("`whole`") && message.contains("`each`"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn turns_whole_leaves_the_fingerprint_as_it_was() {
+        let job = parse(EXAMPLE).unwrap();
+        let view = job.spec.semantic_view("c1");
+        assert!(view["input"].get("turns").is_none(), "{view}");
+        let explicit = parse(&EXAMPLE.replace("limit = 1000", "turns = \"whole\"")).unwrap();
+        assert_eq!(job.spec.fingerprint("c1"), explicit.spec.fingerprint("c1"));
+        let each = parse(&EXAMPLE.replace("limit = 1000", "turns = \"each\"")).unwrap();
+        let changes = describe_changes(&view, &each.spec.semantic_view("c1"));
+        assert_eq!(changes, vec!["input.turns: (unset) → \"each\"".to_owned()]);
     }
 }

@@ -50,6 +50,11 @@ pub struct Reading {
     pub order: String,
     /// Normalised probability of the first-shown option (A).
     pub p_first: f64,
+    /// The probability the two letters held at the position read (a lower bound: only the
+    /// spellings the server returned count), so a label can be audited; absent in rows from
+    /// workers older than this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub letter_mass: Option<f64>,
 }
 
 /// One preference row (TRL conversational explicit-prompt format), as written to `preferences.jsonl`.
@@ -72,6 +77,23 @@ pub struct PreferenceRow {
     pub position_consistent: Option<bool>,
 }
 
+/// A preference row of a critique-revise job (`preferences = true`): the final revision over the
+/// initial answer, as Hugging Face's CAI recipe builds its preference data (no judge). TRL
+/// conversational explicit-prompt format, so a pairwise job can read it back as its corpus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RevisionPreferenceRow {
+    /// Sample id.
+    pub id: String,
+    /// The conversation, ending with the user turn.
+    pub prompt: Vec<Message>,
+    /// The final revision.
+    pub chosen: Vec<Message>,
+    /// The initial answer.
+    pub rejected: Vec<Message>,
+    /// The principles of the rounds that led from `rejected` to `chosen`, in order.
+    pub principle_ids: Vec<String>,
+}
+
 /// The output rows of a completed sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -80,6 +102,9 @@ pub enum Output {
     Sft {
         /// One row (final) or one per round (every).
         rows: Vec<SftRow>,
+        /// With `preferences = true`: revision ≻ initial.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        preference: Option<RevisionPreferenceRow>,
     },
     /// A pairwise label.
     Preference {
@@ -129,6 +154,10 @@ pub struct TraceStep {
     /// Whether the result came from the step cache rather than a new call.
     #[serde(default)]
     pub cached: bool,
+    /// For a judge step, the raw top log-probabilities of every judged position as
+    /// `[token, logprob]` pairs, so a reading can be checked against what the server returned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Vec<Vec<(String, f64)>>>,
 }
 
 /// A worker's result for one sample.

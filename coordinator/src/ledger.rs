@@ -304,10 +304,13 @@ impl Ledger {
         }
         let status = match &result.outcome {
             Outcome::Done {
-                output: Output::Sft { rows },
+                output: Output::Sft { rows, preference },
             } => {
                 for row in rows {
                     self.append(0, row)?;
+                }
+                if let Some(preference) = preference {
+                    self.append(1, preference)?;
                 }
                 Status::Done
             }
@@ -441,6 +444,7 @@ mod tests {
             id: format!("s{n}"),
             outcome: Outcome::Done {
                 output: Output::Sft {
+                    preference: None,
                     rows: vec![SftRow {
                         id: format!("s{n}"),
                         messages: vec![Message::user("q"), Message::assistant("a")],

@@ -20,6 +20,7 @@ pub mod coordinate;
 pub mod corpus;
 pub mod distributed;
 pub mod embedded;
+pub mod label_stats;
 pub mod ledger;
 pub mod manifest;
 pub mod observe;

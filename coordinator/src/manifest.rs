@@ -1,5 +1,6 @@
 //! `manifest.json`: what a run produced and how: the job's semantic spec (which holds no URLs
-//! and no key names, so no secrets), the constitution hash, counts that add up, tokens, timings.
+//! and no key names, so no secrets), the constitution hash, counts that add up, tokens, timings,
+//! and for a pairwise job the label statistics.
 
 use std::path::Path;
 use std::time::SystemTime;
@@ -7,6 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::coordinate::Summary;
+use crate::label_stats::LabelStats;
 use crate::plan::{MANIFEST_FILE, Plan};
 use crate::progress::Counts;
 
@@ -26,10 +28,30 @@ struct Manifest<'a> {
     started_at: String,
     finished_at: String,
     elapsed_s: f64,
+    /// Pairwise jobs: what the labels look like as a whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    labels: Option<LabelStats>,
+}
+
+/// The label statistics of a pairwise job's output directory, or `None` for another pipeline.
+pub fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
+    let Some(pairwise) = &plan.spec().pairwise else {
+        return Ok(None);
+    };
+    let first_is_human = pairwise
+        .candidates
+        .as_ref()
+        .is_some_and(|[first, second]| first == "chosen" && second == "rejected");
+    LabelStats::read(plan.job.output_dir(), first_is_human).map(Some)
 }
 
 /// Writes the manifest of a run into the output directory (atomically: write, then rename).
-pub fn write(plan: &Plan, summary: &Summary, started_at: SystemTime) -> std::io::Result<()> {
+pub fn write(
+    plan: &Plan,
+    summary: &Summary,
+    started_at: SystemTime,
+    labels: Option<LabelStats>,
+) -> std::io::Result<()> {
     let manifest = Manifest {
         name: &plan.spec().name,
         version: env!("CARGO_PKG_VERSION"),
@@ -45,6 +67,7 @@ pub fn write(plan: &Plan, summary: &Summary, started_at: SystemTime) -> std::io:
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         elapsed_s: summary.elapsed.as_secs_f64(),
+        labels,
     };
     let dir = plan.job.output_dir();
     let temporary = dir.join(".manifest.json.tmp");

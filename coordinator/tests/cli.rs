@@ -224,7 +224,7 @@ fn an_unreadable_constitution_is_named() {
 fn a_pairwise_job_refuses_a_constitution_without_judge_questions() {
     let dir = tempfile::tempdir().unwrap();
     let hf = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/data/constitutions/huggingface-llm-swarm/constitution_anthropic.json");
+        .join("../data/constitutions/huggingface-llm-swarm/constitution_anthropic.json");
     let job = dir.path().join("job.toml");
     std::fs::write(dir.path().join("pairs.jsonl"), "{\"chosen\": \"\\n\\nHuman: hi\\n\\nAssistant: a\", \"rejected\": \"\\n\\nHuman: hi\\n\\nAssistant: b\"}\n").unwrap();
     std::fs::write(
@@ -262,4 +262,103 @@ fn a_changed_spec_is_refused_with_what_changed_unless_new() {
     let traces = rows(&dir.path().join("out/traces.jsonl"));
     assert_eq!(traces.len(), 2);
     assert!(traces.iter().all(|t| t["usage"]["calls"] == 5));
+}
+
+#[test]
+fn log_lines_carry_no_colour_codes_off_a_terminal() {
+    let (_dir, job) = bad_corpus();
+    let output = Command::new(env!("CARGO_BIN_EXE_cai"))
+        .args(["run", job.to_str().unwrap()])
+        .env("CAI_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert!(stderr(&output).contains(" DEBUG "), "{}", stderr(&output));
+    assert!(!stderr(&output).contains('\u{1b}'), "{:?}", stderr(&output));
+}
+
+#[test]
+fn init_writes_a_job_that_validates_and_runs_for_each_pipeline() {
+    for (pipeline, rows_file) in [
+        ("critique-revise", "sft.jsonl"),
+        ("pairwise", "preferences.jsonl"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("First Job");
+        let init = cai(&["init", pipeline, target.to_str().unwrap()]);
+        assert_eq!(init.status.code(), Some(0), "{}", stderr(&init));
+        assert!(stdout(&init).contains("'"), "a path with a space is quoted");
+        let job = target.join("job.toml");
+        let text = std::fs::read_to_string(&job).unwrap();
+        assert!(text.contains("name = \"first-job\""), "{text}");
+        assert!(text.contains(&format!("pipeline = \"{pipeline}\"")));
+
+        let validate = cai(&["validate", job.to_str().unwrap()]);
+        assert_eq!(validate.status.code(), Some(0), "{}", stdout(&validate));
+        assert!(
+            stdout(&validate).contains("corpus: 3 lines = 3 samples + 0 duplicates + 0 rejected"),
+            "{}",
+            stdout(&validate)
+        );
+        let run = cai(&["run", job.to_str().unwrap()]);
+        assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+        assert_eq!(rows(&target.join("out").join(rows_file)).len(), 3);
+
+        let again = cai(&["init", pipeline, target.to_str().unwrap()]);
+        assert_eq!(again.status.code(), Some(2));
+        assert!(
+            stderr(&again).contains("already exists"),
+            "{}",
+            stderr(&again)
+        );
+        assert_eq!(
+            std::fs::read_to_string(&job).unwrap(),
+            text,
+            "nothing overwritten"
+        );
+    }
+}
+
+/// Every job file the repository ships validates as it stands, so an example cannot rot: exit 0,
+/// or 1 where the shipped data itself has lines the reader rejects (the HH pairs have one with an
+/// empty final turn), never 2 (a bad job file, constitution, model or corpus path).
+/// Examples on the local backend need the test model where they name it (`models/`, where
+/// `scripts/fetch-model.sh` puts it; CI always fetches it): without it they are skipped, saying so.
+#[test]
+fn every_shipped_job_file_validates() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut jobs: Vec<PathBuf> = ["examples", "deploy/jobs"]
+        .iter()
+        .flat_map(|folder| std::fs::read_dir(root.join(folder)).unwrap())
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    jobs.sort();
+    assert!(jobs.len() >= 5, "{jobs:?}");
+    let model_present = root.join("models/SmolLM2-135M-Instruct.Q4_1.gguf").exists();
+    for job in &jobs {
+        let text = std::fs::read_to_string(job).unwrap();
+        if text.contains("backend = \"local\"") && !model_present {
+            assert!(
+                std::env::var_os("CAI_TEST_MODEL").is_none(),
+                "CAI_TEST_MODEL is set but models/ has no test model for {}",
+                job.display()
+            );
+            eprintln!("skipped {}: no test model in models/", job.display());
+            continue;
+        }
+        let output = Command::new(env!("CARGO_BIN_EXE_cai"))
+            .arg("validate")
+            .arg(job)
+            .env("OPENAI_API_KEY", "validate-calls-no-model")
+            .output()
+            .unwrap();
+        assert!(
+            matches!(output.status.code(), Some(0 | 1)) && stdout(&output).contains("corpus: "),
+            "{}:\n{}{}",
+            job.display(),
+            stdout(&output),
+            stderr(&output)
+        );
+    }
 }

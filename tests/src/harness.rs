@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use cai_coordinator::coordinate::Summary;
 use cai_coordinator::embedded::{self, EmbeddedOptions};
+use cai_coordinator::manifest;
 use cai_coordinator::plan::Plan;
 use cai_coordinator::progress::Progress;
 use cai_worker::model::Models;
@@ -90,20 +91,24 @@ pub fn read_jsonl(path: &Path) -> Vec<Value> {
     }
 }
 
-/// Runs a job file to completion in this process (embedded mode), as `cai run` would.
+/// Runs a job file to completion in this process (embedded mode), as `cai run` would, manifest
+/// included.
 pub async fn run_job(job: &Path) -> anyhow::Result<Summary> {
     let plan = Plan::load(job)?;
     plan.claim_output(false)?;
     let models = Models::build(&plan.spec().models)?;
     let options = EmbeddedOptions::for_plan(&plan, 2);
-    embedded::run(
+    let started_at = std::time::SystemTime::now();
+    let summary = embedded::run(
         &plan,
         models,
         &options,
         Arc::new(Progress::default()),
         CancellationToken::new(),
     )
-    .await
+    .await?;
+    manifest::write(&plan, &summary, started_at, manifest::label_stats(&plan)?)?;
+    Ok(summary)
 }
 
 /// The `cai` binary of this build. `cargo test --workspace` (or `-p cai-coordinator`, whose

@@ -33,6 +33,15 @@
 //! and `"."` (0.1); no more than `max_tokens` positions are returned. With
 //! [`ServerConfig::no_letters`] the first position holds only `" The"`, `" I"` and `" ("`.
 //! The reply text is the most probable token of each position, e.g. `" A)"`.
+//! [`ServerConfig::judge_shape`] moves the letters: [`JudgeShape::ParenFirst`] puts a `" ("`
+//! position (with a faint `"B"` in its tail) before them, as a chat judge answering `" (A)"`
+//! does; [`JudgeShape::Faint`] leaves them only 0.03 of the first position.
+//! [`ServerConfig::top_n`] cuts every position to its most probable candidates, as TGI does.
+//!
+//! # Strict chat
+//! With [`ServerConfig::strict_chat`] a chat request is refused with a 400, as Mistral's chat
+//! template refuses it, unless its roles alternate user/assistant after an optional leading
+//! system message and it ends with the user's message (or continues the assistant's).
 //!
 //! Log-probabilities use the chat wire format (`logprobs.content[i].top_logprobs`) on the chat
 //! endpoint and the legacy one (`logprobs.top_logprobs[i]`, a token → log-probability map) on the
@@ -77,6 +86,12 @@ const OTHERS: [(&str, f64); 2] = [("The", 0.06), (" I", 0.04)];
 const NO_LETTERS: [(&str, f64); 3] = [(" The", 0.5), (" I", 0.3), (" (", 0.2)];
 /// The second position of a judgment.
 const SECOND: [(&str, f64); 2] = [(")", 0.9), (".", 0.1)];
+/// The first position of a [`JudgeShape::ParenFirst`] judgment.
+const PAREN_FIRST: [(&str, f64); 4] = [(" (", 0.93), (" The", 0.04), ("\n", 0.02), ("B", 0.01)];
+/// The non-letter tokens of a [`JudgeShape::Faint`] judgment's first position (sum 0.97).
+const FAINT_OTHERS: [(&str, f64); 3] = [("I", 0.6), (" The", 0.3), (" It", 0.07)];
+/// Share of a faint position held by the letters.
+const FAINT_MASS: f64 = 0.03;
 /// How long a hanging request goes unanswered (unless the server stops first): longer than any
 /// sane client timeout.
 pub const HANG: Duration = Duration::from_secs(60);
@@ -107,6 +122,28 @@ pub struct ServerConfig {
     /// memory): only count the requests and how many repeat an earlier body
     /// ([`ModelServer::counts`]).
     pub count_only: bool,
+    /// Where a judgment puts its letters (see [`JudgeShape`]).
+    pub judge_shape: JudgeShape,
+    /// Return at most this many candidates per position, as TGI's `--max-top-n-tokens`
+    /// (default 5) does; `None` returns them all.
+    pub top_n: Option<usize>,
+    /// Refuse (400, with Mistral's template's message) a chat request whose roles do not
+    /// alternate user/assistant after an optional leading system message, or that does not end
+    /// with a user message (unless it asks to continue the final assistant message).
+    pub strict_chat: bool,
+}
+
+/// Where a judgment's letters are, at the probability [`p_first`] gives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JudgeShape {
+    /// The first position holds the letters (0.9 of its mass).
+    #[default]
+    LettersFirst,
+    /// A chat judge answering `" (A)"`: the first position is mostly `" ("` with a faint `"B"`
+    /// (0.01) in its tail; the letters (0.9 of the mass) are at the second position.
+    ParenFirst,
+    /// The letters hold only 0.03 of the first position and appear nowhere else.
+    Faint,
 }
 
 /// The probability of each kind of injected fault per request; their sum is at most 1.
@@ -168,6 +205,18 @@ pub struct RecordedCall {
     pub judge: bool,
     /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
     pub fault: Option<&'static str>,
+}
+
+impl RecordedCall {
+    /// The prompt text the server derived the reply from (see the module documentation).
+    pub fn prompt_text(&self) -> Option<String> {
+        let api = if self.endpoint == "chat" {
+            Api::Chat
+        } else {
+            Api::Completions
+        };
+        prompt_text(api, &self.body).ok()
+    }
 }
 
 /// A running test server; dropping it shuts it down.
@@ -517,13 +566,23 @@ fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result<Value, Str
         .get("model")
         .and_then(Value::as_str)
         .ok_or("`model` is required")?;
+    if let (Api::Chat, true) = (api, config.strict_chat)
+        && let Some(violation) = strict_chat_violation(request)
+    {
+        return Err(violation);
+    }
     let prompt = prompt_text(api, request)?;
     let (text, logprobs, finish_reason) = if is_judge(request) {
         let max_tokens = request
             .get("max_tokens")
             .and_then(Value::as_u64)
             .unwrap_or(16);
-        let positions = judge_positions(&prompt, config.no_letters, max_tokens);
+        let mut positions = judge_positions(&prompt, config, max_tokens);
+        if let Some(top_n) = config.top_n {
+            for position in &mut positions {
+                position.truncate(top_n.max(1));
+            }
+        }
         let text: String = positions.iter().map(|top| top[0].0.as_str()).collect();
         let format = config.logprob_format.unwrap_or(match api {
             Api::Chat => LogprobFormat::Chat,
@@ -596,26 +655,80 @@ fn tokens(text: &str) -> u64 {
 }
 
 /// The candidates of each generated position of a judgment, most probable first.
-fn judge_positions(prompt: &str, no_letters: bool, max_tokens: u64) -> Vec<Vec<(String, f64)>> {
+fn judge_positions(
+    prompt: &str,
+    config: &ServerConfig,
+    max_tokens: u64,
+) -> Vec<Vec<(String, f64)>> {
     let owned = |candidates: &[(&str, f64)]| -> Vec<(String, f64)> {
         candidates.iter().map(|&(t, p)| (t.to_owned(), p)).collect()
     };
-    let mut first = if no_letters {
-        owned(&NO_LETTERS)
-    } else {
+    let letters = |mass: f64| -> Vec<(String, f64)> {
         let p = p_first(prompt);
-        let mut first = owned(&OTHERS);
-        for (letter, mass) in [("A", p), ("B", 1.0 - p)] {
+        let mut spelled = Vec::new();
+        for (letter, share_of_mass) in [("A", p), ("B", 1.0 - p)] {
             for (spelling, share) in SPELLINGS {
-                first.push((spelling.replace("{}", letter), LETTER_MASS * mass * share));
+                spelled.push((spelling.replace("{}", letter), mass * share_of_mass * share));
             }
         }
-        first
+        spelled
     };
-    first.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let mut positions = vec![first, owned(&SECOND)];
+    let mut positions = if config.no_letters {
+        vec![owned(&NO_LETTERS), owned(&SECOND)]
+    } else {
+        match config.judge_shape {
+            JudgeShape::LettersFirst => {
+                let mut first = owned(&OTHERS);
+                first.extend(letters(LETTER_MASS));
+                vec![first, owned(&SECOND)]
+            }
+            JudgeShape::ParenFirst => {
+                let mut second = owned(&OTHERS);
+                second.extend(letters(LETTER_MASS));
+                vec![owned(&PAREN_FIRST), second, owned(&SECOND)]
+            }
+            JudgeShape::Faint => {
+                let mut first = owned(&FAINT_OTHERS);
+                first.extend(letters(FAINT_MASS));
+                vec![first, owned(&SECOND)]
+            }
+        }
+    };
+    for position in &mut positions {
+        position.sort_by(|a, b| b.1.total_cmp(&a.1));
+    }
     positions.truncate(max_tokens.max(1) as usize);
     positions
+}
+
+/// Why a chat request breaks a strict chat template, if it does: roles must alternate user,
+/// assistant, user, … after an optional leading system message, and the last message must be
+/// the user's unless the request continues the final assistant message.
+fn strict_chat_violation(request: &Value) -> Option<String> {
+    let messages = request.get("messages")?.as_array()?;
+    let roles: Vec<&str> = messages
+        .iter()
+        .map(|m| m.get("role").and_then(Value::as_str).unwrap_or(""))
+        .collect();
+    let body = match roles.first() {
+        Some(&"system") => &roles[1..],
+        _ => &roles[..],
+    };
+    let alternates = body
+        .iter()
+        .enumerate()
+        .all(|(i, role)| *role == if i % 2 == 0 { "user" } else { "assistant" });
+    if !alternates || body.is_empty() {
+        return Some(
+            "Conversation roles must alternate user/assistant/user/assistant/... (after an optional system message)"
+                .into(),
+        );
+    }
+    let continues = request.get("continue_final_message") == Some(&Value::Bool(true));
+    if body.last() != Some(&"user") && !continues {
+        return Some("the last message must be the user's".into());
+    }
+    None
 }
 
 /// The `logprobs` object of a choice in `format`.
@@ -669,7 +782,7 @@ mod tests {
         let ps: Vec<f64> = (0..200).map(|i| p_first(&format!("prompt {i}"))).collect();
         assert!(ps.iter().all(|p| (0.05..0.95).contains(p)));
         assert!(ps.iter().any(|&p| p < 0.3) && ps.iter().any(|&p| p > 0.7));
-        let positions = judge_positions("prompt 1", false, 3);
+        let positions = judge_positions("prompt 1", &ServerConfig::default(), 3);
         assert_eq!(positions.len(), 2);
         let total: f64 = positions[0].iter().map(|c| c.1).sum();
         assert!((total - 1.0).abs() < 1e-12);
@@ -682,7 +795,11 @@ mod tests {
         };
         let p = mass('A') / (mass('A') + mass('B'));
         assert!((p - p_first("prompt 1")).abs() < 1e-12);
-        assert_eq!(judge_positions("x", true, 1).len(), 1);
+        let no_letters = ServerConfig {
+            no_letters: true,
+            ..ServerConfig::default()
+        };
+        assert_eq!(judge_positions("x", &no_letters, 1).len(), 1);
     }
 
     fn shared(faults: Faults) -> Shared {

@@ -94,6 +94,7 @@ fn ask(question: &str) -> Prompt {
     Prompt {
         turns: vec![Turn::new(Speaker::Human, question)],
         reply_as: Some(Speaker::Assistant),
+        prefill: None,
     }
 }
 

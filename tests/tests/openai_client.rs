@@ -40,6 +40,7 @@ fn prompt(question: &str) -> Prompt {
             ),
         ],
         reply_as: Some(Speaker::Critique),
+        prefill: None,
     }
 }
 

@@ -3,7 +3,7 @@
 //! log-probability wire formats, calls per sample, and a judge that never names a letter.
 
 use cai_tests::harness::{JobDir, repo_file, run_job};
-use cai_tests::model_server::{LogprobFormat, ModelServer, ServerConfig, p_first};
+use cai_tests::model_server::{JudgeShape, LogprobFormat, ModelServer, ServerConfig, p_first};
 use serde_json::Value;
 
 const PAIRS: &str = "hh-rlhf/harmless-base/test.jsonl";
@@ -57,8 +57,18 @@ fn prompt_text(body: &Value) -> String {
     }
 }
 
-/// Checks every preference row against the judge calls the server saw.
+/// Checks every preference row against the judge calls the server saw, each reading within
+/// `tolerance` of the probability the server meant.
 fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
+    check_labels_within(dir, server, readings_per_row, 1e-9);
+}
+
+fn check_labels_within(
+    dir: &JobDir,
+    server: &ModelServer,
+    readings_per_row: usize,
+    tolerance: f64,
+) {
     let rows = dir.rows("preferences.jsonl");
     assert_eq!(rows.len(), SAMPLES);
     let mut served: Vec<f64> = server
@@ -108,12 +118,13 @@ fn check_labels(dir: &JobDir, server: &ModelServer, readings_per_row: usize) {
             "user"
         );
     }
-    // Each reading is exactly the server's normalised probability, summed over spellings.
+    // Each reading is the server's normalised probability, summed over spellings. (If every
+    // reading is within the tolerance of its call's probability, so are the sorted lists.)
     served.sort_by(f64::total_cmp);
     read.sort_by(f64::total_cmp);
     assert_eq!(served.len(), read.len());
     for (s, r) in served.iter().zip(&read) {
-        assert!((s - r).abs() < 1e-9, "server {s} vs read {r}");
+        assert!((s - r).abs() < tolerance, "server {s} vs read {r}");
     }
     let labels: std::collections::HashSet<u64> = rows
         .iter()
@@ -140,6 +151,22 @@ async fn chat_endpoint_with_swap() {
     );
     check_labels(&dir, &server, 2);
     let rows = dir.rows("preferences.jsonl");
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/manifest.json")).unwrap())
+            .unwrap();
+    let labels = &manifest["labels"];
+    assert_eq!(labels["labels"], SAMPLES);
+    let consistent = rows
+        .iter()
+        .filter(|r| r["position_consistent"] == true)
+        .count();
+    assert!(
+        (labels["position_consistency"].as_f64().unwrap() - consistent as f64 / SAMPLES as f64)
+            .abs()
+            < 1e-12
+    );
+    assert!((labels["mean_letter_mass"].as_f64().unwrap() - 0.9).abs() < 1e-9);
+    assert!(labels["human_agreement"].as_f64().is_some(), "{labels}");
     for row in &rows {
         let readings = row["readings"].as_array().unwrap();
         assert_eq!(readings[0]["order"], "xy");
@@ -233,4 +260,106 @@ async fn a_judge_without_letters_is_retried_once_then_the_sample_fails() {
                 .contains("neither (A) nor (B)")
     }));
     assert!(dir.rows("preferences.jsonl").is_empty());
+}
+
+/// Every judged position's raw top log-probabilities are in the trace, and every reading says
+/// how much probability its letters held.
+fn check_audit_trail(dir: &JobDir, letter_mass: f64) {
+    for row in dir.rows("preferences.jsonl") {
+        for reading in row["readings"].as_array().unwrap() {
+            let mass = reading["letter_mass"].as_f64().unwrap();
+            assert!((mass - letter_mass).abs() < 1e-9, "{reading}");
+        }
+    }
+    for trace in dir.rows("traces.jsonl") {
+        for step in trace["steps"].as_array().unwrap() {
+            let positions = step["top_logprobs"].as_array().unwrap();
+            assert!(!positions.is_empty() && positions[0].as_array().unwrap().len() >= 2);
+        }
+    }
+}
+
+/// A chat judge that answers " (A)": its first position is " (" with a faint "B" in the tail.
+/// The reading is taken where the letters are, on both endpoints: the true probability, not the
+/// hard 0 the faint tail letter would give.
+#[tokio::test]
+async fn a_paren_first_judge_is_read_where_the_letters_are() {
+    for endpoint in ["chat", "completions"] {
+        let server = ModelServer::start(ServerConfig {
+            judge_shape: JudgeShape::ParenFirst,
+            ..ServerConfig::default()
+        })
+        .await;
+        let dir = JobDir::new();
+        let summary = run_job(&job(&dir, &server.url(), endpoint, true, 1))
+            .await
+            .unwrap();
+        assert_eq!(summary.counts.done, SAMPLES as u64, "{endpoint}");
+        check_labels_within(&dir, &server, 2, 0.02);
+        check_audit_trail(&dir, 0.9);
+    }
+}
+
+/// TGI returns 5 candidates a position: away from 0.5 the rarer letter's spellings fall out of
+/// the list, some or all of them. A letter with none returned gets the rarest returned token's
+/// probability (0.04 here) in place of its unknown share, so no label is a hard 0 or 1. The
+/// spellings that were cut are lost (this server spreads each letter over three spellings, so a
+/// cut can hide 40 % of a letter): readings stay within 0.1 of the truth, not exact.
+#[tokio::test]
+async fn a_letter_cut_from_a_top_5_list_gives_no_hard_label() {
+    let server = ModelServer::start(ServerConfig {
+        top_n: Some(5),
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    run_job(&job(&dir, &server.url(), "chat", true, 1))
+        .await
+        .unwrap();
+    let extreme = server
+        .calls()
+        .iter()
+        .map(|c| p_first(&c.prompt_text().unwrap()))
+        .filter(|p| !(0.07..=0.93).contains(p))
+        .count();
+    assert!(extreme > 0, "some call must lose a letter from its top 5");
+    check_labels_within(&dir, &server, 2, 0.1);
+    for row in dir.rows("preferences.jsonl") {
+        for reading in row["readings"].as_array().unwrap() {
+            let p = reading["p_first"].as_f64().unwrap();
+            assert!(p > 0.0 && p < 1.0, "{reading}");
+        }
+    }
+}
+
+/// Letters holding 0.03 of the probability are noise, not a judgment: retried once, then the
+/// sample fails with a reason naming the mass, and the manifest counts it.
+#[tokio::test]
+async fn faint_letters_fail_the_sample_with_a_reason() {
+    let server = ModelServer::start(ServerConfig {
+        judge_shape: JudgeShape::Faint,
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    let summary = run_job(&job(&dir, &server.url(), "completions", true, 1))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.counts.done, summary.counts.failed),
+        (0, SAMPLES as u64)
+    );
+    assert_eq!(server.calls().len(), 2 * SAMPLES);
+    for failed in dir.rows("failed.jsonl") {
+        let reason = failed["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("held only 0.0300") && reason.contains("min_letter_mass 0.1"),
+            "{reason}"
+        );
+    }
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["labels"]["failed_low_letter_mass"], SAMPLES);
+    assert_eq!(manifest["labels"]["labels"], 0);
 }

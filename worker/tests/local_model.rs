@@ -36,6 +36,7 @@ fn ask(question: &str) -> Prompt {
     Prompt {
         turns: vec![Turn::new(Speaker::Human, question)],
         reply_as: Some(Speaker::Assistant),
+        prefill: None,
     }
 }
 
@@ -151,6 +152,7 @@ async fn judge_reads_option_probabilities_from_the_next_token_logprobs() {
             "Which of these animals is a mammal?\n\nOptions:\n(A) The dog\n(B) The trout\n\nThe answer is:",
         )],
         reply_as: None,
+        prefill: None,
     };
     let judgment = judge.judge(&prompt, 0).await.unwrap();
     assert!((1..=3).contains(&judgment.positions.len()), "{judgment:?}");

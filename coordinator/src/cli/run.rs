@@ -84,7 +84,17 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return 1;
         }
     };
-    if let Err(error) = manifest::write(&plan, &summary, started_at) {
+    let labels = match manifest::label_stats(&plan) {
+        Ok(labels) => labels,
+        Err(error) => {
+            eprintln!(
+                "error: {}: cannot read the labels back: {error}",
+                plan.job.output_dir().display()
+            );
+            return 1;
+        }
+    };
+    if let Err(error) = manifest::write(&plan, &summary, started_at, labels.clone()) {
         eprintln!(
             "error: {}: cannot write the manifest: {error}",
             plan.job.output_dir().display()
@@ -118,6 +128,9 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         summary.usage.tokens_out,
         summary.usage.cost_micro_usd as f64 / 1e6,
     );
+    if let Some(labels) = &labels {
+        eprintln!("{}", labels.describe());
+    }
     eprintln!("output: {}", plan.job.output_dir().display());
     if summary.complete { 0 } else { 130 }
 }

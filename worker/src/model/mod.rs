@@ -38,6 +38,10 @@ pub enum Speaker {
     RevisionRequest,
     /// The revision.
     Revision,
+    /// Untagged text: a completions transcript shows it with no speaker label (the paper's
+    /// feedback prompt for a pretrained model is plain text, not a dialogue); a chat endpoint
+    /// sees it as a user message.
+    Text,
 }
 
 impl Speaker {
@@ -45,7 +49,10 @@ impl Speaker {
     pub fn chat_role(self) -> Role {
         match self {
             Speaker::System => Role::System,
-            Speaker::Human | Speaker::CritiqueRequest | Speaker::RevisionRequest => Role::User,
+            Speaker::Human
+            | Speaker::CritiqueRequest
+            | Speaker::RevisionRequest
+            | Speaker::Text => Role::User,
             Speaker::Assistant | Speaker::Critique | Speaker::Revision => Role::Assistant,
         }
     }
@@ -60,6 +67,7 @@ impl Speaker {
             Speaker::Critique => "Critique",
             Speaker::RevisionRequest => "RevisionRequest",
             Speaker::Revision => "Revision",
+            Speaker::Text => "",
         }
     }
 
@@ -100,6 +108,11 @@ pub struct Prompt {
     /// Who the model speaks as. `None` continues the last turn's text directly (a completions
     /// endpoint sees no trailing label; a chat endpoint answers as the assistant).
     pub reply_as: Option<Speaker>,
+    /// The start of the reply, already written, so that the next token is the one to read (a
+    /// judge's ` (` before the letter). A completions transcript ends with it; a chat request
+    /// carries it as the start of the assistant's message only where the model is set to
+    /// continue one (`prefill = true`), and otherwise leaves it out.
+    pub prefill: Option<String>,
 }
 
 impl Prompt {
@@ -108,9 +121,15 @@ impl Prompt {
     pub fn transcript(&self) -> String {
         let mut text = String::new();
         for turn in &self.turns {
-            text.push_str("\n\n");
-            text.push_str(turn.speaker.label());
-            text.push_str(": ");
+            if turn.speaker == Speaker::Text {
+                if !text.is_empty() {
+                    text.push_str("\n\n");
+                }
+            } else {
+                text.push_str("\n\n");
+                text.push_str(turn.speaker.label());
+                text.push_str(": ");
+            }
             text.push_str(&turn.text);
         }
         if let Some(speaker) = self.reply_as {
@@ -118,7 +137,38 @@ impl Prompt {
             text.push_str(speaker.label());
             text.push(':');
         }
+        if let Some(prefill) = &self.prefill {
+            text.push_str(prefill);
+        }
         text
+    }
+
+    /// The prompt as chat messages that strict chat templates accept: the system turns first
+    /// (joined into one), then user and assistant strictly alternating, consecutive turns of
+    /// one role joined by a blank line (Mistral's template and many others refuse two user
+    /// turns in a row). A conversation that opens with an assistant turn keeps it first.
+    pub fn chat_messages(&self) -> Vec<(Role, String)> {
+        let join = |into: &mut String, text: &str| {
+            if !into.is_empty() {
+                into.push_str("\n\n");
+            }
+            into.push_str(text);
+        };
+        let mut system = String::new();
+        let mut messages: Vec<(Role, String)> = Vec::new();
+        for turn in &self.turns {
+            match turn.speaker.chat_role() {
+                Role::System => join(&mut system, &turn.text),
+                role => match messages.last_mut() {
+                    Some((last, text)) if *last == role => join(text, &turn.text),
+                    _ => messages.push((role, turn.text.clone())),
+                },
+            }
+        }
+        if !system.is_empty() {
+            messages.insert(0, (Role::System, system));
+        }
+        messages
     }
 
     /// Stop sequences for a transcript: any new speaker label ends the reply.
@@ -262,6 +312,7 @@ mod tests {
                 Turn::new(Speaker::CritiqueRequest, "critique it"),
             ],
             reply_as: Some(Speaker::Critique),
+            prefill: None,
         };
         assert_eq!(
             prompt.transcript(),

@@ -53,6 +53,8 @@ pub struct OpenAiModel {
     model: String,
     /// Which endpoint is called.
     endpoint: Endpoint,
+    /// Whether the server continues a final assistant message (a prompt's `prefill`).
+    prefill: bool,
     /// The full endpoint URL requests go to.
     url: String,
     /// The endpoint URL with userinfo and query removed, for messages.
@@ -132,6 +134,7 @@ impl OpenAiModel {
             name: name.to_owned(),
             model,
             endpoint: spec.endpoint,
+            prefill: spec.prefill,
             shown_url: redact(&url),
             url,
             api_key_env: spec.api_key_env.clone(),
@@ -169,11 +172,19 @@ impl OpenAiModel {
         });
         match self.endpoint {
             Endpoint::Chat => {
-                body["messages"] = prompt
-                    .turns
-                    .iter()
-                    .map(|turn| json!({"role": turn.speaker.chat_role(), "content": turn.text}))
+                let mut messages: Vec<Value> = prompt
+                    .chat_messages()
+                    .into_iter()
+                    .map(|(role, content)| json!({"role": role, "content": content}))
                     .collect();
+                if let (true, Some(prefill)) = (self.prefill, &prompt.prefill) {
+                    // vLLM's names; llama.cpp's server continues a final assistant message
+                    // by itself.
+                    messages.push(json!({"role": "assistant", "content": prefill}));
+                    body["continue_final_message"] = true.into();
+                    body["add_generation_prompt"] = false.into();
+                }
+                body["messages"] = messages.into();
                 if judge {
                     body["logprobs"] = true.into();
                     body["top_logprobs"] = self.top_logprobs.into();
@@ -807,6 +818,7 @@ mod tests {
         let prompt = Prompt {
             turns: vec![Turn::new(Speaker::Human, "héllo wörld")],
             reply_as: Some(Speaker::Assistant),
+            prefill: None,
         };
         // 11 characters (not 13 bytes) → 3 tokens.
         assert_eq!(model().prompt_tokens(&prompt), 3);
@@ -845,6 +857,7 @@ mod tests {
         let prompt = Prompt {
             turns: vec![Turn::new(Speaker::Human, "hi")],
             reply_as: Some(Speaker::Assistant),
+            prefill: None,
         };
         let chat = model();
         let body = chat.body(&prompt, u64::MAX, true);

@@ -6,7 +6,7 @@
 use cai_common::constitution::Demonstration;
 use cai_common::job::SftMode;
 use cai_common::message::Message;
-use cai_common::result::{Output, SftRow};
+use cai_common::result::{Output, RevisionPreferenceRow, SftRow};
 
 use super::{SampleRun, StepError, StepInfo};
 use crate::model::{Prompt, Speaker, Turn};
@@ -33,6 +33,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             let prompt = Prompt {
                 turns: conversation.clone(),
                 reply_as: Some(Speaker::Assistant),
+                prefill: None,
             };
             let info = StepInfo {
                 name: "initial".into(),
@@ -54,10 +55,15 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     } else {
         Vec::new()
     };
-    let mut history: Vec<Turn> = Vec::new();
+    // With keep_history the rounds build on one growing context, which starts with the
+    // answer that round 1 critiques.
+    let mut history: Vec<Turn> = vec![Turn::new(Speaker::Assistant, latest.clone())];
+    let initial = latest.clone();
+    let mut principle_ids = Vec::new();
     let mut rows = Vec::new();
     for round in 1..=spec.revisions {
         let principle = run.draw_principle(&format!("principle-{round}")).clone();
+        principle_ids.push(principle.id.clone());
         let mut turns = few_shot.clone();
         turns.extend(conversation.iter().cloned());
         if spec.keep_history {
@@ -72,6 +78,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         let critique_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Critique),
+            prefill: None,
         };
         let info = StepInfo {
             name: format!("critique-{round}"),
@@ -90,6 +97,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         let revision_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Revision),
+            prefill: None,
         };
         let info = StepInfo {
             name: format!("revision-{round}"),
@@ -100,9 +108,6 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         let revision = run.generate(info, &revision_prompt).await?;
 
         if spec.keep_history {
-            if history.is_empty() {
-                history.push(Turn::new(Speaker::Assistant, latest.clone()));
-            }
             history.extend([
                 Turn::new(Speaker::CritiqueRequest, principle.critique.clone()),
                 Turn::new(Speaker::Critique, critique),
@@ -121,7 +126,14 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             });
         }
     }
-    Ok(Output::Sft { rows })
+    let preference = spec.preferences.then(|| RevisionPreferenceRow {
+        id: run.sample.id.clone(),
+        prompt: run.sample.messages.clone(),
+        chosen: vec![Message::assistant(latest)],
+        rejected: vec![Message::assistant(initial)],
+        principle_ids,
+    });
+    Ok(Output::Sft { rows, preference })
 }
 
 /// A demonstration as the six turns of one worked round.

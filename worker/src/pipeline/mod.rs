@@ -259,6 +259,7 @@ impl SampleRun<'_> {
                 latency.as_millis() as u64
             },
             cached: was_cached,
+            top_logprobs: value.top_logprobs(),
         });
         Ok(value)
     }
@@ -328,9 +329,13 @@ impl SampleRun<'_> {
     }
 }
 
-/// Token counts of a cached call.
+/// What the trace and the usage need from a cached call's value.
 trait HasUsage {
     fn usage(&self) -> crate::model::CallUsage;
+    /// The raw top log-probabilities of a judgment, kept in the trace.
+    fn top_logprobs(&self) -> Option<Vec<Vec<(String, f64)>>> {
+        None
+    }
 }
 
 impl HasUsage for Generation {
@@ -342,5 +347,19 @@ impl HasUsage for Generation {
 impl HasUsage for Judgment {
     fn usage(&self) -> crate::model::CallUsage {
         self.usage
+    }
+
+    fn top_logprobs(&self) -> Option<Vec<Vec<(String, f64)>>> {
+        Some(
+            self.positions
+                .iter()
+                .map(|position| {
+                    position
+                        .iter()
+                        .map(|candidate| (candidate.token.clone(), candidate.logprob))
+                        .collect()
+                })
+                .collect(),
+        )
     }
 }

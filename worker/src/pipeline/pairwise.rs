@@ -9,19 +9,18 @@
 //! log-probabilities is retried once, then the sample fails: a label is never guessed.
 
 use cai_common::constitution::Principle;
-use cai_common::job::JudgeMode;
+use cai_common::job::{Backend, Endpoint, JudgeMode, ModelSpec, PairwiseSpec};
 use cai_common::message::{Message, Role};
 use cai_common::result::{Output, PreferenceRow, Reading};
 
 use super::{SampleRun, StepError, StepInfo};
-use crate::model::letters::probability_of_a;
+use crate::model::letters::{self, LetterReading};
 use crate::model::{Judgment, Prompt, Speaker, Turn};
 
-/// What is asked after the conversation in `cot` mode.
-const COT_INSTRUCTION: &str =
-    "Think it through step by step, then say which option is better, (A) or (B).";
 /// The assistant's opening of a chain of thought, as in the paper.
 const COT_OPENING: &str = "Let's think step-by-step:";
+/// Asked of a chat judge whose reply cannot be opened with [`COT_OPENING`].
+const COT_REQUEST: &str = "Let's think step-by-step, then say which option is better, (A) or (B).";
 
 pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     let spec = run
@@ -41,6 +40,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             let prompt = Prompt {
                 turns: conversation_turns(&run.sample.messages),
                 reply_as: Some(Speaker::Assistant),
+                prefill: None,
             };
             let mut answers = Vec::with_capacity(2);
             for name in ["candidate-x", "candidate-y"] {
@@ -74,7 +74,8 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
                 ("yx", &y, &x)
             };
             let step = format!("judge-{label}-{order}");
-            let p_first = read_option(run, &spec.judge, spec.mode, &step, &principle, a, b).await?;
+            let reading = read_option(run, &spec, &step, &principle, a, b).await?;
+            let p_first = reading.p_a;
             let mut p_x = if x_first { p_first } else { 1.0 - p_first };
             if spec.mode == JudgeMode::Cot {
                 p_x = p_x.clamp(spec.clamp[0], spec.clamp[1]);
@@ -85,6 +86,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
                 principle_id: principle.id.clone(),
                 order: order.into(),
                 p_first,
+                letter_mass: Some(reading.letter_mass),
             });
         }
         if let [(true, xy), (false, yx)] = firsts[..] {
@@ -110,63 +112,101 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     })
 }
 
-/// One reading: the normalised probability of the first-shown option, retried once when the
-/// model's top log-probabilities hold neither letter.
+/// The feedback prompt of the paper (Bai et al. 2022, section 4.1): the conversation, the
+/// principle's question, the two options; `Options:` and `The answer is:` only in the
+/// multiple-choice form, not in the chain-of-thought one.
+fn multiple_choice(
+    conversation: &[Message],
+    question: &str,
+    a: &str,
+    b: &str,
+    mode: JudgeMode,
+) -> String {
+    let conversation = render_conversation(conversation);
+    match mode {
+        JudgeMode::Logprobs => format!(
+            "Consider the following conversation between a human and an assistant:\n\n{conversation}\n\n{question}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is:"
+        ),
+        JudgeMode::Cot => format!(
+            "Consider the following conversation between a human and an assistant:\n\n{conversation}\n\n{question}\n(A) {a}\n(B) {b}"
+        ),
+    }
+}
+
+/// Whether the model's reply can be started for it (a completions transcript, the in-process
+/// model, or a chat server set to continue an assistant message).
+fn continues_reply(spec: &ModelSpec) -> bool {
+    spec.backend != Backend::Openai || spec.endpoint == Endpoint::Completions || spec.prefill
+}
+
+/// One reading of the first-shown option, retried once when the letters are missing from the
+/// judge's top log-probabilities or hold less than `min_letter_mass` there: a label is never
+/// made from noise.
 async fn read_option(
     run: &mut SampleRun<'_>,
-    judge: &str,
-    mode: JudgeMode,
+    spec: &PairwiseSpec,
     step: &str,
     principle: &Principle,
     a: &str,
     b: &str,
-) -> Result<f64, StepError> {
+) -> Result<LetterReading, StepError> {
+    let judge = spec.judge.as_str();
     let question = principle
         .judge
         .as_deref()
         .expect("checked: every principle has a judge question");
-    let body = format!(
-        "Consider the following conversation between a human and an assistant:\n\n{}\n\n{question}\n\nOptions:\n(A) {a}\n(B) {b}",
-        render_conversation(&run.sample.messages)
-    );
-    let mut turns = Vec::new();
-    match mode {
-        JudgeMode::Logprobs => turns.push(Turn::new(
-            Speaker::Human,
-            format!("{body}\n\nThe answer is:"),
-        )),
+    let body = multiple_choice(&run.sample.messages, question, a, b, spec.mode);
+    let prompt = match spec.mode {
+        // As the paper's pretrained feedback model reads it: plain text, the answer started
+        // with " (" so that the next token is the letter.
+        JudgeMode::Logprobs => Prompt {
+            turns: vec![Turn::new(Speaker::Text, body)],
+            reply_as: None,
+            prefill: Some(" (".into()),
+        },
+        // The paper's dialogue form: the assistant's turn opens with "Let's think
+        // step-by-step:"; a chat server that cannot be given that opening is asked for it.
         JudgeMode::Cot => {
-            let ask = format!("{body}\n\n{COT_INSTRUCTION}");
+            let ask = if continues_reply(&run.ctx.spec.models[judge]) {
+                body
+            } else {
+                format!("{body}\n\n{COT_REQUEST}")
+            };
             let prompt = Prompt {
                 turns: vec![Turn::new(Speaker::Human, ask.clone())],
                 reply_as: Some(Speaker::Assistant),
+                prefill: Some(format!(" {COT_OPENING}")),
             };
             let info = StepInfo {
                 name: format!("{step}-reasoning"),
                 model: judge,
                 principle: Some(principle),
-                request: COT_INSTRUCTION,
+                request: COT_OPENING,
             };
             let reasoning = run.generate(info, &prompt).await?;
-            turns.push(Turn::new(Speaker::Human, ask));
-            turns.push(Turn::new(
-                Speaker::Assistant,
-                format!("{COT_OPENING} {reasoning}"),
-            ));
-            turns.push(Turn::new(Speaker::Human, "So the answer is:"));
+            Prompt {
+                turns: vec![
+                    Turn::new(Speaker::Human, ask),
+                    Turn::new(Speaker::Assistant, format!("{COT_OPENING} {reasoning}")),
+                    Turn::new(Speaker::Human, "So the answer is:"),
+                ],
+                reply_as: Some(Speaker::Assistant),
+                prefill: Some(" (".into()),
+            }
         }
-    }
-    let prompt = Prompt {
-        turns,
-        reply_as: None,
     };
-    let describe = |judgment: &Judgment| match probability_of_a(&judgment.positions) {
-        Some(p) => format!("p_first={p:.6} text={:?}", judgment.text),
+    let min_mass = spec.min_letter_mass;
+    let describe = |judgment: &Judgment| match letters::read(&judgment.positions) {
+        Some(reading) => format!(
+            "p_first={:.6} letter_mass={:.6} position={} text={:?}",
+            reading.p_a, reading.letter_mass, reading.position, judgment.text
+        ),
         None => format!(
             "no option letter in the top log-probabilities; text={:?}",
             judgment.text
         ),
     };
+    let mut last = None;
     for attempt in ["", "-retry"] {
         let info = StepInfo {
             name: format!("{step}{attempt}"),
@@ -175,14 +215,24 @@ async fn read_option(
             request: question,
         };
         let judgment = run.judge(info, &prompt, describe).await?;
-        if let Some(p) = probability_of_a(&judgment.positions) {
-            return Ok(p);
+        last = letters::read(&judgment.positions);
+        if let Some(reading) = last
+            && reading.letter_mass >= min_mass
+        {
+            return Ok(reading);
         }
     }
-    Err(StepError::Sample {
-        reason: format!(
+    let reason = match last {
+        Some(reading) => format!(
+            "step {step}: the letters (A) and (B) held only {:.4} of the judge's probability (min_letter_mass {min_mass}), twice: not a trustworthy label",
+            reading.letter_mass
+        ),
+        None => format!(
             "step {step}: neither (A) nor (B) was among the judge's top log-probabilities, twice"
         ),
+    };
+    Err(StepError::Sample {
+        reason,
         attempts: 2,
     })
 }

@@ -205,7 +205,11 @@ impl Engine {
                 let messages = chat_messages(prompt);
                 let messages: Vec<(&str, &str)> =
                     messages.iter().map(|(r, c)| (*r, c.as_str())).collect();
-                let text = template.render(&messages)?;
+                let mut text = template.render(&messages)?;
+                // In-process, the assistant's reply can always be started for it.
+                if let Some(prefill) = &prompt.prefill {
+                    text.push_str(prefill);
+                }
                 Ok((self.tokenizer.encode_prompt(&text), Vec::new()))
             }
             None => Ok((
@@ -313,25 +317,20 @@ impl Engine {
     }
 }
 
-/// The prompt as chat messages: each turn under its speaker's role, consecutive turns of one
-/// role joined by a blank line (templates such as Gemma's require alternating roles).
+/// The prompt as the template's (role, content) pairs, alternating as strict templates need.
 fn chat_messages(prompt: &Prompt) -> Vec<(&'static str, String)> {
-    let mut messages: Vec<(&'static str, String)> = Vec::new();
-    for turn in &prompt.turns {
-        let role = match turn.speaker.chat_role() {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        };
-        match messages.last_mut() {
-            Some((last, text)) if *last == role => {
-                text.push_str("\n\n");
-                text.push_str(&turn.text);
-            }
-            _ => messages.push((role, turn.text.clone())),
-        }
-    }
-    messages
+    prompt
+        .chat_messages()
+        .into_iter()
+        .map(|(role, content)| {
+            let role = match role {
+                Role::System => "system",
+                Role::User => "user",
+                Role::Assistant => "assistant",
+            };
+            (role, content)
+        })
+        .collect()
 }
 
 fn usage(prompt: usize, reply: usize) -> CallUsage {
@@ -432,6 +431,7 @@ mod tests {
                 Turn::new(Speaker::Human, "really"),
             ],
             reply_as: Some(Speaker::Critique),
+            prefill: None,
         };
         let messages = chat_messages(&prompt);
         assert_eq!(
