@@ -124,7 +124,7 @@ async fn read_option(
     let question = principle
         .judge
         .as_deref()
-        .expect("checked: every principle has a judge question");
+        .expect("drawn from the judge principles");
     let body = format!(
         "Consider the following conversation between a human and an assistant:\n\n{}\n\n{question}\n\nOptions:\n(A) {a}\n(B) {b}",
         render_conversation(&run.sample.messages)
