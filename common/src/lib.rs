@@ -4,7 +4,8 @@
 //! - [`message`]: chat messages, the unit every corpus format is converted to.
 //! - [`sample`]: a corpus line turned into work ([`sample::Sample`]) and its content key.
 //! - [`job`]: the job file (TOML), validated, and its fingerprint.
-//! - [`constitution`]: principles and demonstrations, from cai TOML or the HF JSON format.
+//! - [`constitution`]: principles and demonstrations, from cai TOML, the HF JSON format or a
+//!   directory of Anthropic's prompt files.
 //! - [`descriptor`]: a job as registered for workers (spec, constitution, fingerprint).
 //! - [`result`]: what a worker returns for a sample: output rows, trace, usage.
 //! - [`envelope`]: the versioned MessagePack codec for tasks and results.

@@ -79,21 +79,32 @@ impl Plan {
     pub fn load(path: &Path) -> Result<Self, PlanError> {
         let job = Job::load(path)?;
         let constitution = Constitution::load(&job.spec.constitution.path)?;
-        if job.spec.pipeline == PipelineKind::Pairwise {
-            let missing = constitution.judge_questions_missing();
-            if !missing.is_empty() {
-                return Err(PlanError::Unsuitable {
-                    path: job.spec.constitution.path.clone(),
-                    message: format!(
-                        "the pairwise pipeline needs a judge question (`judge`) for every principle, \
-                         and {} of {} principles have none ({}); the HF JSON format has no judge \
-                         questions: use a cai TOML constitution such as constitutions/default.toml",
-                        missing.len(),
-                        constitution.principles.len(),
-                        preview(&missing),
-                    ),
-                });
+        // Each pipeline draws from its own principles; refuse a constitution with none.
+        let count = constitution.principles.len();
+        let unsuitable = match job.spec.pipeline {
+            PipelineKind::Pairwise if constitution.judge_principles().is_empty() => Some(format!(
+                "the pairwise pipeline draws from the principles with a judge question \
+                 (`judge`), and none of the {count} principles has one; the HF JSON format has \
+                 no judge questions: use a cai TOML constitution such as \
+                 constitutions/default.toml, or a directory of Anthropic's prompt files with \
+                 RLMadisonInstructions.json"
+            )),
+            PipelineKind::CritiqueRevise if constitution.critique_principles().is_empty() => {
+                Some(format!(
+                    "the critique-revise pipeline draws from the principles with a critique and \
+                     a revision request (`critique`, `revision`), and none of the {count} \
+                     principles has them: use a constitution such as constitutions/default.toml, \
+                     or a directory of Anthropic's prompt files with \
+                     CritiqueRevisionInstructions.json"
+                ))
             }
+            _ => None,
+        };
+        if let Some(message) = unsuitable {
+            return Err(PlanError::Unsuitable {
+                path: job.spec.constitution.path.clone(),
+                message,
+            });
         }
         let fingerprint = job.spec.fingerprint(&constitution.hash);
         Ok(Self {
@@ -173,12 +184,4 @@ pub fn read_identity(dir: &Path) -> Result<Option<JobIdentity>, PlanError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(PlanError::Io { path, source }),
     }
-}
-
-fn preview(ids: &[&str]) -> String {
-    let mut shown: Vec<&str> = ids.iter().take(3).copied().collect();
-    if ids.len() > 3 {
-        shown.push("…");
-    }
-    shown.join(", ")
 }

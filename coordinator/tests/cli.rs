@@ -245,6 +245,33 @@ fn a_pairwise_job_refuses_a_constitution_without_judge_questions() {
 }
 
 #[test]
+fn a_critique_revise_job_refuses_a_constitution_without_critique_principles() {
+    let dir = tempfile::tempdir().unwrap();
+    let constitution = dir.path().join("judge-only.toml");
+    std::fs::write(
+        &constitution,
+        "[[principles]]\nid = \"kind\"\njudge = \"Which answer is kinder?\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("corpus.jsonl"),
+        "{\"id\": \"a\", \"prompt\": \"hi\"}\n",
+    )
+    .unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, job_text(&constitution, "revisions = 1")).unwrap();
+    for command in ["validate", "run"] {
+        let output = cai(&[command, job.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2));
+        let text = stderr(&output);
+        assert!(
+            text.contains("judge-only.toml") && text.contains("critique and a revision request"),
+            "{command}: {text}"
+        );
+    }
+}
+
+#[test]
 fn a_changed_spec_is_refused_with_what_changed_unless_new() {
     let (dir, job) = bad_corpus();
     assert_eq!(cai(&["run", job.to_str().unwrap()]).status.code(), Some(0));

@@ -150,17 +150,17 @@ async fn chat_endpoint_rows_calls_and_principles() {
             .all(|t| t["usage"]["calls"] == 7 && t["steps"].as_array().unwrap().len() == 7)
     );
 
-    // Every principle comes from the constitution and is the one the seed draws.
+    // Every principle comes from the constitution's critique principles and is the one the seed
+    // draws.
     let constitution = Constitution::load(&repo_file("constitutions/default.toml")).unwrap();
+    let principles = constitution.critique_principles();
     let drawn = drawn_principles(&dir);
     for trace in &traces {
         let key = SampleKey::from_hex(trace["key"].as_str().unwrap()).unwrap();
         let expected: Vec<String> = (1..=3)
             .map(|round| {
                 let mut rng = seed::rng_for(42, &key, &format!("principle-{round}"));
-                constitution.principles[rng.random_range(0..constitution.principles.len())]
-                    .id
-                    .clone()
+                principles[rng.random_range(0..principles.len())].id.clone()
             })
             .collect();
         assert_eq!(drawn[trace["id"].as_str().unwrap()], expected);
@@ -178,10 +178,19 @@ async fn chat_endpoint_rows_calls_and_principles() {
         })
         .unwrap();
     let messages = first_critique.body["messages"].as_array().unwrap();
-    assert_eq!(messages.len(), 6 * constitution.demonstrations.len() + 3);
+    let demo_turns: usize = constitution
+        .demonstrations
+        .iter()
+        .map(|d| d.conversation.len() + 4)
+        .sum();
+    assert_eq!(messages.len(), demo_turns + 3);
     assert_eq!(
         messages[0]["content"],
-        Value::from(constitution.demonstrations[0].prompt.clone())
+        Value::from(
+            constitution.demonstrations[0].conversation[0]
+                .content
+                .clone()
+        )
     );
 }
 

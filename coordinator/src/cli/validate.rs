@@ -56,9 +56,13 @@ pub(super) async fn validate(job: &Path) -> u8 {
     };
     println!("job {:?} ({:?})", plan.spec().name, plan.spec().pipeline);
     println!(
-        "constitution: {} principles, {} demonstrations, sha256 {}",
+        "constitution: {} principles ({} critique/revision, {} judge), {} demonstrations, {} judge \
+         demonstrations, sha256 {}",
         plan.constitution.principles.len(),
+        plan.constitution.critique_principles().len(),
+        plan.constitution.judge_principles().len(),
         plan.constitution.demonstrations.len(),
+        plan.constitution.judge_demonstrations.len(),
         plan.constitution.hash
     );
     if items == lines {

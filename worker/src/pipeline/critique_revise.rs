@@ -64,6 +64,9 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     for round in 1..=spec.revisions {
         let principle = run.draw_principle(&format!("principle-{round}")).clone();
         principle_ids.push(principle.id.clone());
+        let (critique_request, revision_request) = principle
+            .critique_revision()
+            .expect("drawn from the critique principles");
         let mut turns = few_shot.clone();
         turns.extend(conversation.iter().cloned());
         if spec.keep_history {
@@ -71,10 +74,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         } else {
             turns.push(Turn::new(Speaker::Assistant, latest.clone()));
         }
-        turns.push(Turn::new(
-            Speaker::CritiqueRequest,
-            principle.critique.clone(),
-        ));
+        turns.push(Turn::new(Speaker::CritiqueRequest, critique_request));
         let critique_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Critique),
@@ -84,16 +84,13 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             name: format!("critique-{round}"),
             model,
             principle: Some(&principle),
-            request: &principle.critique,
+            request: critique_request,
         };
         let critique = run.generate(info, &critique_prompt).await?;
 
         let mut turns = critique_prompt.turns;
         turns.push(Turn::new(Speaker::Critique, critique.clone()));
-        turns.push(Turn::new(
-            Speaker::RevisionRequest,
-            principle.revision.clone(),
-        ));
+        turns.push(Turn::new(Speaker::RevisionRequest, revision_request));
         let revision_prompt = Prompt {
             turns,
             reply_as: Some(Speaker::Revision),
@@ -103,15 +100,15 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             name: format!("revision-{round}"),
             model,
             principle: Some(&principle),
-            request: &principle.revision,
+            request: revision_request,
         };
         let revision = run.generate(info, &revision_prompt).await?;
 
         if spec.keep_history {
             history.extend([
-                Turn::new(Speaker::CritiqueRequest, principle.critique.clone()),
+                Turn::new(Speaker::CritiqueRequest, critique_request),
                 Turn::new(Speaker::Critique, critique),
-                Turn::new(Speaker::RevisionRequest, principle.revision.clone()),
+                Turn::new(Speaker::RevisionRequest, revision_request),
                 Turn::new(Speaker::Revision, revision.clone()),
             ]);
         }
@@ -136,14 +133,19 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
     Ok(Output::Sft { rows, preference })
 }
 
-/// A demonstration as the six turns of one worked round.
-fn demonstration_turns(demo: &Demonstration) -> [Turn; 6] {
-    [
-        Turn::new(Speaker::Human, demo.prompt.clone()),
-        Turn::new(Speaker::Assistant, demo.response.clone()),
-        Turn::new(Speaker::CritiqueRequest, demo.critique_request.clone()),
-        Turn::new(Speaker::Critique, demo.critique.clone()),
-        Turn::new(Speaker::RevisionRequest, demo.revision_request.clone()),
-        Turn::new(Speaker::Revision, demo.revision.clone()),
-    ]
+/// A demonstration as the turns of one worked round: its whole conversation, then critique
+/// request, critique, revision request and revision.
+fn demonstration_turns(demo: &Demonstration) -> Vec<Turn> {
+    let conversation = demo
+        .conversation
+        .iter()
+        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()));
+    conversation
+        .chain([
+            Turn::new(Speaker::CritiqueRequest, demo.critique_request.clone()),
+            Turn::new(Speaker::Critique, demo.critique.clone()),
+            Turn::new(Speaker::RevisionRequest, demo.revision_request.clone()),
+            Turn::new(Speaker::Revision, demo.revision.clone()),
+        ])
+        .collect()
 }

@@ -136,11 +136,16 @@ struct StepInfo<'a> {
 }
 
 impl SampleRun<'_> {
-    /// Draws a principle (uniformly, with replacement) for a named decision of this sample.
+    /// Draws a principle (uniformly, with replacement) for a named decision of this sample, from
+    /// the job's pipeline's set: critique principles or judge principles (the plan checks that it
+    /// is not empty).
     fn draw_principle(&self, decision: &str) -> &Principle {
-        let principles = &self.ctx.constitution.principles;
+        let principles = match self.ctx.spec.pipeline {
+            PipelineKind::CritiqueRevise => self.ctx.constitution.critique_principles(),
+            PipelineKind::Pairwise => self.ctx.constitution.judge_principles(),
+        };
         let mut rng = seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision);
-        &principles[rng.random_range(0..principles.len())]
+        principles[rng.random_range(0..principles.len())]
     }
 
     /// A fair coin for a named decision of this sample.

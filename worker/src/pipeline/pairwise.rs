@@ -133,6 +133,75 @@ fn multiple_choice(
     }
 }
 
+/// One of the feedback model's few-shot examples, as its own question and answer.
+struct Example {
+    /// The multiple-choice question (in the mode's form).
+    ask: String,
+    /// `" (A)"` or `" (B)"`: where the better answer was put.
+    answer: &'static str,
+    /// The written chain of thought (cot mode).
+    reasoning: Option<String>,
+}
+
+/// The constitution's judge demonstrations as examples "formatted in the same manner, with an
+/// independently sampled principle" (the paper, section 4.1): a demonstration's own principle,
+/// or one drawn for this sample and step; the better answer alternately (A) and (B), so the
+/// examples teach no position. Cot mode shows only those with a written chain of thought. None
+/// when the job sets `few_shot = false`.
+fn examples(run: &SampleRun<'_>, mode: JudgeMode, step: &str) -> Vec<Example> {
+    if !run.ctx.spec.constitution.few_shot {
+        return Vec::new();
+    }
+    let constitution = &run.ctx.constitution;
+    constitution
+        .judge_demonstrations
+        .iter()
+        .enumerate()
+        .filter(|(_, demo)| mode == JudgeMode::Logprobs || demo.reasoning.is_some())
+        .map(|(index, demo)| {
+            let principle = demo
+                .principle
+                .as_ref()
+                .and_then(|id| constitution.principles.iter().find(|p| &p.id == id))
+                .unwrap_or_else(|| run.draw_principle(&format!("{step}-example-{index}")));
+            let question = principle
+                .judge
+                .as_deref()
+                .expect("checked: a demonstration's principle has a judge question");
+            let (a, b, answer) = if index % 2 == 0 {
+                (&demo.better, &demo.worse, " (A)")
+            } else {
+                (&demo.worse, &demo.better, " (B)")
+            };
+            Example {
+                ask: multiple_choice(&demo.conversation, question, a, b, mode),
+                answer,
+                reasoning: demo.reasoning.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Anthropic's chain-of-thought demonstrations (whole transcripts with a `{}` where the
+/// principle goes), each with a principle drawn for this sample and step, shown as text before
+/// the question in cot mode. None when the job sets `few_shot = false`.
+fn cot_templates(run: &SampleRun<'_>, step: &str) -> Vec<Turn> {
+    if !run.ctx.spec.constitution.few_shot {
+        return Vec::new();
+    }
+    run.ctx
+        .constitution
+        .cot_demonstrations
+        .iter()
+        .enumerate()
+        .map(|(index, template)| {
+            let principle = run.draw_principle(&format!("{step}-cot-example-{index}"));
+            let question = principle.judge.as_deref().unwrap_or_default();
+            Turn::new(Speaker::Text, template.replacen("{}", question, 1))
+        })
+        .collect()
+}
+
 /// Whether the model's reply can be started for it (a completions transcript, the in-process
 /// model, or a chat server set to continue an assistant message).
 fn continues_reply(spec: &ModelSpec) -> bool {
@@ -154,16 +223,26 @@ async fn read_option(
     let question = principle
         .judge
         .as_deref()
-        .expect("checked: every principle has a judge question");
+        .expect("drawn from the judge principles");
     let body = multiple_choice(&run.sample.messages, question, a, b, spec.mode);
+    let examples = examples(run, spec.mode, step);
     let prompt = match spec.mode {
-        // As the paper's pretrained feedback model reads it: plain text, the answer started
-        // with " (" so that the next token is the letter.
-        JudgeMode::Logprobs => Prompt {
-            turns: vec![Turn::new(Speaker::Text, body)],
-            reply_as: None,
-            prefill: Some(" (".into()),
-        },
+        // As the paper's pretrained feedback model reads it: plain text (its few-shot examples
+        // first, each answered), the answer started with " (" so that the next token is the
+        // letter.
+        JudgeMode::Logprobs => {
+            let text = examples
+                .iter()
+                .map(|example| format!("{}{}", example.ask, example.answer))
+                .chain([body])
+                .collect::<Vec<_>>()
+                .join("\n\n");
+            Prompt {
+                turns: vec![Turn::new(Speaker::Text, text)],
+                reply_as: None,
+                prefill: Some(" (".into()),
+            }
+        }
         // The paper's dialogue form: the assistant's turn opens with "Let's think
         // step-by-step:"; a chat server that cannot be given that opening is asked for it.
         JudgeMode::Cot => {
@@ -172,8 +251,24 @@ async fn read_option(
             } else {
                 format!("{body}\n\n{COT_REQUEST}")
             };
+            let mut shown = cot_templates(run, step);
+            for example in &examples {
+                shown.extend([
+                    Turn::new(Speaker::Human, example.ask.clone()),
+                    Turn::new(
+                        Speaker::Assistant,
+                        format!(
+                            "{COT_OPENING} {}",
+                            example.reasoning.as_deref().unwrap_or("")
+                        ),
+                    ),
+                    Turn::new(Speaker::Human, "So the answer is:"),
+                    Turn::new(Speaker::Assistant, example.answer.trim()),
+                ]);
+            }
+            shown.push(Turn::new(Speaker::Human, ask.clone()));
             let prompt = Prompt {
-                turns: vec![Turn::new(Speaker::Human, ask.clone())],
+                turns: shown.clone(),
                 reply_as: Some(Speaker::Assistant),
                 prefill: Some(format!(" {COT_OPENING}")),
             };
@@ -184,12 +279,12 @@ async fn read_option(
                 request: COT_OPENING,
             };
             let reasoning = run.generate(info, &prompt).await?;
+            shown.extend([
+                Turn::new(Speaker::Assistant, format!("{COT_OPENING} {reasoning}")),
+                Turn::new(Speaker::Human, "So the answer is:"),
+            ]);
             Prompt {
-                turns: vec![
-                    Turn::new(Speaker::Human, ask),
-                    Turn::new(Speaker::Assistant, format!("{COT_OPENING} {reasoning}")),
-                    Turn::new(Speaker::Human, "So the answer is:"),
-                ],
+                turns: shown,
                 reply_as: Some(Speaker::Assistant),
                 prefill: Some(" (".into()),
             }
