@@ -204,8 +204,9 @@ pub struct CritiqueReviseSpec {
     #[serde(default)]
     pub keep_history: bool,
     /// Also write `preferences.jsonl`: the final revision as `chosen` over the initial answer
-    /// as `rejected` (Hugging Face's CAI recipe: revision ≻ initial, no judge).
-    #[serde(default)]
+    /// as `rejected` (Hugging Face's CAI recipe: revision ≻ initial, no judge). Left out of the
+    /// spec when off, so jobs from before the setting keep their fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preferences: bool,
 }
 
@@ -300,8 +301,9 @@ pub struct ModelSpec {
     pub endpoint: Endpoint,
     /// Chat endpoints only: the server continues a final assistant message (vLLM's
     /// `continue_final_message`, llama.cpp's server), so a judge's answer can be started with
-    /// ` (` and the next token is the letter.
-    #[serde(default)]
+    /// ` (` and the next token is the letter. Left out of the spec when off, so jobs from
+    /// before the setting keep their fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub prefill: bool,
     /// Name of the environment variable holding the API key (the key itself is never stored).
     #[serde(default)]
@@ -943,5 +945,19 @@ backend = "mock"
         let each = parse(&EXAMPLE.replace("limit = 1000", "turns = \"each\"")).unwrap();
         let changes = describe_changes(&view, &each.spec.semantic_view("c1"));
         assert_eq!(changes, vec!["input.turns: (unset) → \"each\"".to_owned()]);
+    }
+
+    #[test]
+    fn settings_left_off_leave_the_fingerprint_as_it_was() {
+        let job = parse(EXAMPLE).unwrap();
+        let view = job.spec.semantic_view("c1");
+        assert!(view["critique_revise"].get("preferences").is_none(), "{view}");
+        assert!(view["models"]["policy"].get("prefill").is_none(), "{view}");
+        let on = parse(&EXAMPLE.replace("revisions = 4", "revisions = 4\npreferences = true")).unwrap();
+        let changes = describe_changes(&view, &on.spec.semantic_view("c1"));
+        assert_eq!(
+            changes,
+            vec!["critique_revise.preferences: (unset) → true".to_owned()]
+        );
     }
 }
