@@ -606,39 +606,27 @@ impl Constitution {
 
         let demonstrations = parse(&files, CRITIQUE_REVISION_FEW_SHOT, |text| {
             let transcripts: Vec<String> = json(text)?;
-            transcripts
-                .iter()
-                .enumerate()
-                .map(|(index, transcript)| {
-                    demonstration_from_transcript(transcript).map_err(|e| format!("[{index}]: {e}"))
-                })
-                .collect::<Result<Vec<_>, String>>()
+            each_item(transcripts, |transcript| {
+                demonstration_from_transcript(&transcript)
+            })
         })?
         .unwrap_or_default();
         let judge_demonstrations = parse(&files, JUDGE_FEW_SHOT, |text| {
             let examples: Vec<AnthropicJudgeExample> = json(text)?;
-            examples
-                .into_iter()
-                .enumerate()
-                .map(|(index, example)| {
-                    judge_demonstration_from_example(example).map_err(|e| format!("[{index}]: {e}"))
-                })
-                .collect::<Result<Vec<_>, String>>()
+            each_item(examples, judge_demonstration_from_example)
         })?
         .unwrap_or_default();
         let cot_demonstrations = parse(&files, JUDGE_COT_FEW_SHOT, |text| {
             let examples: Vec<AnthropicCotExample> = json(text)?;
-            examples
-                .into_iter()
-                .enumerate()
-                .map(|(index, example)| match example.prompt.matches("{}").count() {
+            each_item(examples, |example| {
+                match example.prompt.matches("{}").count() {
                     1 => Ok(example.prompt),
                     n => Err(format!(
-                        "[{index}]: `prompt` holds {n} `{{}}` placeholders; expected one, where \
-                         the principle's question goes"
+                        "`prompt` holds {n} `{{}}` placeholders; expected one, where the \
+                     principle's question goes"
                     )),
-                })
-                .collect::<Result<Vec<_>, String>>()
+                }
+            })
         })?
         .unwrap_or_default();
 
@@ -727,6 +715,18 @@ fn conversation_from(segments: &[(Label, &str)]) -> Option<Vec<Message>> {
             Label::Assistant => Some(Message::assistant(text)),
             _ => None,
         })
+        .collect()
+}
+
+/// Converts every item of a JSON list, naming the index of the one that fails.
+fn each_item<T, U>(
+    items: Vec<T>,
+    convert: impl Fn(T) -> Result<U, String>,
+) -> Result<Vec<U>, String> {
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(index, item)| convert(item).map_err(|e| format!("[{index}]: {e}")))
         .collect()
 }
 

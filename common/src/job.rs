@@ -951,9 +951,13 @@ backend = "mock"
     fn settings_left_off_leave_the_fingerprint_as_it_was() {
         let job = parse(EXAMPLE).unwrap();
         let view = job.spec.semantic_view("c1");
-        assert!(view["critique_revise"].get("preferences").is_none(), "{view}");
+        assert!(
+            view["critique_revise"].get("preferences").is_none(),
+            "{view}"
+        );
         assert!(view["models"]["policy"].get("prefill").is_none(), "{view}");
-        let on = parse(&EXAMPLE.replace("revisions = 4", "revisions = 4\npreferences = true")).unwrap();
+        let on =
+            parse(&EXAMPLE.replace("revisions = 4", "revisions = 4\npreferences = true")).unwrap();
         let changes = describe_changes(&view, &on.spec.semantic_view("c1"));
         assert_eq!(
             changes,

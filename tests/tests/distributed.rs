@@ -220,6 +220,23 @@ async fn workers_killed_twice_lose_nothing_and_repeat_only_steps_in_flight() {
     w2.start_kill().unwrap();
 }
 
+/// The takeover bound: workers go on through every coordinator kill and leases keep a
+/// republished sample from running twice at once, so at most the calls in flight on the two
+/// workers (4 each) are repeated, and none of a sample committed before a kill.
+fn check_takeover_repeats(run: &Scenario, done_before_a_kill: &HashSet<String>) {
+    let calls = run.server.calls();
+    let repeats = repeated(&calls);
+    assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
+    let keys = key_of_prompt(&run.out);
+    for (_, call) in repeats {
+        let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
+        assert!(
+            !done_before_a_kill.contains(key),
+            "a sample done before a kill was paid for again"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_resumes_the_job() {
     let run = Scenario::critique_revise(
@@ -245,19 +262,7 @@ async fn a_killed_coordinator_resumes_the_job() {
     let log = run.dir.path("coordinator-2.log");
     finish(run.coordinator("coordinator-2.log"), &log).await;
     check_exactly_once(&run.out, "sft.jsonl", 120 * 2);
-    let calls = run.server.calls();
-    let repeats = repeated(&calls);
-    // Workers go on through the takeover; leases keep a republished sample from running twice
-    // at once, so at most the calls in flight on the two workers (4 each) are repeated.
-    assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
-    let keys = key_of_prompt(&run.out);
-    for (_, call) in repeats {
-        let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
-        assert!(
-            !done_at_kill.contains(key),
-            "a sample done before the kill was paid for again"
-        );
-    }
+    check_takeover_repeats(&run, &done_at_kill);
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }
@@ -299,17 +304,8 @@ async fn a_coordinator_killed_three_times_repeats_no_call_done_before_a_kill() {
         lines * 5,
         "every step of every sample called"
     );
-    // The same bound as one kill: the calls in flight on the two workers (4 each).
-    let repeats = repeated(&calls);
-    assert!(repeats.len() <= 2 * 4, "{} calls repeated", repeats.len());
-    let keys = key_of_prompt(&run.out);
-    for (_, call) in repeats {
-        let key = &keys[call.body["messages"][0]["content"].as_str().unwrap()];
-        assert!(
-            !done_at_kills.contains(key),
-            "a sample done before a kill was paid for again"
-        );
-    }
+    // The same bound as one kill.
+    check_takeover_repeats(&run, &done_at_kills);
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }
