@@ -9,6 +9,7 @@ use cai_common::broker::Broker;
 use cai_common::broker::memory::MemoryBroker;
 use cai_common::state::StateStore;
 use cai_common::state::embedded::EmbeddedState;
+use cai_common::state::step_log::StepLog;
 use cai_worker::consume::{self, WorkerOptions};
 use cai_worker::model::Models;
 use cai_worker::pipeline::JobContext;
@@ -60,7 +61,17 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
-    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::default());
+    // Opening the ledger repairs what a crash left; the step log then keeps the steps of the
+    // samples it has not committed, so a killed run's finished calls are not paid again.
+    let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
+    let (step_log, steps) =
+        StepLog::open(plan.job.output_dir(), |key| ledger.status(key).is_some())
+            .context("opening the step log")?;
+    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::with_step_log(
+        &plan.spec().name,
+        step_log,
+        steps,
+    ));
     let ctx = Arc::new(JobContext::new(
         Arc::new(plan.spec().clone()),
         plan.constitution.clone(),
@@ -106,7 +117,6 @@ pub async fn run(
         anyhow::Ok(())
     };
     let coordinated = async {
-        let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
         let summary = coordinate(
             plan,
             ledger,

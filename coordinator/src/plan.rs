@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use cai_common::constitution::Constitution;
 use cai_common::job::{Job, JobSpec, PipelineKind, describe_changes};
+use cai_common::state::step_log::STEP_LOG_FILE;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -139,9 +140,10 @@ impl Plan {
         std::fs::create_dir_all(dir).map_err(io(dir.to_owned()))?;
         let identity_path = dir.join(JOB_FILE);
         if start_new {
-            for name in DATA_FILES
-                .iter()
-                .chain(&[LEDGER_FILE, MANIFEST_FILE, JOB_FILE])
+            for name in
+                DATA_FILES
+                    .iter()
+                    .chain(&[LEDGER_FILE, MANIFEST_FILE, JOB_FILE, STEP_LOG_FILE])
             {
                 match std::fs::remove_file(dir.join(name)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -1,5 +1,8 @@
 //! The in-memory state of embedded mode. The output directory is the durable ledger; this
-//! only mirrors it for the in-process workers, so nothing here needs to survive a crash.
+//! mirrors it for the in-process workers. The one thing that must survive a crash, the step
+//! cache (else a killed run pays again for the steps its samples in flight had finished), is
+//! also written to the output directory's step log when the state is opened with one
+//! ([`EmbeddedState::with_step_log`]).
 //!
 //! Invariant: everything is indexed by job first and sample second, so per-sample operations
 //! cost the same whatever the number of samples held.
@@ -10,17 +13,22 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::step_log::{self, StepLog, Steps};
 use super::{StateError, StateStore};
 use crate::sample::SampleKey;
 
-/// The cached steps of one sample: step name → result.
-type Steps = HashMap<String, Vec<u8>>;
+/// The step cache: each sample's steps with the bytes its records take in the log, and the log.
+#[derive(Default)]
+struct StepCache {
+    samples: HashMap<(String, SampleKey), (Steps, u64)>,
+    log: Option<StepLog>,
+}
 
 /// In-memory done set, step cache, job registry, counters and heartbeats.
 #[derive(Default)]
 pub struct EmbeddedState {
     done: Mutex<HashMap<String, HashSet<SampleKey>>>,
-    steps: Mutex<HashMap<(String, SampleKey), Steps>>,
+    steps: Mutex<StepCache>,
     /// job → (spec JSON, fingerprint).
     jobs: Mutex<HashMap<String, (String, String)>>,
     active: Mutex<BTreeSet<String>>,
@@ -31,6 +39,29 @@ pub struct EmbeddedState {
     fatal: Mutex<HashMap<String, String>>,
     /// (job, sample) → (holder, expiry).
     leases: Mutex<HashMap<(String, SampleKey), (String, Instant)>>,
+}
+
+impl EmbeddedState {
+    /// A state whose step cache for `job` is also kept in `log`, starting with the steps the log
+    /// held for samples not yet committed.
+    pub fn with_step_log(job: &str, log: StepLog, steps: HashMap<SampleKey, Steps>) -> Self {
+        let state = Self::default();
+        {
+            let mut cache = state.steps.lock().expect("state lock");
+            cache.samples = steps
+                .into_iter()
+                .map(|(key, steps)| {
+                    let bytes = steps
+                        .iter()
+                        .map(|(step, value)| step_log::record_size(&key, step, value))
+                        .sum();
+                    ((job.to_owned(), key), (steps, bytes))
+                })
+                .collect();
+            cache.log = Some(log);
+        }
+        state
+    }
 }
 
 #[async_trait]
@@ -93,10 +124,11 @@ impl StateStore for EmbeddedState {
         key: &SampleKey,
         step: &str,
     ) -> Result<Option<Vec<u8>>, StateError> {
-        let steps = self.steps.lock().expect("state lock");
-        Ok(steps
+        let cache = self.steps.lock().expect("state lock");
+        Ok(cache
+            .samples
             .get(&(job.to_owned(), *key))
-            .and_then(|steps| steps.get(step))
+            .and_then(|(steps, _)| steps.get(step))
             .cloned())
     }
 
@@ -107,18 +139,36 @@ impl StateStore for EmbeddedState {
         step: &str,
         value: Vec<u8>,
     ) -> Result<(), StateError> {
-        let mut steps = self.steps.lock().expect("state lock");
-        steps
-            .entry((job.to_owned(), *key))
-            .or_default()
-            .insert(step.to_owned(), value);
+        let mut cache = self.steps.lock().expect("state lock");
+        let written = match &mut cache.log {
+            Some(log) => log
+                .append(key, step, &value)
+                .map_err(|e| StateError(format!("writing the step log: {e}")))?,
+            None => 0,
+        };
+        let (steps, bytes) = cache.samples.entry((job.to_owned(), *key)).or_default();
+        steps.insert(step.to_owned(), value);
+        *bytes += written;
         Ok(())
     }
 
     async fn step_forget(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError> {
-        let mut steps = self.steps.lock().expect("state lock");
+        let mut guard = self.steps.lock().expect("state lock");
+        let cache = &mut *guard;
+        let mut forgotten = 0;
         for key in keys {
-            steps.remove(&(job.to_owned(), *key));
+            if let Some((_, bytes)) = cache.samples.remove(&(job.to_owned(), *key)) {
+                forgotten += bytes;
+            }
+        }
+        if let Some(log) = &mut cache.log {
+            let cached = cache
+                .samples
+                .iter()
+                .filter(|((step_job, _), _)| step_job == job)
+                .map(|((_, key), (steps, _))| (key, steps));
+            log.forget(forgotten, cached)
+                .map_err(|e| StateError(format!("compacting the step log: {e}")))?;
         }
         Ok(())
     }
@@ -232,6 +282,7 @@ impl StateStore for EmbeddedState {
         self.steps
             .lock()
             .expect("state lock")
+            .samples
             .retain(|(step_job, _), _| step_job != job);
         self.jobs.lock().expect("state lock").remove(job);
         self.active.lock().expect("state lock").remove(job);

@@ -11,6 +11,7 @@
 
 pub mod embedded;
 pub mod redis;
+pub mod step_log;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
