@@ -7,7 +7,7 @@
 use std::io::BufRead as _;
 use std::path::Path;
 
-use cai_common::result::PreferenceRow;
+use cai_common::result::Reading;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::DATA_FILES;
@@ -39,6 +39,16 @@ pub struct LabelStats {
     pub human_agreement: Option<f64>,
 }
 
+/// The fields of a preference row the statistics read: a million rows are scanned without
+/// keeping their conversations.
+#[derive(Deserialize)]
+struct LabelRow {
+    p_chosen: f64,
+    readings: Vec<Reading>,
+    #[serde(default)]
+    position_consistent: Option<bool>,
+}
+
 /// A failed row's reason.
 #[derive(Deserialize)]
 struct FailedReason {
@@ -53,7 +63,7 @@ impl LabelStats {
         let (mut consistent, mut swapped) = (0u64, 0u64);
         let (mut mass_sum, mut masses) = (0.0f64, 0u64);
         let (mut p_sum, mut agree) = (0.0f64, 0u64);
-        for_each_row(&dir.join(DATA_FILES[1]), |row: PreferenceRow| {
+        for_each_row(&dir.join(DATA_FILES[1]), |row: LabelRow| {
             stats.labels += 1;
             p_sum += row.p_chosen;
             if let Some(same) = row.position_consistent {
@@ -112,7 +122,7 @@ impl LabelStats {
 
 /// Whether a label prefers candidate x (the first candidate field): the mean of its
 /// order-corrected readings is at least 0.5, as the pipeline decides `chosen`.
-fn prefers_first(row: &PreferenceRow) -> bool {
+fn prefers_first(row: &LabelRow) -> bool {
     if row.readings.is_empty() {
         return false;
     }
