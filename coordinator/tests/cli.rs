@@ -389,3 +389,33 @@ fn every_shipped_job_file_validates() {
         );
     }
 }
+
+#[test]
+fn status_of_a_per_turn_job_gives_no_percentage_of_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let conversation =
+        "\\n\\nHuman: hi\\n\\nAssistant: hello\\n\\nHuman: how are you?\\n\\nAssistant:";
+    std::fs::write(
+        dir.path().join("corpus.jsonl"),
+        format!("{{\"id\": \"a\", \"t\": \"{conversation}\"}}\n"),
+    )
+    .unwrap();
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        job_text(&default_constitution(), "revisions = 1").replace(
+            "prompt = \"prompt\"",
+            "transcript = \"t\"\nturns = \"each\"",
+        ),
+    )
+    .unwrap();
+    let run = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    let status = cai(&["status", dir.path().join("out").to_str().unwrap()]);
+    let text = stdout(&status);
+    assert!(
+        text.contains("corpus: 1 lines, one sample per human turn; 2 samples settled"),
+        "{text}"
+    );
+    assert!(!text.contains('%'), "{text}");
+}

@@ -48,7 +48,12 @@ pub(super) fn status(dir: &Path) -> u8 {
         "samples: {} done, {} failed; lines rejected: {}",
         totals.done, totals.failed, totals.rejected
     );
+    // With one sample per human turn the samples outnumber the lines: no percentage of lines.
+    let per_turn = identity.spec["input"]["turns"] == "each";
     match total {
+        Some(total) if per_turn => {
+            println!("corpus: {total} lines, one sample per human turn; {settled} samples settled")
+        }
         Some(total) if total > 0 => println!(
             "corpus: {total} lines; {settled} settled ({:.1} %, duplicates counted at the end of a run)",
             100.0 * settled as f64 / total as f64
