@@ -447,7 +447,7 @@ impl Constitution {
             .into_iter()
             .enumerate()
             .map(|(index, mut chat)| {
-                let roles: Vec<&str> = chat.iter().map(|m| role_name(m.role)).collect();
+                let roles: Vec<&str> = chat.iter().map(|m| m.role.as_str()).collect();
                 let alternating = chat
                     .iter()
                     .enumerate()
@@ -899,14 +899,6 @@ fn expected_role(index: usize) -> Role {
     }
 }
 
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::System => "system",
-        Role::User => "user",
-        Role::Assistant => "assistant",
-    }
-}
-
 /// "a user", "an assistant", for messages.
 fn with_article(role: Role) -> &'static str {
     match role {
@@ -935,7 +927,7 @@ fn check_conversation(messages: &[Message], last: Role) -> Result<(), String> {
         if message.content.trim().is_empty() {
             return Err(format!(
                 "message {index} ({}) is empty",
-                role_name(message.role)
+                message.role.as_str()
             ));
         }
     }

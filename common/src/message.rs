@@ -14,6 +14,17 @@ pub enum Role {
     Assistant,
 }
 
+impl Role {
+    /// The role's name as chat APIs and TRL rows spell it (and as it serialises).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+        }
+    }
+}
+
 /// One turn of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Message {

@@ -619,14 +619,15 @@ fn candidate_field<'a>(object: &'a Map<String, Value>, field: &str) -> Result<Ca
             };
             let message =
                 message_item(item).map_err(|reason| bad(field, format!("message 1: {reason}")))?;
-            let role = match message.role {
-                Role::Assistant => return Ok(Candidate::Message(message.content)),
-                Role::User => "user",
-                Role::System => "system",
-            };
+            if message.role == Role::Assistant {
+                return Ok(Candidate::Message(message.content));
+            }
             Err(bad(
                 field,
-                format!("message 1: role {role:?} is not assistant (a candidate is an answer)"),
+                format!(
+                    "message 1: role {:?} is not assistant (a candidate is an answer)",
+                    message.role.as_str()
+                ),
             ))
         }
         Some(Value::String(_)) | None => text_field(object, field).map(Candidate::Text),

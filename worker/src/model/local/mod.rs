@@ -36,7 +36,6 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use cai_common::job::ModelSpec;
-use cai_common::message::Role;
 use candle_core::quantized::gguf_file;
 use tokio::sync::Semaphore;
 
@@ -322,14 +321,7 @@ fn chat_messages(prompt: &Prompt) -> Vec<(&'static str, String)> {
     prompt
         .chat_messages()
         .into_iter()
-        .map(|(role, content)| {
-            let role = match role {
-                Role::System => "system",
-                Role::User => "user",
-                Role::Assistant => "assistant",
-            };
-            (role, content)
-        })
+        .map(|(role, content)| (role.as_str(), content))
         .collect()
 }
 
