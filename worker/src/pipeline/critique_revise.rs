@@ -8,7 +8,7 @@ use cai_common::job::SftMode;
 use cai_common::message::Message;
 use cai_common::result::{Output, RevisionPreferenceRow, SftRow};
 
-use super::{SampleRun, StepError, StepInfo};
+use super::{SampleRun, StepError, StepInfo, conversation_turns};
 use crate::model::{Prompt, Speaker, Turn};
 
 /// The steps of a sample, in order: `initial` (unless given), then `critique-r`, `revision-r`.
@@ -20,12 +20,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
         .as_ref()
         .expect("checked: critique-revise job has its section");
     let model = spec.model.as_str();
-    let conversation: Vec<Turn> = run
-        .sample
-        .messages
-        .iter()
-        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()))
-        .collect();
+    let conversation = conversation_turns(&run.sample.messages);
 
     let mut latest = match &run.sample.initial {
         Some(initial) => initial.clone(),
@@ -136,11 +131,8 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
 /// A demonstration as the turns of one worked round: its whole conversation, then critique
 /// request, critique, revision request and revision.
 fn demonstration_turns(demo: &Demonstration) -> Vec<Turn> {
-    let conversation = demo
-        .conversation
-        .iter()
-        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()));
-    conversation
+    conversation_turns(&demo.conversation)
+        .into_iter()
         .chain([
             Turn::new(Speaker::CritiqueRequest, demo.critique_request.clone()),
             Turn::new(Speaker::Critique, demo.critique.clone()),

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use cai_common::constitution::{Constitution, Principle};
 use cai_common::job::{JobSpec, PipelineKind};
+use cai_common::message::Message;
 use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
 use cai_common::sample::Sample;
 use cai_common::seed;
@@ -23,7 +24,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use crate::model::{Generation, Judgment, ModelError, Models, Prompt};
+use crate::model::{Generation, Judgment, ModelError, Models, Prompt, Speaker, Turn};
 
 /// Everything a worker needs to run samples of one job.
 pub struct JobContext {
@@ -332,6 +333,14 @@ impl SampleRun<'_> {
             },
         }
     }
+}
+
+/// A conversation as prompt turns, each message under its role's speaker.
+fn conversation_turns(messages: &[Message]) -> Vec<Turn> {
+    messages
+        .iter()
+        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()))
+        .collect()
 }
 
 /// What the trace and the usage need from a cached call's value.

@@ -13,7 +13,7 @@ use cai_common::job::{Backend, Endpoint, JudgeMode, ModelSpec, PairwiseSpec};
 use cai_common::message::{Message, Role};
 use cai_common::result::{Output, PreferenceRow, Reading};
 
-use super::{SampleRun, StepError, StepInfo};
+use super::{SampleRun, StepError, StepInfo, conversation_turns};
 use crate::model::letters::{self, LetterReading};
 use crate::model::{Judgment, Prompt, Speaker, Turn};
 
@@ -330,13 +330,6 @@ async fn read_option(
         reason,
         attempts: 2,
     })
-}
-
-fn conversation_turns(messages: &[Message]) -> Vec<Turn> {
-    messages
-        .iter()
-        .map(|m| Turn::new(Speaker::from_role(m.role), m.content.clone()))
-        .collect()
 }
 
 /// The conversation as the judge reads it: `Human: …` / `Assistant: …` paragraphs.
