@@ -34,7 +34,7 @@ struct Manifest<'a> {
 }
 
 /// The label statistics of a pairwise job's output directory, or `None` for another pipeline.
-pub fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
+fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
     let Some(pairwise) = &plan.spec().pairwise else {
         return Ok(None);
     };
@@ -45,13 +45,14 @@ pub fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
     LabelStats::read(plan.job.output_dir(), first_is_human).map(Some)
 }
 
-/// Writes the manifest of a run into the output directory (atomically: write, then rename).
+/// Writes the manifest of a run into the output directory (atomically: write, then rename),
+/// with a pairwise job's label statistics read from its output, and returns those.
 pub fn write(
     plan: &Plan,
     summary: &Summary,
     started_at: SystemTime,
-    labels: Option<LabelStats>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Option<LabelStats>> {
+    let labels = label_stats(plan)?;
     let manifest = Manifest {
         name: &plan.spec().name,
         version: env!("CARGO_PKG_VERSION"),
@@ -67,13 +68,14 @@ pub fn write(
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         elapsed_s: summary.elapsed.as_secs_f64(),
-        labels,
+        labels: labels.clone(),
     };
     let dir = plan.job.output_dir();
     let temporary = dir.join(".manifest.json.tmp");
     let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises") + "\n";
     std::fs::write(&temporary, text)?;
-    std::fs::rename(&temporary, dir.join(MANIFEST_FILE))
+    std::fs::rename(&temporary, dir.join(MANIFEST_FILE))?;
+    Ok(labels)
 }
 
 /// Reads a manifest's `complete` flag and counts, if the directory has one.

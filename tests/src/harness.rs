@@ -107,7 +107,7 @@ pub async fn run_job(job: &Path) -> anyhow::Result<Summary> {
         CancellationToken::new(),
     )
     .await?;
-    manifest::write(&plan, &summary, started_at, manifest::label_stats(&plan)?)?;
+    manifest::write(&plan, &summary, started_at)?;
     Ok(summary)
 }
 

@@ -84,23 +84,16 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return 1;
         }
     };
-    let labels = match manifest::label_stats(&plan) {
+    let labels = match manifest::write(&plan, &summary, started_at) {
         Ok(labels) => labels,
         Err(error) => {
             eprintln!(
-                "error: {}: cannot read the labels back: {error}",
+                "error: {}: cannot write the manifest: {error}",
                 plan.job.output_dir().display()
             );
             return 1;
         }
     };
-    if let Err(error) = manifest::write(&plan, &summary, started_at, labels.clone()) {
-        eprintln!(
-            "error: {}: cannot write the manifest: {error}",
-            plan.job.output_dir().display()
-        );
-        return 1;
-    }
     let counts = summary.counts;
     eprintln!(
         "{}: {} lines read = {} done + {} failed + {} rejected + {} duplicates{}",
