@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::step_log::{self, StepLog, Steps};
+use super::step_log::{LoggedSteps, StepLog, Steps};
 use super::{StateError, StateStore};
 use crate::sample::SampleKey;
 
@@ -44,19 +44,13 @@ pub struct EmbeddedState {
 impl EmbeddedState {
     /// A state whose step cache for `job` is also kept in `log`, starting with the steps the log
     /// held for samples not yet committed.
-    pub fn with_step_log(job: &str, log: StepLog, steps: HashMap<SampleKey, Steps>) -> Self {
+    pub fn with_step_log(job: &str, log: StepLog, steps: LoggedSteps) -> Self {
         let state = Self::default();
         {
             let mut cache = state.steps.lock().expect("state lock");
             cache.samples = steps
                 .into_iter()
-                .map(|(key, steps)| {
-                    let bytes = steps
-                        .iter()
-                        .map(|(step, value)| step_log::record_size(&key, step, value))
-                        .sum();
-                    ((job.to_owned(), key), (steps, bytes))
-                })
+                .map(|(key, sample)| ((job.to_owned(), key), sample))
                 .collect();
             cache.log = Some(log);
         }

@@ -27,6 +27,8 @@ pub const COMPACT_AFTER: u64 = 64 << 20;
 
 /// The cached steps of one sample: step name → result.
 pub type Steps = HashMap<String, Vec<u8>>;
+/// Samples read back from a log: their steps, and the bytes their records take in it.
+pub type LoggedSteps = HashMap<SampleKey, (Steps, u64)>;
 
 #[derive(Serialize, Deserialize)]
 struct Record {
@@ -47,29 +49,29 @@ pub struct StepLog {
 
 impl StepLog {
     /// Opens (or creates) the log in `dir` and returns it with the steps it holds for samples
-    /// `committed` says are not done, rewriting it to hold only those.
+    /// `committed` says are not done, each sample with the bytes its records take, rewriting it
+    /// to hold only those.
     pub fn open(
         dir: &Path,
         committed: impl Fn(&SampleKey) -> bool,
-    ) -> std::io::Result<(Self, HashMap<SampleKey, Steps>)> {
+    ) -> std::io::Result<(Self, LoggedSteps)> {
         let path = dir.join(STEP_LOG_FILE);
-        let mut steps: HashMap<SampleKey, Steps> = HashMap::new();
+        let mut steps = LoggedSteps::new();
         match File::open(&path) {
             Ok(file) => {
-                for record in read_records(file)? {
+                for (record, size) in read_records(file)? {
                     let key = SampleKey(record.key);
                     if !committed(&key) {
-                        steps
-                            .entry(key)
-                            .or_default()
-                            .insert(record.step, record.value);
+                        let (sample, bytes) = steps.entry(key).or_default();
+                        sample.insert(record.step, record.value);
+                        *bytes += size;
                     }
                 }
             }
             Err(error) if error.kind() == ErrorKind::NotFound => {}
             Err(error) => return Err(error),
         }
-        let (file, live) = rewrite(&path, &steps)?;
+        let (file, live) = rewrite(&path, steps.iter().map(|(key, (steps, _))| (key, steps)))?;
         let log = Self {
             path,
             file,
@@ -107,11 +109,6 @@ impl StepLog {
     }
 }
 
-/// The bytes one step's record takes in the log.
-pub fn record_size(key: &SampleKey, step: &str, value: &[u8]) -> u64 {
-    encode(key, step, value).len() as u64
-}
-
 fn encode(key: &SampleKey, step: &str, value: &[u8]) -> Vec<u8> {
     let record = Record {
         key: key.0,
@@ -125,8 +122,9 @@ fn encode(key: &SampleKey, step: &str, value: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Every whole record of a log; a torn or unreadable tail (a write cut by a crash) ends it.
-fn read_records(file: File) -> std::io::Result<Vec<Record>> {
+/// Every whole record of a log with its size in bytes; a torn or unreadable tail (a write cut by
+/// a crash) ends it.
+fn read_records(file: File) -> std::io::Result<Vec<(Record, u64)>> {
     let mut reader = BufReader::new(file);
     let mut records = Vec::new();
     loop {
@@ -143,7 +141,7 @@ fn read_records(file: File) -> std::io::Result<Vec<Record>> {
             Err(error) => return Err(error),
         }
         match rmp_serde::from_slice(&body) {
-            Ok(record) => records.push(record),
+            Ok(record) => records.push((record, 4 + body.len() as u64)),
             Err(_) => return Ok(records),
         }
     }
@@ -202,8 +200,11 @@ mod tests {
 
         let (_, steps) = StepLog::open(dir.path(), |k| *k == key(2)).unwrap();
         assert_eq!(steps.len(), 1);
-        assert_eq!(steps[&key(1)]["initial"], b"one");
-        assert_eq!(steps[&key(1)]["critique-1"], b"two");
+        let (sample, bytes) = &steps[&key(1)];
+        assert_eq!(sample["initial"], b"one");
+        assert_eq!(sample["critique-1"], b"two");
+        let size = |step: &str, value: &[u8]| encode(&key(1), step, value).len() as u64;
+        assert_eq!(*bytes, size("initial", b"one") + size("critique-1", b"two"));
         // The reopened log holds only what was kept.
         let (_, again) = StepLog::open(dir.path(), |_| false).unwrap();
         assert_eq!(again, steps);
