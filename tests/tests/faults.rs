@@ -9,9 +9,8 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use cai_common::job::ModelSpec;
-use cai_tests::harness::{JobDir, cai_binary, ids, read_jsonl, repo_file};
+use cai_tests::harness::{JobDir, cai_process, ids, read_jsonl, repo_file};
 use cai_tests::model_server::{Faults, ModelServer, ServerConfig};
-use cai_worker::model::openai::OpenAiModel;
 use cai_worker::model::{Model, ModelError, Prompt, Speaker, Turn};
 use serde_json::{Value, json};
 
@@ -74,14 +73,13 @@ fn corpus_ids(dir: &JobDir) -> Vec<String> {
 /// Runs `cai run JOB` (embedded mode, as a user would) with `env` set for the child only; panics
 /// unless it ends within `deadline`.
 async fn cai_run(job: &Path, env: &[(&str, &str)], deadline: Duration) -> Output {
-    let child = tokio::process::Command::new(cai_binary())
+    let child = cai_process()
         .arg("run")
         .arg(job)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("cai starts");
     tokio::time::timeout(deadline, child.wait_with_output())
@@ -98,13 +96,13 @@ fn ask(question: &str) -> Prompt {
     }
 }
 
-fn model(url: &str, extra: Value) -> OpenAiModel {
+fn model(url: &str, extra: Value) -> std::sync::Arc<dyn Model> {
     let mut spec = json!({"backend": "openai", "url": url, "model": "test-model"});
     for (key, value) in extra.as_object().expect("extra fields are an object") {
         spec[key] = value.clone();
     }
     let spec: ModelSpec = serde_json::from_value(spec).expect("a valid model spec");
-    OpenAiModel::new("policy", &spec).expect("the model builds")
+    cai_worker::model::build("policy", &spec).expect("the model builds")
 }
 
 #[tokio::test]

@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 use cai_common::job::ModelSpec;
 use cai_tests::model_server::{LogprobFormat, ModelServer, ServerConfig, p_first, reply_for};
 use cai_worker::model::letters::probability_of_a;
-use cai_worker::model::openai::OpenAiModel;
-use cai_worker::model::{Model, ModelError, Prompt, Speaker, Turn};
+use cai_worker::model::{ModelError, Prompt, Speaker, Turn};
 use serde_json::{Value, json};
 
 /// A variable cargo sets for every test process, used as an API key without touching the
@@ -56,7 +55,8 @@ fn prompt_text(prompt: &Prompt, endpoint: &str) -> String {
 async fn generates_on_both_endpoints() {
     let server = ModelServer::start(ServerConfig::default()).await;
     for endpoint in ["chat", "completions"] {
-        let model = OpenAiModel::new("policy", &spec(&server.url(), endpoint, json!({}))).unwrap();
+        let model =
+            cai_worker::model::build("policy", &spec(&server.url(), endpoint, json!({}))).unwrap();
         let prompt = prompt("What is 2 + 2?");
         let generation = model.generate(&prompt, 42).await.unwrap();
         assert_eq!(
@@ -106,7 +106,7 @@ async fn judges_on_both_endpoints_in_both_logprob_formats() {
         })
         .await;
         for endpoint in ["chat", "completions"] {
-            let model = OpenAiModel::new(
+            let model = cai_worker::model::build(
                 "judge",
                 &spec(&server.url(), endpoint, json!({"top_logprobs": 5})),
             )
@@ -148,7 +148,8 @@ async fn judges_on_both_endpoints_in_both_logprob_formats() {
 async fn default_formats_follow_the_endpoint() {
     let server = ModelServer::start(ServerConfig::default()).await;
     for endpoint in ["chat", "completions"] {
-        let model = OpenAiModel::new("judge", &spec(&server.url(), endpoint, json!({}))).unwrap();
+        let model =
+            cai_worker::model::build("judge", &spec(&server.url(), endpoint, json!({}))).unwrap();
         let prompt = prompt("Which is kinder?");
         let judgment = model.judge(&prompt, 1).await.unwrap();
         let read = probability_of_a(&judgment.positions).unwrap();
@@ -163,7 +164,7 @@ async fn a_judgment_without_letters_reads_no_option() {
         ..ServerConfig::default()
     })
     .await;
-    let model = OpenAiModel::new("judge", &spec(&server.url(), "chat", json!({}))).unwrap();
+    let model = cai_worker::model::build("judge", &spec(&server.url(), "chat", json!({}))).unwrap();
     let judgment = model.judge(&prompt("Which one?"), 3).await.unwrap();
     assert!(!judgment.positions.is_empty());
     assert_eq!(probability_of_a(&judgment.positions), None);
@@ -177,7 +178,7 @@ async fn the_api_key_is_sent_and_a_refused_key_is_job_fatal_naming_the_variable(
         ..ServerConfig::default()
     })
     .await;
-    let model = OpenAiModel::new(
+    let model = cai_worker::model::build(
         "policy",
         &spec(&server.url(), "chat", json!({"api_key_env": KEY_VAR})),
     )
@@ -189,7 +190,7 @@ async fn the_api_key_is_sent_and_a_refused_key_is_job_fatal_naming_the_variable(
         ..ServerConfig::default()
     })
     .await;
-    let model = OpenAiModel::new(
+    let model = cai_worker::model::build(
         "policy",
         &spec(&refused.url(), "chat", json!({"api_key_env": KEY_VAR})),
     )
@@ -206,7 +207,8 @@ async fn the_api_key_is_sent_and_a_refused_key_is_job_fatal_naming_the_variable(
     }
     assert_eq!(refused.calls().len(), 1, "a refused key is not retried");
 
-    let unkeyed = OpenAiModel::new("policy", &spec(&refused.url(), "chat", json!({}))).unwrap();
+    let unkeyed =
+        cai_worker::model::build("policy", &spec(&refused.url(), "chat", json!({}))).unwrap();
     match unkeyed.generate(&prompt("hello"), 1).await {
         Err(ModelError::JobFatal(message)) => assert!(message.contains("no API key"), "{message}"),
         other => panic!("expected a job-fatal error, got {other:?}"),
@@ -219,7 +221,8 @@ async fn a_server_that_is_down_is_retryable_and_unreachable() {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     let url = format!("http://alice:hunter2@127.0.0.1:{port}/v1");
-    let model = OpenAiModel::new("policy", &spec(&url, "chat", json!({"max_retries": 1}))).unwrap();
+    let model =
+        cai_worker::model::build("policy", &spec(&url, "chat", json!({"max_retries": 1}))).unwrap();
     match model.generate(&prompt("anyone there?"), 1).await {
         Err(ModelError::Retryable {
             message,
@@ -240,7 +243,7 @@ async fn a_server_that_is_down_is_retryable_and_unreachable() {
 #[tokio::test]
 async fn a_stopped_server_is_unreachable() {
     let server = ModelServer::start(ServerConfig::default()).await;
-    let model = OpenAiModel::new(
+    let model = cai_worker::model::build(
         "policy",
         &spec(&server.url(), "completions", json!({"max_retries": 0})),
     )
@@ -264,7 +267,7 @@ async fn concurrency_is_bounded_and_slow_replies_time_out() {
         ..ServerConfig::default()
     })
     .await;
-    let model = OpenAiModel::new(
+    let model = cai_worker::model::build(
         "policy",
         &spec(&server.url(), "chat", json!({"max_concurrency": 1})),
     )
@@ -284,7 +287,7 @@ async fn concurrency_is_bounded_and_slow_replies_time_out() {
         ..ServerConfig::default()
     })
     .await;
-    let model = OpenAiModel::new(
+    let model = cai_worker::model::build(
         "policy",
         &spec(
             &slow.url(),

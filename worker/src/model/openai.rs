@@ -2,13 +2,11 @@
 //! Ollama, hosted APIs), on its chat or its completions endpoint.
 //!
 //! One [`reqwest::Client`] per model reuses connections (HTTP/2 where the server offers it over
-//! TLS), a semaphore bounds the requests in flight, the optional `rpm` and `tpm` limits
-//! ([`super::limits`]) pace every attempt, and transient failures are retried with exponential
-//! backoff and full jitter (a uniform wait between zero and the exponential delay) that honours
-//! `Retry-After`, for at most `max_retries` retries and, if set, `retry_budget_s` seconds per
-//! call. Every other failure is classified as [`ModelError::SampleFatal`] or
-//! [`ModelError::JobFatal`]. Neither the API key nor a URL's userinfo ever reaches an error or a
-//! log line.
+//! TLS). A call here is one request: this module speaks the wire format and classifies every
+//! failure as [`ModelError::Retryable`] (with the server's `Retry-After`),
+//! [`ModelError::SampleFatal`] or [`ModelError::JobFatal`]; the concurrency limit, the `rpm` and
+//! `tpm` pacing and the retries are the client layer's ([`super::client`]), as for every backend.
+//! Neither the API key nor a URL's userinfo ever reaches an error or a log line.
 //!
 //! Judging asks for the top log-probabilities of the first few generated tokens and reads both
 //! wire formats servers use: the chat format (`logprobs.content[i].top_logprobs`, a list of
@@ -16,32 +14,20 @@
 //! token to log-probability), whichever endpoint answered.
 
 use std::error::Error as _;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use backon::{ExponentialBuilder, Retryable};
 use cai_common::job::{Endpoint, ModelSpec};
-use cai_common::telemetry::metrics::{RetryLabels, metrics};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
-use tokio::time::Instant;
 
-use super::limits::RateLimits;
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Generated positions a judgment asks for: a model may emit a shared `" ("` before the letter.
 const JUDGE_MAX_TOKENS: u32 = 3;
-/// First backoff delay (doubled per retry; the wait is drawn uniformly below it).
-const MIN_BACKOFF: Duration = Duration::from_millis(500);
-/// Longest backoff delay.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// A `Retry-After` longer than this is not waited out here: the error goes back to the caller.
-const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 /// Longest server message quoted in an error.
 const MAX_SERVER_MESSAGE: usize = 300;
 
@@ -66,17 +52,10 @@ pub struct OpenAiModel {
     /// Strings that must never appear in an error: the key and the URL's password.
     secrets: Vec<String>,
     client: reqwest::Client,
-    /// Bounds the requests in flight.
-    in_flight: Semaphore,
-    /// Paces the attempts (`rpm`, `tpm`).
-    limits: RateLimits,
-    /// The most time a call may spend before starting another retry.
-    retry_budget: Option<Duration>,
     temperature: f32,
     max_tokens: u32,
     timeout: Duration,
     top_logprobs: u32,
-    max_retries: u32,
 }
 
 /// The useful part of a successful reply.
@@ -141,14 +120,10 @@ impl OpenAiModel {
             api_key,
             secrets,
             client,
-            in_flight: Semaphore::new(spec.max_concurrency.max(1)),
-            limits: RateLimits::new(spec.rpm, spec.tpm),
-            retry_budget: spec.retry_budget_s.map(Duration::from_secs),
             temperature: spec.temperature,
             max_tokens: spec.max_tokens,
             timeout,
             top_logprobs: spec.top_logprobs,
-            max_retries: spec.max_retries,
         })
     }
 
@@ -201,103 +176,6 @@ impl OpenAiModel {
         body
     }
 
-    /// The prompt tokens of a request estimated from its text, a token per four characters
-    /// (rounded up), for the `tpm` limit before the server has counted them.
-    fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
-        let chars = match self.endpoint {
-            Endpoint::Chat => prompt
-                .turns
-                .iter()
-                .map(|turn| turn.text.chars().count())
-                .sum(),
-            Endpoint::Completions => prompt.transcript().chars().count(),
-        };
-        (chars as u64).div_ceil(4)
-    }
-
-    /// Sends `body`, retrying transient failures; returns the last error when the retries or the
-    /// retry budget run out. `prompt_tokens` is the estimate [`Self::prompt_tokens`] made.
-    async fn call(&self, body: &Value, prompt_tokens: u64) -> Result<Reply, ModelError> {
-        let started = Instant::now();
-        let budget_spent = AtomicBool::new(false);
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_max_times(self.max_retries as usize);
-        let attempts = AtomicU32::new(0);
-        let result = (|| {
-            attempts.fetch_add(1, Ordering::Relaxed);
-            self.attempt(body, prompt_tokens)
-        })
-        .retry(backoff)
-        .when(|error| matches!(error, ModelError::Retryable { .. }))
-        .adjust(|error, backoff| {
-            let wait = wait_before_retry(error, backoff.map(full_jitter))?;
-            if exceeds_budget(self.retry_budget, started.elapsed(), wait) {
-                budget_spent.store(true, Ordering::Relaxed);
-                return None;
-            }
-            Some(wait)
-        })
-        .notify(|error, delay| {
-            metrics()
-                .retries
-                .get_or_create(&RetryLabels {
-                    model: self.name.clone(),
-                })
-                .inc();
-            tracing::warn!(
-                model = %self.name,
-                delay_ms = delay.as_millis() as u64,
-                %error,
-                "model call failed; retrying"
-            );
-        })
-        .await;
-        // The caller's model-call span says how many attempts the call took.
-        tracing::Span::current().record("attempts", attempts.load(Ordering::Relaxed));
-        match (result, self.retry_budget) {
-            (
-                Err(ModelError::Retryable {
-                    message,
-                    retry_after,
-                    unreachable,
-                }),
-                Some(budget),
-            ) if budget_spent.load(Ordering::Relaxed) => Err(ModelError::Retryable {
-                message: format!(
-                    "{message} (the retry budget of {} s is spent)",
-                    budget.as_secs()
-                ),
-                retry_after,
-                unreachable,
-            }),
-            (result, _) => result,
-        }
-    }
-
-    /// One attempt: waits for a concurrency slot and the rate limits, sends the request, and
-    /// settles the token charge with the reply's `usage` (with the prompt estimate alone when
-    /// the attempt failed, with the whole estimate when a reply reports no usage).
-    async fn attempt(&self, body: &Value, prompt_tokens: u64) -> Result<Reply, ModelError> {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
-        let estimate = prompt_tokens + body["max_tokens"].as_u64().unwrap_or_default();
-        let charge = self.limits.admit(estimate).await;
-        let result = self.send(body).await;
-        charge.settle(match &result {
-            Ok(reply) if reply.usage != CallUsage::default() => {
-                reply.usage.tokens_in + reply.usage.tokens_out
-            }
-            Ok(_) => estimate,
-            Err(_) => prompt_tokens,
-        });
-        result
-    }
-
     /// Sends one request and reads its reply.
     async fn send(&self, body: &Value) -> Result<Reply, ModelError> {
         let mut request = self.client.post(&self.url).json(body);
@@ -343,6 +221,7 @@ impl OpenAiModel {
             message: self.scrub(message),
             retry_after: None,
             unreachable,
+            attempts: 1,
         }
     }
 
@@ -382,6 +261,7 @@ impl OpenAiModel {
                 ),
                 retry_after: retry_after.filter(|_| code == 429 || code == 503),
                 unreachable: false,
+                attempts: 1,
             },
             _ => ModelError::SampleFatal(format!(
                 "model {name}: unexpected HTTP {code} from {}: {server}",
@@ -399,6 +279,7 @@ impl OpenAiModel {
             )),
             retry_after: None,
             unreachable: false,
+            attempts: 1,
         };
         let value: Value = serde_json::from_str(body)
             .map_err(|e| retryable(format!("is not complete JSON ({e})")))?;
@@ -449,9 +330,7 @@ impl OpenAiModel {
 #[async_trait]
 impl Model for OpenAiModel {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
-        let reply = self
-            .call(&self.body(prompt, seed, false), self.prompt_tokens(prompt))
-            .await?;
+        let reply = self.send(&self.body(prompt, seed, false)).await?;
         Ok(Generation {
             text: reply.text.trim().to_owned(),
             usage: reply.usage,
@@ -459,9 +338,7 @@ impl Model for OpenAiModel {
     }
 
     async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
-        let reply = self
-            .call(&self.body(prompt, seed, true), self.prompt_tokens(prompt))
-            .await?;
+        let reply = self.send(&self.body(prompt, seed, true)).await?;
         let positions = positions(&reply.choice);
         if positions.is_empty() {
             let asked = match self.endpoint {
@@ -479,6 +356,19 @@ impl Model for OpenAiModel {
             usage: reply.usage,
         })
     }
+
+    /// A chat endpoint sees the turns' text, a completions endpoint the whole transcript.
+    fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
+        let chars = match self.endpoint {
+            Endpoint::Chat => prompt
+                .turns
+                .iter()
+                .map(|turn| turn.text.chars().count())
+                .sum(),
+            Endpoint::Completions => prompt.transcript().chars().count(),
+        };
+        (chars as u64).div_ceil(4)
+    }
 }
 
 /// `url` without userinfo, query or fragment, safe to show in errors and logs.
@@ -494,34 +384,6 @@ pub fn redact(url: &str) -> String {
         }
         Err(_) => "<unparseable URL>".to_owned(),
     }
-}
-
-/// The backoff before the next attempt: at least the server's `Retry-After`; none (give the
-/// error back) when retries are exhausted or the server asks for more than [`MAX_RETRY_AFTER`].
-fn wait_before_retry(error: &ModelError, backoff: Option<Duration>) -> Option<Duration> {
-    let backoff = backoff?;
-    match error {
-        ModelError::Retryable {
-            retry_after: Some(wait),
-            ..
-        } if *wait > MAX_RETRY_AFTER => None,
-        ModelError::Retryable {
-            retry_after: Some(wait),
-            ..
-        } => Some(backoff.max(*wait)),
-        _ => Some(backoff),
-    }
-}
-
-/// Full jitter: a wait drawn uniformly from `[0, delay)`, so that clients that failed together do
-/// not retry together.
-fn full_jitter(delay: Duration) -> Duration {
-    delay.mul_f64(rand::random::<f64>())
-}
-
-/// Whether waiting `wait` more, after `elapsed` of the call, would end past the retry budget.
-fn exceeds_budget(budget: Option<Duration>, elapsed: Duration, wait: Duration) -> bool {
-    budget.is_some_and(|budget| elapsed + wait > budget)
 }
 
 /// A `Retry-After` header in seconds (the HTTP-date form is ignored).
@@ -765,28 +627,7 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_sets_the_least_wait_and_a_huge_one_is_handed_back() {
-        let retryable = |retry_after| ModelError::Retryable {
-            message: String::new(),
-            retry_after,
-            unreachable: false,
-        };
-        let second = Some(Duration::from_secs(1));
-        assert_eq!(wait_before_retry(&retryable(None), second), second);
-        assert_eq!(
-            wait_before_retry(&retryable(Some(Duration::from_secs(7))), second),
-            Some(Duration::from_secs(7))
-        );
-        assert_eq!(
-            wait_before_retry(&retryable(Some(Duration::from_millis(10))), second),
-            second
-        );
-        assert_eq!(
-            wait_before_retry(&retryable(Some(Duration::from_secs(3600))), second),
-            None
-        );
-        assert_eq!(wait_before_retry(&retryable(None), None), None);
-
+    fn retry_after_is_read_in_seconds() {
         let mut headers = HeaderMap::new();
         headers.insert(RETRY_AFTER, "12".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
@@ -795,21 +636,6 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&headers), None);
-    }
-
-    #[test]
-    fn full_jitter_draws_below_the_delay_and_the_budget_stops_retries() {
-        let delay = Duration::from_secs(8);
-        let waits: Vec<Duration> = (0..1000).map(|_| full_jitter(delay)).collect();
-        assert!(waits.iter().all(|wait| *wait < delay));
-        assert!(waits.iter().any(|wait| *wait < Duration::from_secs(1)));
-        assert!(waits.iter().any(|wait| *wait > Duration::from_secs(7)));
-
-        let secs = Duration::from_secs;
-        assert!(!exceeds_budget(None, secs(10_000), secs(30)));
-        assert!(!exceeds_budget(Some(secs(60)), secs(50), secs(10)));
-        assert!(exceeds_budget(Some(secs(60)), secs(50), secs(11)));
-        assert!(exceeds_budget(Some(secs(60)), secs(61), Duration::ZERO));
     }
 
     #[test]
