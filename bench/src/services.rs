@@ -1,8 +1,8 @@
 //! What a distributed run leaves in RabbitMQ and Redis: queue depths while it runs, the Redis
 //! memory its keys take once it is done, and the clean-up of both.
 
-use cai_common::broker::Queue;
 use cai_common::broker::amqp::AmqpBroker;
+use cai_common::broker::{Broker, Queue};
 use cai_common::state::StateStore;
 use cai_common::state::redis::RedisState;
 use serde::Serialize;
@@ -54,8 +54,8 @@ impl Services {
     /// Ready messages in the job's task and result queues.
     pub async fn queue_depths(&self) -> anyhow::Result<(u32, u32)> {
         Ok((
-            self.broker.queue_depth(&self.job, Queue::Tasks).await?,
-            self.broker.queue_depth(&self.job, Queue::Results).await?,
+            self.broker.depth(&self.job, Queue::Tasks).await?,
+            self.broker.depth(&self.job, Queue::Results).await?,
         ))
     }
 
@@ -139,7 +139,7 @@ impl Services {
 
     /// Deletes the job's queues and every key of the job.
     pub async fn clean_up(&self) -> anyhow::Result<()> {
-        self.broker.delete_job_queues(&self.job).await?;
+        self.broker.delete_job(&self.job).await?;
         RedisState::connect(&self.state_url)
             .await?
             .clear_job(&self.job)

@@ -12,6 +12,8 @@
 //! - [`seed`]: deterministic randomness derived from (job seed, sample key, step).
 //! - [`broker`]: the task/result queue seam and its in-memory implementation.
 //! - [`state`]: the progress / done-set / step-cache seam and its in-memory implementation.
+//! - [`service_error`]: broker and state-store failures typed by the next action (wait out an
+//!   outage, give up on a request, stop the job), and the one loop that waits out an outage.
 //! - [`telemetry`]: the process's Prometheus metrics and trace context for task messages.
 
 pub mod broker;
@@ -23,5 +25,6 @@ pub mod message;
 pub mod result;
 pub mod sample;
 pub mod seed;
+pub mod service_error;
 pub mod state;
 pub mod telemetry;

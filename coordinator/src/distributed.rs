@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cai_common::broker::amqp::AmqpBroker;
-use cai_common::broker::{Broker, Queue};
+use cai_common::broker::{self, Broker, Queue};
 use cai_common::descriptor::JobDescriptor;
 use cai_common::sample::SampleKey;
-use cai_common::state::StateStore;
-use cai_common::state::redis::RedisState;
+use cai_common::service_error::through_outage;
+use cai_common::state::{self, StateStore};
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
+use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
 use crate::ledger::{self, Ledger};
 use crate::observe;
 use crate::plan::Plan;
@@ -27,9 +26,9 @@ use crate::progress::Progress;
 /// Where the broker and the state store are.
 #[derive(Clone, Debug)]
 pub struct Services {
-    /// `amqp://…` URL of RabbitMQ.
+    /// The broker's URL (`amqp://…`: RabbitMQ; [`broker::connect`] has the schemes).
     pub broker: String,
-    /// `redis://…` URL of Redis.
+    /// The state store's URL (`redis://…`: Redis; [`state::connect`] has the schemes).
     pub state: String,
 }
 
@@ -42,9 +41,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let job = plan.spec().name.clone();
-    let amqp = Arc::new(AmqpBroker::connect(&services.broker).await?);
-    let state: Arc<dyn StateStore> = Arc::new(RedisState::connect(&services.state).await?);
-    let ledger = take_over(plan, &amqp, state.as_ref()).await?;
+    let broker = broker::connect(&services.broker).await?;
+    let state = state::connect(&services.state).await?;
+    let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
 
     let stop = shutdown.child_token();
     let watcher = watch_job(plan.clone(), state.clone(), stop.clone());
@@ -61,58 +60,78 @@ pub async fn run(
     producers_stopped.cancel();
     let queues = observe::watch_queues(
         job.clone(),
-        (*amqp).clone(),
+        broker.clone(),
         Duration::from_secs(2),
         mirror_stop.clone(),
     );
-    let broker: Arc<dyn Broker> = amqp.clone();
-    let outcome = coordinate(
+    let run = Run {
         plan,
-        ledger,
         broker,
-        state.clone(),
+        state: state.clone(),
         options,
-        progress.clone(),
-        stop.clone(),
-        producers_stopped,
-    )
-    .await;
+        progress: progress.clone(),
+    };
+    let outcome = run
+        .coordinate(
+            ledger,
+            Stop {
+                shutdown: stop.clone(),
+                producers_stopped,
+            },
+        )
+        .await;
     mirror_stop.cancel();
     let _ = mirror.await;
     let _ = queues.await;
     watcher.abort();
-    if let Ok(Some(message)) = state.fatal(&job).await {
-        state.set_active(&job, false).await?;
+    let fatal = through_outage("reading the job's fatal error", None, || state.fatal(&job)).await;
+    if let Ok(Some(message)) = fatal {
+        retire(state.as_ref(), &job).await?;
         anyhow::bail!("job {job:?} stopped: a worker reported: {message}");
     }
     let summary = outcome?;
     if summary.complete {
-        state.set_active(&job, false).await?;
+        retire(state.as_ref(), &job).await?;
     }
     Ok(summary)
+}
+
+/// Tells workers to stop serving the job, waiting for a state store that is away.
+async fn retire(state: &dyn StateStore, job: &str) -> anyhow::Result<()> {
+    through_outage("retiring the job", None, || state.set_active(job, false)).await?;
+    Ok(())
 }
 
 /// Makes the broker and the state store agree with the ledger before anything is published,
 /// and returns the ledger, opened once for the whole run.
 async fn take_over(
     plan: &Plan,
-    broker: &AmqpBroker,
+    broker: &dyn Broker,
     state: &dyn StateStore,
 ) -> anyhow::Result<Ledger> {
     let job = &plan.spec().name;
     // Opening the ledger repairs what a crash of the previous coordinator left.
     let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
-    if let Some((_, fingerprint)) = state.get_job(job).await? {
+    // A service that is away at the start is waited for, as in the middle of a run.
+    let registered =
+        through_outage("reading the job registry", None, || state.get_job(job)).await?;
+    if let Some((_, fingerprint)) = registered {
         if fingerprint != plan.fingerprint {
             tracing::warn!(
                 job,
                 "the state store held another spec of this job; replacing it"
             );
-            state.clear_job(job).await?;
+            through_outage("clearing the job", None, || state.clear_job(job)).await?;
         }
     }
-    state.clear_fatal(job).await?;
-    let purged = broker.purge(job, Queue::Tasks).await?;
+    through_outage("clearing the job's fatal error", None, || {
+        state.clear_fatal(job)
+    })
+    .await?;
+    let purged = through_outage("purging the task queue", None, || {
+        broker.purge(job, Queue::Tasks)
+    })
+    .await?;
     if purged > 0 {
         tracing::info!(
             job,
@@ -169,11 +188,13 @@ async fn register(plan: &Plan, state: &dyn StateStore, done: &[SampleKey]) -> an
         constitution: (*plan.constitution).clone(),
         fingerprint: plan.fingerprint.clone(),
     };
-    state.reset_done(job, done).await?;
-    state
-        .put_job(job, &descriptor.to_json(), &plan.fingerprint)
-        .await?;
-    state.set_active(job, true).await?;
+    let json = descriptor.to_json();
+    through_outage("seeding the done set", None, || state.reset_done(job, done)).await?;
+    through_outage("registering the job", None, || {
+        state.put_job(job, &json, &plan.fingerprint)
+    })
+    .await?;
+    through_outage("activating the job", None, || state.set_active(job, true)).await?;
     Ok(())
 }
 
@@ -251,6 +272,7 @@ async fn publish_counts(
     }
     match state.add_counters(job, &deltas).await {
         Ok(()) => *published = now,
-        Err(error) => tracing::warn!(job, %error, "cannot update the progress counters"),
+        // Retried every second: an outage is logged once, by the parts that wait for it.
+        Err(error) => tracing::debug!(job, %error, "cannot update the progress counters"),
     }
 }

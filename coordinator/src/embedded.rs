@@ -16,7 +16,7 @@ use cai_worker::pipeline::JobContext;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::coordinate::{CoordinatorOptions, Summary, coordinate};
+use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
 use crate::ledger::Ledger;
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -117,17 +117,18 @@ pub async fn run(
         anyhow::Ok(())
     };
     let coordinated = async {
-        let summary = coordinate(
+        let run = Run {
             plan,
-            ledger,
             broker,
             state,
-            &coordinator_options,
+            options: &coordinator_options,
             progress,
-            shutdown.clone(),
-            workers_stopped.clone(),
-        )
-        .await;
+        };
+        let stop = Stop {
+            shutdown: shutdown.clone(),
+            producers_stopped: workers_stopped.clone(),
+        };
+        let summary = run.coordinate(ledger, stop).await;
         workers_stop.cancel();
         summary
     };

@@ -6,6 +6,7 @@
 //! - [`ledger`]: the output directory as an exactly-once commit log.
 //! - [`compact`]: the compact map behind the per-sample indexes of a million-sample corpus.
 //! - [`coordinate`]: publish tasks with back-pressure, collect results into the ledger.
+//! - [`outage`]: waiting out a broker or state-store outage instead of failing the run.
 //! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
 //! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
 //! - [`progress`]: counters, progress bar, plain progress lines.
@@ -24,6 +25,7 @@ pub mod label_stats;
 pub mod ledger;
 pub mod manifest;
 pub mod observe;
+pub mod outage;
 pub mod plan;
 pub mod progress;
 pub mod telemetry;

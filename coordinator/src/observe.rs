@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use cai_common::broker::Queue;
-use cai_common::broker::amqp::AmqpBroker;
+use cai_common::broker::{Broker, Queue};
 use cai_common::telemetry::metrics::{LineLabels, QueueLabels, metrics};
 use tokio_util::sync::CancellationToken;
 
@@ -57,7 +56,7 @@ pub fn mirror_lines(
 /// the last value (the broker's own reconnects report the outage).
 pub fn watch_queues(
     job: String,
-    broker: AmqpBroker,
+    broker: Arc<dyn Broker>,
     every: Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -73,7 +72,7 @@ pub fn watch_queues(
                 (Queue::Results, "results"),
                 (Queue::Dead, "dead"),
             ] {
-                match broker.queue_depth(&job, queue).await {
+                match broker.depth(&job, queue).await {
                     Ok(depth) => {
                         metrics()
                             .queue_depth

@@ -7,15 +7,31 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use cai_common::broker::Broker;
 use cai_common::broker::amqp::AmqpBroker;
 use cai_common::state::StateStore;
 use cai_common::state::redis::RedisState;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
-use crate::harness::cai_binary;
+use crate::harness::cai_process;
 
 /// RabbitMQ on this machine.
 pub const BROKER_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// A job name no other test run uses.
+fn unique_name() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t-{}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        nanos % 1_000_000
+    )
+}
 
 /// One distributed job's environment.
 pub struct Cluster {
@@ -23,36 +39,38 @@ pub struct Cluster {
     pub job: String,
     /// The broker URL.
     pub broker: String,
-    /// The Redis URL, with the test's database number.
+    /// The Redis URL, with the test's key prefix.
     pub state: String,
     /// Environment variables every process of the cluster gets.
     pub env: Vec<(String, String)>,
 }
 
 impl Cluster {
-    /// A cluster whose Redis keys live in database `db`.
-    pub fn new(db: u8) -> Self {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
+    /// A cluster with a unique job name, whose Redis keys live under a prefix of that name (its
+    /// workers see no other test's jobs).
+    pub fn unique() -> Self {
+        let job = unique_name();
         Self {
-            job: format!(
-                "t-{}-{}-{}",
-                std::process::id(),
-                COUNTER.fetch_add(1, Ordering::Relaxed),
-                nanos % 1_000_000
-            ),
             broker: BROKER_URL.into(),
-            state: format!("redis://127.0.0.1:6379/{db}"),
+            state: format!("redis://127.0.0.1:6379/0?prefix={job}"),
+            job,
             env: Vec::new(),
+        }
+    }
+
+    /// Another job on the same services and key prefix: the workers of this cluster serve it too.
+    pub fn another_job(&self) -> Self {
+        Self {
+            job: unique_name(),
+            broker: self.broker.clone(),
+            state: self.state.clone(),
+            env: self.env.clone(),
         }
     }
 
     /// Starts a `cai worker` process logging to `log`.
     pub fn worker(&self, id: &str, log: &Path, extra: &[&str]) -> Child {
-        Command::new(cai_binary())
+        cai_process()
             .args([
                 "worker",
                 "--broker",
@@ -72,7 +90,6 @@ impl Cluster {
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(std::fs::File::create(log).expect("worker log file"))
             .stdout(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("cai worker starts")
     }
@@ -84,14 +101,13 @@ impl Cluster {
 
     /// Starts the coordinator of `job_file` with `extra` flags, logging to `log`.
     pub fn coordinator_with(&self, job_file: &Path, log: &Path, extra: &[&str]) -> Child {
-        Command::new(cai_binary())
+        cai_process()
             .args(["run", "--broker", &self.broker, "--state", &self.state])
             .args(extra)
             .arg(job_file)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stderr(std::fs::File::create(log).expect("coordinator log file"))
             .stdout(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("cai run starts")
     }
@@ -116,13 +132,35 @@ async fn remove_job(job: &str, broker: &str, state: &str) -> Result<(), String> 
     let amqp = AmqpBroker::connect(broker)
         .await
         .map_err(|e| e.to_string())?;
-    amqp.delete_job_queues(job)
-        .await
-        .map_err(|e| e.to_string())?;
+    amqp.delete_job(job).await.map_err(|e| e.to_string())?;
     let redis = RedisState::connect(state)
         .await
         .map_err(|e| e.to_string())?;
-    redis.clear_job(job).await.map_err(|e| e.to_string())
+    redis.clear_job(job).await.map_err(|e| e.to_string())?;
+    // What is left under the cluster's own prefix (named after its job): the worker registry
+    // and heartbeats.
+    let Some(prefix) = state.split_once("?prefix=").map(|(_, prefix)| prefix) else {
+        return Ok(());
+    };
+    let plain_url = state.split('?').next().unwrap_or(state);
+    let mut raw = redis::Client::open(plain_url)
+        .map_err(|e| e.to_string())?
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| e.to_string())?;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut raw)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !left.is_empty() {
+        let () = redis::cmd("DEL")
+            .arg(&left)
+            .query_async(&mut raw)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 impl Drop for Cluster {

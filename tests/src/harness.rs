@@ -128,6 +128,20 @@ pub fn cai_binary() -> PathBuf {
     binary
 }
 
+/// A command that runs the `cai` binary of this build as a child that cannot outlive the
+/// test: killed when its handle is dropped (a failed assertion unwinds through it) and, through
+/// the kernel's parent-death signal (`setpriv --pdeathsig KILL`, util-linux), when the test
+/// process dies without unwinding (an abort, a SIGKILL, a timeout of the test runner). A `cai
+/// worker` left behind would serve the next test's jobs.
+pub fn cai_process() -> tokio::process::Command {
+    let mut command = tokio::process::Command::new("setpriv");
+    command
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(cai_binary())
+        .kill_on_drop(true);
+    command
+}
+
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
 pub async fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + deadline;

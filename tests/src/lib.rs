@@ -6,6 +6,7 @@
 //! - [`cluster`]: a distributed job on the local RabbitMQ and Redis, with real processes.
 //! - [`jobs`]: job files the scenarios share.
 //! - [`scenario`]: a distributed critique-revise run ready to start, and the checks on its output.
+//! - [`private_redis`]: a Redis of the test's own, to stop and start again (a real outage).
 //! - [`proxy`]: a TCP proxy a test can cut, for real network faults to one process.
 //! - [`otlp_receiver`]: an OTLP/gRPC span receiver the processes export to.
 //! - [`prometheus`]: a real Prometheus server scraping a process.
@@ -15,6 +16,7 @@ pub mod harness;
 pub mod jobs;
 pub mod model_server;
 pub mod otlp_receiver;
+pub mod private_redis;
 pub mod prometheus;
 pub mod proxy;
 pub mod scenario;

@@ -1,5 +1,5 @@
-//! A distributed critique-revise run ready to start: a model server, a cluster on the test's
-//! Redis database, and a job over the first red-team prompts; plus the checks the distributed
+//! A distributed critique-revise run ready to start: a model server, a cluster under the test's
+//! own Redis key prefix, and a job over the first red-team prompts; plus the checks the distributed
 //! and fault tests share (committed samples, a finished coordinator, exactly-once output).
 
 use std::collections::HashSet;
@@ -42,11 +42,11 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// A critique-revise job on a fresh model server answering with `config`, its Redis keys in
-    /// database `db` (one per test: workers serve every active job of their database).
-    pub async fn critique_revise(db: u8, config: ServerConfig, size: Size) -> Self {
+    /// A critique-revise job on a fresh model server answering with `config`, its Redis keys
+    /// under a prefix of its own (workers serve every active job under their prefix).
+    pub async fn critique_revise(config: ServerConfig, size: Size) -> Self {
         let server = ModelServer::start(config).await;
-        let cluster = Cluster::new(db);
+        let cluster = Cluster::unique();
         let dir = JobDir::new();
         let job = jobs::critique_revise(
             &dir,

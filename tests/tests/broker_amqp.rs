@@ -52,7 +52,7 @@ where
         .catch_unwind()
         .await;
     broker
-        .delete_job_queues(&job)
+        .delete_job(&job)
         .await
         .expect("deleting the test queues");
     if let Err(panic) = outcome {
@@ -81,7 +81,7 @@ async fn publish_confirm_consume_ack_round_trip() {
             broker.publish(&job, Queue::Tasks, vec![n]).await.unwrap();
         }
         // Confirmed means stored: the depth counts every message at once.
-        assert_eq!(broker.queue_depth(&job, Queue::Tasks).await.unwrap(), 3);
+        assert_eq!(broker.depth(&job, Queue::Tasks).await.unwrap(), 3);
         let mut tasks = broker.consume(&job, Queue::Tasks, 10).await.unwrap();
         for n in 0..3 {
             let delivery = next(&mut tasks).await;
@@ -99,7 +99,7 @@ async fn publish_confirm_consume_ack_round_trip() {
         assert_eq!(delivery.payload, b"marker", "an acked message came back");
         delivery.acker.ack().await.unwrap();
         assert_quiet(&mut again).await;
-        assert_eq!(broker.queue_depth(&job, Queue::Tasks).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Tasks).await.unwrap(), 0);
     })
     .await;
 }
@@ -148,7 +148,7 @@ async fn requeue_redelivers_and_dead_letter_lands_in_dead_queue() {
         assert_eq!(dead_letter.payload, b"again");
         dead_letter.acker.ack().await.unwrap();
         assert_quiet(&mut tasks).await;
-        assert_eq!(broker.queue_depth(&job, Queue::Tasks).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Tasks).await.unwrap(), 0);
     })
     .await;
 }
@@ -194,25 +194,25 @@ async fn queue_depth_counts_ready_messages_and_purge_empties() {
     let _shared = RESTART.read().await;
     with_job(|broker, job| async move {
         assert_eq!(
-            broker.queue_depth(&job, Queue::Results).await.unwrap(),
+            broker.depth(&job, Queue::Results).await.unwrap(),
             0,
             "missing queue"
         );
         for n in 0..4 {
             broker.publish(&job, Queue::Results, vec![n]).await.unwrap();
         }
-        assert_eq!(broker.queue_depth(&job, Queue::Results).await.unwrap(), 4);
-        assert_eq!(broker.queue_depth(&job, Queue::Tasks).await.unwrap(), 0);
-        assert_eq!(broker.queue_depth(&job, Queue::Dead).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Results).await.unwrap(), 4);
+        assert_eq!(broker.depth(&job, Queue::Tasks).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Dead).await.unwrap(), 0);
         let mut results = broker.consume(&job, Queue::Results, 1).await.unwrap();
         let in_flight = next(&mut results).await;
         assert_eq!(
-            broker.queue_depth(&job, Queue::Results).await.unwrap(),
+            broker.depth(&job, Queue::Results).await.unwrap(),
             3,
             "in flight is not ready"
         );
         assert_eq!(broker.purge(&job, Queue::Results).await.unwrap(), 3);
-        assert_eq!(broker.queue_depth(&job, Queue::Results).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Results).await.unwrap(), 0);
         in_flight.acker.ack().await.unwrap();
     })
     .await;
@@ -223,18 +223,18 @@ async fn deleting_the_queues_ends_their_consume_streams() {
     let _shared = RESTART.read().await;
     with_job(|broker, job| async move {
         let mut tasks = broker.consume(&job, Queue::Tasks, 1).await.unwrap();
-        broker.delete_job_queues(&job).await.unwrap();
+        broker.delete_job(&job).await.unwrap();
         let end = timeout(WAIT, tasks.next())
             .await
             .expect("the stream did not end");
         assert!(end.is_none(), "a delivery from a deleted queue");
-        assert_eq!(broker.queue_depth(&job, Queue::Tasks).await.unwrap(), 0);
+        assert_eq!(broker.depth(&job, Queue::Tasks).await.unwrap(), 0);
         broker
             .publish(&job, Queue::Tasks, b"new".to_vec())
             .await
             .unwrap();
         assert_eq!(
-            broker.queue_depth(&job, Queue::Tasks).await.unwrap(),
+            broker.depth(&job, Queue::Tasks).await.unwrap(),
             1,
             "queues declared again"
         );

@@ -1,6 +1,7 @@
-//! A distributed run through a RabbitMQ restart (`rabbitmqctl stop_app` / `start_app`): the run
-//! completes with every sample exactly once. Its own test binary, because stopping the broker
-//! would disturb any test running beside it.
+//! A distributed run through a 30 s RabbitMQ outage (`rabbitmqctl stop_app`, 30 s, `start_app`):
+//! the coordinator and the workers wait instead of failing, and the run completes with every
+//! sample exactly once and nothing failed. Its own test binary, because stopping the broker would
+//! disturb any test running beside it.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,6 +9,10 @@ use std::time::Duration;
 use cai_tests::harness::{ids, read_jsonl};
 use cai_tests::model_server::ServerConfig;
 use cai_tests::scenario::{Scenario, Size};
+
+/// How long RabbitMQ stays down: longer than two heartbeats (so every connection is noticed
+/// dead) and than many publish and resubscribe attempts.
+const OUTAGE: Duration = Duration::from_secs(30);
 
 /// Starts the RabbitMQ app again when dropped, so a failing test leaves the broker running.
 struct StartAppOnDrop;
@@ -29,9 +34,8 @@ fn rabbitmqctl(args: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_run_survives_a_broker_restart() {
+async fn a_run_pauses_through_a_broker_outage_and_completes() {
     let run = Scenario::critique_revise(
-        7,
         ServerConfig {
             latency: Duration::from_millis(200),
             ..ServerConfig::default()
@@ -55,6 +59,18 @@ async fn a_run_survives_a_broker_restart() {
     );
     let guard = StartAppOnDrop;
     rabbitmqctl(&["-q", "stop_app"]);
+    tokio::time::sleep(OUTAGE).await;
+    assert!(
+        coordinator.try_wait().unwrap().is_none(),
+        "the coordinator waits through the outage; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "worker {id} waits through the outage"
+        );
+    }
     rabbitmqctl(&["-q", "start_app"]);
     rabbitmqctl(&["-q", "await_startup"]);
     drop(guard);
@@ -77,6 +93,10 @@ async fn a_run_survives_a_broker_restart() {
     let unique: std::collections::HashSet<&String> = rows.iter().collect();
     assert_eq!((rows.len(), unique.len()), (120, 120));
     assert_eq!(ids(&read_jsonl(&run.out.join("traces.jsonl"))).len(), 120);
+    assert!(
+        read_jsonl(&run.out.join("failed.jsonl")).is_empty(),
+        "no sample failed because of the outage"
+    );
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }

@@ -16,17 +16,18 @@ use cai_common::state::StateStore;
 use cai_coordinator::corpus::{self, CorpusItem};
 use cai_coordinator::plan::Plan;
 use cai_tests::cluster::Cluster;
-use cai_tests::harness::{JobDir, read_jsonl, run_job};
+use cai_tests::harness::{JobDir, eventually, read_jsonl, run_job};
 use cai_tests::jobs::{self, Target};
 use cai_tests::model_server::{ModelServer, ServerConfig};
+use cai_tests::private_redis::PrivateRedis;
 use cai_tests::scenario::{Scenario, Size, check_exactly_once, finish, repeated};
 use cai_worker::consume::run_task;
 use cai_worker::model::Models;
 use cai_worker::pipeline::JobContext;
 use serde_json::Value;
 
-// Each test has a Redis database of its own: a worker serves every active job it finds, so
-// tests sharing a database would serve each other's jobs.
+// Each test's cluster has a Redis key prefix of its own: a worker serves every active job it
+// finds under its prefix, so tests sharing a prefix would serve each other's jobs.
 
 fn sorted_rows(path: &Path) -> Vec<String> {
     let mut rows: Vec<String> = read_jsonl(path).iter().map(Value::to_string).collect();
@@ -54,7 +55,7 @@ fn key_of_prompt(out: &Path) -> HashMap<String, String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_produce_the_embedded_output() {
     let server = ModelServer::start(ServerConfig::default()).await;
-    let cluster = Cluster::new(1);
+    let cluster = Cluster::unique();
     let dir = JobDir::new();
     let mut workers = vec![
         cluster.worker("w1", &dir.path("w1.log"), &[]),
@@ -114,7 +115,7 @@ async fn two_workers_produce_the_embedded_output() {
         p
     };
     assert_eq!(principles(&dist), principles(&emb));
-    let status = tokio::process::Command::new(cai_tests::harness::cai_binary())
+    let status = cai_tests::harness::cai_process()
         .args(["status", &cluster.job, "--state", &cluster.state])
         .output()
         .await
@@ -130,7 +131,7 @@ async fn two_workers_produce_the_embedded_output() {
         "{status_text}"
     );
 
-    let cluster = Cluster::new(1);
+    let cluster = cluster.another_job();
     let pw = jobs::pairwise(
         &dir,
         Target {
@@ -166,7 +167,6 @@ async fn two_workers_produce_the_embedded_output() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_killed_twice_lose_nothing_and_repeat_only_steps_in_flight() {
     let run = Scenario::critique_revise(
-        2,
         ServerConfig {
             latency: Duration::from_millis(20),
             ..ServerConfig::default()
@@ -240,7 +240,6 @@ fn check_takeover_repeats(run: &Scenario, done_before_a_kill: &HashSet<String>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_coordinator_resumes_the_job() {
     let run = Scenario::critique_revise(
-        3,
         ServerConfig {
             latency: Duration::from_millis(20),
             ..ServerConfig::default()
@@ -272,7 +271,6 @@ async fn a_coordinator_killed_three_times_repeats_no_call_done_before_a_kill() {
     // The first 186 prompts are distinct (line 186 repeats an earlier one).
     let lines = 180;
     let run = Scenario::critique_revise(
-        11,
         ServerConfig {
             latency: Duration::from_millis(20),
             ..ServerConfig::default()
@@ -317,7 +315,6 @@ async fn a_coordinator_killed_three_times_repeats_no_call_done_before_a_kill() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_handed_a_sample_twice_at_once_pays_for_it_once() {
     let run = Scenario::critique_revise(
-        10,
         ServerConfig {
             latency: Duration::from_millis(30),
             ..ServerConfig::default()
@@ -364,7 +361,6 @@ async fn one_worker_handed_a_sample_twice_at_once_pays_for_it_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
     let run = Scenario::critique_revise(
-        4,
         ServerConfig {
             latency: Duration::from_millis(10),
             ..ServerConfig::default()
@@ -406,12 +402,7 @@ async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
     finish(coordinator, &log).await;
     check_exactly_once(&run.out, "sft.jsonl", 60);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while broker
-        .queue_depth(&run.cluster.job, Queue::Dead)
-        .await
-        .unwrap()
-        < 2
-    {
+    while broker.depth(&run.cluster.job, Queue::Dead).await.unwrap() < 2 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "both messages should be dead-lettered; worker log:\n{}",
@@ -420,10 +411,7 @@ async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(
-        broker
-            .queue_depth(&run.cluster.job, Queue::Dead)
-            .await
-            .unwrap(),
+        broker.depth(&run.cluster.job, Queue::Dead).await.unwrap(),
         2
     );
     let worker_log = std::fs::read_to_string(run.dir.path("w1.log")).unwrap();
@@ -434,7 +422,6 @@ async fn garbage_and_future_messages_are_dead_lettered_and_work_goes_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_told_to_stop_drains_within_its_grace_period() {
     let run = Scenario::critique_revise(
-        5,
         ServerConfig {
             latency: Duration::from_millis(100),
             ..ServerConfig::default()
@@ -474,10 +461,10 @@ async fn a_worker_told_to_stop_drains_within_its_grace_period() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
-    // A database of its own: this test flushes it. Calls of 100 ms keep the job running for
+    // A Redis of its own: this test flushes it. Calls of 100 ms keep the job running for
     // seconds after the flush, long enough for the coordinator (checking every 500 ms) to see it.
-    let run = Scenario::critique_revise(
-        9,
+    let redis = PrivateRedis::start();
+    let mut run = Scenario::critique_revise(
         ServerConfig {
             latency: Duration::from_millis(100),
             ..ServerConfig::default()
@@ -489,6 +476,7 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
         },
     )
     .await;
+    run.cluster.state = redis.url();
     let log = run.dir.path("coordinator.log");
     let mut w1 = run.worker("w1", &[]);
     let mut w2 = run.worker("w2", &[]);
@@ -496,7 +484,7 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
     run.wait_committed(30).await;
     let client = redis::Client::open(run.cluster.state.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
-    let () = redis::cmd("FLUSHDB")
+    let () = redis::cmd("FLUSHALL")
         .query_async(&mut connection)
         .await
         .unwrap();
@@ -517,7 +505,7 @@ async fn a_flushed_redis_is_reseeded_and_no_row_is_duplicated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_samples_keep_queue_depth_and_coordinator_memory_bounded() {
     const SAMPLES: usize = 10_000;
-    let cluster = Cluster::new(6);
+    let cluster = Cluster::unique();
     let dir = JobDir::new();
     let corpus: String = (0..SAMPLES)
         .map(|i| {
@@ -567,12 +555,7 @@ max_concurrency = 64
             tokio::time::Instant::now() < deadline,
             "the run did not finish in 240 s"
         );
-        max_depth = max_depth.max(
-            broker
-                .queue_depth(&cluster.job, Queue::Tasks)
-                .await
-                .unwrap(),
-        );
+        max_depth = max_depth.max(broker.depth(&cluster.job, Queue::Tasks).await.unwrap());
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
             let rss = text
                 .lines()
@@ -598,4 +581,56 @@ max_concurrency = 64
     );
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
+}
+
+/// Only workers build models: the coordinator of a distributed job whose local model file is not
+/// on its machine, and whose API-key variable is unset there, says so and runs the job anyway
+/// (it registers it for workers) instead of loading weights or refusing to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_loads_no_model_and_needs_no_api_key() {
+    let cluster = Cluster::unique();
+    let dir = JobDir::new();
+    let job = jobs::critique_revise(
+        &dir,
+        Target {
+            file: "job.toml",
+            name: &cluster.job,
+            url: "http://127.0.0.1:9/v1",
+            output: "out",
+        },
+        10,
+        1,
+        2,
+    );
+    let text = std::fs::read_to_string(&job).unwrap().replace(
+        "[models.policy]\nbackend = \"openai\"\n",
+        "[models.policy]\nbackend = \"openai\"\napi_key_env = \"CAI_TEST_KEY_ONLY_WORKERS_HAVE\"\n",
+    );
+    std::fs::write(
+        &job,
+        format!(
+            "{text}\n[models.unused_local]\nbackend = \"local\"\npath = \"/models/only-on-workers.gguf\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.path("coordinator.log");
+    let mut coordinator = cluster.coordinator(&job, &log);
+    let state = cluster.state().await;
+    eventually(
+        Duration::from_secs(30),
+        "the coordinator registers the job",
+        || async { state.get_job(&cluster.job).await.ok().flatten() },
+    )
+    .await;
+    assert!(coordinator.try_wait().unwrap().is_none(), "it runs");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("/models/only-on-workers.gguf is not on this machine"),
+        "{text}"
+    );
+    assert!(
+        text.contains("$CAI_TEST_KEY_ONLY_WORKERS_HAVE is not set here"),
+        "{text}"
+    );
+    coordinator.start_kill().unwrap();
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cai_tests::harness::{JobDir, cai_binary, ids, repo_file, wait_until};
+use cai_tests::harness::{JobDir, cai_process, ids, repo_file, wait_until};
 use cai_tests::model_server::{ModelServer, ServerConfig};
 use cai_tests::scenario::{committed, committed_keys};
 use serde_json::Value;
@@ -78,7 +78,7 @@ async fn sigkill_mid_run_then_resume() {
     let job_path = job(&dir, &first_server.url());
     let out = dir.path("out");
 
-    let mut child = tokio::process::Command::new(cai_binary())
+    let mut child = cai_process()
         .arg("run")
         .arg(&job_path)
         .stderr(Stdio::null())
@@ -102,7 +102,7 @@ async fn sigkill_mid_run_then_resume() {
     // identity), so its calls are exactly the second server's log.
     let second_server = ModelServer::start(slow).await;
     job(&dir, &second_server.url());
-    let output = tokio::process::Command::new(cai_binary())
+    let output = cai_process()
         .arg("run")
         .arg(&job_path)
         .output()
@@ -166,7 +166,7 @@ async fn sigkill_mid_run_then_resume() {
     // A third run finds everything done and calls nothing.
     let third_server = ModelServer::start(ServerConfig::default()).await;
     job(&dir, &third_server.url());
-    let output = tokio::process::Command::new(cai_binary())
+    let output = cai_process()
         .arg("run")
         .arg(&job_path)
         .output()
@@ -187,7 +187,7 @@ async fn sigint_stops_cleanly_and_a_rerun_completes() {
     let dir = JobDir::new();
     let job_path = job(&dir, &server.url());
     let out = dir.path("out");
-    let child = tokio::process::Command::new(cai_binary())
+    let child = cai_process()
         .arg("run")
         .arg(&job_path)
         .stderr(Stdio::piped())
@@ -224,7 +224,7 @@ async fn sigint_stops_cleanly_and_a_rerun_completes() {
     let interrupted = committed(&out);
     assert_eq!(ids(&dir.rows("sft.jsonl")).len() as u64, interrupted);
 
-    let output = tokio::process::Command::new(cai_binary())
+    let output = cai_process()
         .arg("run")
         .arg(&job_path)
         .output()

@@ -113,9 +113,10 @@ impl Accounts {
         )
     }
 
-    fn state_url(&self, db: u8) -> String {
+    /// The Redis URL as this account, with the key prefix `prefix`.
+    fn state_url(&self, prefix: &str) -> String {
         format!(
-            "redis://{}:{}@127.0.0.1:6379/{db}",
+            "redis://{}:{}@127.0.0.1:6379/0?prefix={prefix}",
             self.redis_user, self.redis_password
         )
     }
@@ -143,10 +144,16 @@ fn series(text: &str, name_and_labels: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name_and_labels)?.trim().parse().ok())
 }
 
-/// Every string value held under every key of a Redis database.
-fn redis_values(url: &str) -> Vec<Vec<u8>> {
-    let mut redis = redis::Client::open(url).unwrap().get_connection().unwrap();
-    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query(&mut redis).unwrap();
+/// Every key under `prefix` and every value held under it.
+fn redis_values(prefix: &str) -> Vec<Vec<u8>> {
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379/0")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut redis)
+        .unwrap();
     let mut values = Vec::new();
     for key in keys {
         let kind: String = redis::cmd("TYPE").arg(&key).query(&mut redis).unwrap();
@@ -195,13 +202,11 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
-    const DB: u8 = 8;
     const LINES: usize = 12;
     let api_key = unique("sk-cai-test-");
     let accounts = Accounts::create();
     let receiver = OtlpReceiver::start().await;
     let mut run = Scenario::critique_revise(
-        DB,
         ServerConfig {
             api_key: Some(api_key.clone()),
             faults: Faults {
@@ -218,7 +223,7 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     )
     .await;
     run.cluster.broker = accounts.broker_url();
-    run.cluster.state = accounts.state_url(DB);
+    run.cluster.state = accounts.state_url(&run.cluster.job);
     run.cluster.env = vec![
         ("CAI_TEST_API_KEY".into(), api_key.clone()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
@@ -367,7 +372,7 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     for file in files_under(out) {
         places.push((file.display().to_string(), std::fs::read(&file).unwrap()));
     }
-    for value in redis_values(&format!("redis://127.0.0.1:6379/{DB}")) {
+    for value in redis_values(&run.cluster.job) {
         places.push(("a Redis key or value".into(), value));
     }
     for (place, bytes) in &places {
@@ -429,10 +434,8 @@ async fn becomes(url: String, code: u16, body: &'static str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() {
-    const DB: u8 = 15;
     let proxy = Proxy::start(([127, 0, 0, 1], 5672).into()).await;
     let mut run = Scenario::critique_revise(
-        DB,
         ServerConfig {
             latency: Duration::from_secs(3),
             ..ServerConfig::default()

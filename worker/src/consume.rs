@@ -68,11 +68,7 @@ pub async fn run_task(
     concurrency: usize,
 ) -> Result<ResultBatch, Interrupted> {
     let keys: Vec<_> = task.samples.iter().map(|s| s.key).collect();
-    let done = ctx
-        .state
-        .done(&ctx.spec.name, &keys)
-        .await
-        .map_err(|e| JobFatal(e.to_string()))?;
+    let done = ctx.state.done(&ctx.spec.name, &keys).await?;
     let (done, todo): (Vec<_>, Vec<_>) = task
         .samples
         .into_iter()
@@ -115,13 +111,8 @@ async fn run_leased(
     let (state, job) = (&ctx.state, ctx.spec.name.as_str());
     let token = lease_token();
     let holder = token.as_str();
-    let fatal = |e: cai_common::state::StateError| Interrupted::Fatal(JobFatal(e.to_string()));
-    while !state
-        .lease(job, &sample.key, holder, LEASE_TTL)
-        .await
-        .map_err(fatal)?
-    {
-        if state.done(job, &[sample.key]).await.map_err(fatal)?[0] {
+    while !state.lease(job, &sample.key, holder, LEASE_TTL).await? {
+        if state.done(job, &[sample.key]).await?[0] {
             return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -129,8 +120,13 @@ async fn run_leased(
     let renew = async {
         loop {
             tokio::time::sleep(LEASE_TTL / 3).await;
-            if let Err(error) = state.lease(job, &sample.key, holder, LEASE_TTL).await {
-                tracing::warn!(job, %error, "cannot renew a sample lease");
+            match state.lease(job, &sample.key, holder, LEASE_TTL).await {
+                // The outage itself is logged where the sample waits for the state store.
+                Err(error) if error.is_unavailable() => {
+                    tracing::debug!(job, %error, "cannot renew a sample lease");
+                }
+                Err(error) => tracing::warn!(job, %error, "cannot renew a sample lease"),
+                Ok(_) => {}
             }
         }
     };
@@ -175,14 +171,14 @@ pub async fn work(
                 Handled::Outage(message) => {
                     ctx.metrics.record_pause();
                     let wait = outage.pause();
-                    tracing::warn!(job, %message, ?wait, "model endpoint unreachable; pausing, the task went back to the queue");
+                    tracing::warn!(job, %message, ?wait, "a model endpoint or the state store is unreachable; pausing, the task went back to the queue");
                 }
             },
             delivery = deliveries.next(), if taking && !paused && in_flight.len() < limit => match delivery {
                 Some(delivery) => in_flight.push(handle(&ctx, broker.as_ref(), &options, delivery)),
                 None => taking = false,
             },
-            () = outage.resumed(), if taking && paused => tracing::info!(job, "probing the model endpoint with the next task"),
+            () = outage.resumed(), if taking && paused => tracing::info!(job, "probing with the next task"),
             () = shutdown.cancelled(), if taking => taking = false,
         }
     }
@@ -193,11 +189,11 @@ pub async fn work(
 enum Handled {
     /// Acked, dead-lettered, or requeued because results could not be confirmed.
     Settled,
-    /// Requeued because a model endpoint is unreachable.
+    /// Requeued because a model endpoint or the state store is unreachable.
     Outage(String),
 }
 
-/// The pause after an endpoint outage: doubling from 1 s up to 30 s while tasks keep finding
+/// The pause after an outage (of a model endpoint or the state store): doubling from 1 s up to 30 s while tasks keep finding
 /// the endpoint down; the first task taken after a pause is the probe.
 #[derive(Default)]
 struct OutageBackoff {

@@ -88,6 +88,9 @@ pub async fn serve(
                             serving.insert(job.clone(), token);
                             consumers.spawn(async move { (job, consumer.await) });
                         }
+                        Err(StartError::Unavailable(error)) => {
+                            tracing::warn!(job, %error, "cannot read this job's spec yet; retrying");
+                        }
                         Err(StartError::Unreadable(error)) => {
                             // Written by a newer coordinator: another worker may serve it.
                             tracing::error!(job, %error, "cannot read this job's spec; not serving it");
@@ -130,6 +133,8 @@ type Consumer = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send
 
 /// Why a job could not be started on this worker.
 enum StartError {
+    /// The state store is away: try again at the next poll.
+    Unavailable(String),
     /// The registry entry does not decode (a newer format): this worker skips the job, newer
     /// workers can serve it, so the job itself is not stopped.
     Unreadable(String),
@@ -148,7 +153,13 @@ async fn start_job(
     let (json, _) = state
         .get_job(job)
         .await
-        .map_err(|e| StartError::Unreadable(e.to_string()))?
+        .map_err(|e| {
+            if e.is_unavailable() {
+                StartError::Unavailable(e.to_string())
+            } else {
+                StartError::Unreadable(e.to_string())
+            }
+        })?
         .ok_or_else(|| {
             StartError::Unreadable(format!("job {job:?} is active but not registered"))
         })?;

@@ -40,7 +40,7 @@ use lapin::options::{
     BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
     QueuePurgeOptions,
 };
-use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
 use lapin::{
@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use super::secret_url::SecretUrl;
 use super::{Acker, Broker, BrokerError, Delivery, Queue};
+use crate::service_error::Service;
 
 /// Deliveries of one message before RabbitMQ dead-letters it instead of delivering it again.
 pub const DELIVERY_LIMIT: i32 = 20;
@@ -90,7 +91,7 @@ impl AmqpBroker {
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         let url = SecretUrl::new(url);
         let mut uri: AMQPUri = url.raw().parse().map_err(|error: String| {
-            BrokerError(format!("invalid broker URL {url}: {}", url.scrub(error)))
+            Service::Broker.fatal(format!("invalid broker URL {url}: {}", url.scrub(error)))
         })?;
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
         uri.query
@@ -106,84 +107,6 @@ impl AmqpBroker {
         supervisor.link(&supervisor.publishing).await?;
         supervisor.link(&supervisor.consuming).await?;
         Ok(Self { supervisor })
-    }
-
-    /// Whether both connections are open, reopening a closed one, within two seconds: for a
-    /// readiness probe, which thereby also brings an idle process back after a broker outage.
-    pub async fn is_connected(&self) -> bool {
-        for slot in [&self.supervisor.publishing, &self.supervisor.consuming] {
-            let linked = timeout(Duration::from_secs(2), self.supervisor.link(slot)).await;
-            if !matches!(linked, Ok(Ok(link)) if link.is_open()) {
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Messages ready for delivery in a job's queue (deliveries in flight are not counted);
-    /// 0 when the queue does not exist.
-    pub async fn queue_depth(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
-        let name = queue_name(job, queue);
-        let link = self.supervisor.link(&self.supervisor.publishing).await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        self.supervisor
-            .bounded("queue depth", async {
-                let channel = link.connection.create_channel().await?;
-                let declared = channel
-                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
-                    .await;
-                match declared {
-                    Ok(queue) => Ok(queue.message_count()),
-                    Err(error) if is_not_found(&error) => Ok(0),
-                    Err(error) => Err(error),
-                }
-            })
-            .await
-    }
-
-    /// Removes every ready message of a job's queue (declaring the job's queues first) and
-    /// returns how many there were.
-    pub async fn purge(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
-        let name = queue_name(job, queue);
-        let link = self.supervisor.link(&self.supervisor.publishing).await?;
-        self.supervisor
-            .bounded("purge", async {
-                link.declare(job).await?;
-                link.channel
-                    .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
-                    .await
-            })
-            .await
-    }
-
-    /// Deletes the job's three queues and their messages (a missing queue is not an error).
-    /// Consumers of them see their stream end.
-    pub async fn delete_job_queues(&self, job: &str) -> Result<(), BrokerError> {
-        let link = self.supervisor.link(&self.supervisor.publishing).await?;
-        for queue in [Queue::Tasks, Queue::Results, Queue::Dead] {
-            let name = queue_name(job, queue);
-            self.supervisor
-                .bounded("delete queue", async {
-                    let channel = link.connection.create_channel().await?;
-                    let deleted = channel
-                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                        .await;
-                    match deleted {
-                        Err(error) if !is_not_found(&error) => Err(error),
-                        _ => Ok(()),
-                    }
-                })
-                .await?;
-        }
-        for slot in [&self.supervisor.publishing, &self.supervisor.consuming] {
-            if let Some(link) = slot.current.lock().await.as_ref() {
-                link.declared.lock().expect("declared lock").remove(job);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -212,18 +135,19 @@ impl Broker for AmqpBroker {
         match confirmed {
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => {
+                // Declared again at the next attempt.
                 link.declared.lock().expect("declared lock").remove(job);
-                Err(BrokerError(format!(
-                    "{name} does not exist: message not stored"
-                )))
+                Err(Service::Broker
+                    .unavailable(format!("{name} does not exist: message not stored")))
             }
+            // A quorum queue without a leader (a node restarting) nacks: waiting helps.
             Ok(Ok(Confirmation::Nack(_))) => {
-                Err(BrokerError(format!("RabbitMQ refused a message to {name}")))
+                Err(Service::Broker.unavailable(format!("RabbitMQ refused a message to {name}")))
             }
-            Ok(Ok(Confirmation::NotRequested)) => Err(BrokerError(format!(
+            Ok(Ok(Confirmation::NotRequested)) => Err(Service::Broker.fatal(format!(
                 "publish to {name} was not confirmed: confirms are off on the channel"
             ))),
-            Ok(Err(error)) => Err(self.supervisor.error(&format!("publish to {name}"), error)),
+            Ok(Err(error)) => Err(self.supervisor.error(&format!("publish to {name}"), &error)),
             Err(_) => {
                 self.supervisor
                     .discard(
@@ -232,9 +156,9 @@ impl Broker for AmqpBroker {
                         "a publisher confirm timed out",
                     )
                     .await;
-                Err(BrokerError(format!(
-                    "publish to {name}: no confirm within {CONFIRM_TIMEOUT:?}"
-                )))
+                Err(self
+                    .supervisor
+                    .timed_out(&format!("publish to {name}"), CONFIRM_TIMEOUT))
             }
         }
     }
@@ -255,12 +179,98 @@ impl Broker for AmqpBroker {
             prefetch: prefetch.max(1),
             current: None,
         };
-        subscription.current = Some(subscription.subscribe().await?);
+        subscription.current = match subscription.subscribe().await {
+            Ok(consuming) => Some(consuming),
+            // The stream subscribes once the broker answers, as after a restart.
+            Err(error) if error.is_unavailable() => {
+                warn!(queue = %subscription.queue, %error, "cannot consume yet; retrying");
+                None
+            }
+            Err(error) => return Err(error),
+        };
         Ok(stream::unfold(subscription, |mut subscription| async move {
             let delivery = subscription.next().await?;
             Some((delivery, subscription))
         })
         .boxed())
+    }
+
+    /// Whether both connections are open, reopening a closed one, within two seconds: for a
+    /// readiness probe, which thereby also brings an idle process back after a broker outage.
+    async fn ready(&self) -> bool {
+        for slot in [&self.supervisor.publishing, &self.supervisor.consuming] {
+            let linked = timeout(Duration::from_secs(2), self.supervisor.link(slot)).await;
+            if !matches!(linked, Ok(Ok(link)) if link.is_open()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Messages ready for delivery in a job's queue (deliveries in flight are not counted);
+    /// 0 when the queue does not exist.
+    async fn depth(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
+        let name = queue_name(job, queue);
+        let link = self.supervisor.link(&self.supervisor.publishing).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        self.supervisor
+            .bounded("queue depth", async {
+                let channel = link.connection.create_channel().await?;
+                let declared = channel
+                    .queue_declare(name.as_str().into(), passive, FieldTable::default())
+                    .await;
+                match declared {
+                    Ok(queue) => Ok(queue.message_count()),
+                    Err(error) if is_not_found(&error) => Ok(0),
+                    Err(error) => Err(error),
+                }
+            })
+            .await
+    }
+
+    /// Removes every ready message of a job's queue (declaring the job's queues first) and
+    /// returns how many there were.
+    async fn purge(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
+        let name = queue_name(job, queue);
+        let link = self.supervisor.link(&self.supervisor.publishing).await?;
+        self.supervisor
+            .bounded("purge", async {
+                link.declare(job).await?;
+                link.channel
+                    .queue_purge(name.as_str().into(), QueuePurgeOptions::default())
+                    .await
+            })
+            .await
+    }
+
+    /// Deletes the job's three queues and their messages (a missing queue is not an error).
+    /// Consumers of them see their stream end.
+    async fn delete_job(&self, job: &str) -> Result<(), BrokerError> {
+        let link = self.supervisor.link(&self.supervisor.publishing).await?;
+        for queue in [Queue::Tasks, Queue::Results, Queue::Dead] {
+            let name = queue_name(job, queue);
+            self.supervisor
+                .bounded("delete queue", async {
+                    let channel = link.connection.create_channel().await?;
+                    let deleted = channel
+                        .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
+                        .await;
+                    match deleted {
+                        Err(error) if !is_not_found(&error) => Err(error),
+                        _ => Ok(()),
+                    }
+                })
+                .await?;
+        }
+        for slot in [&self.supervisor.publishing, &self.supervisor.consuming] {
+            if let Some(link) = slot.current.lock().await.as_ref() {
+                link.declared.lock().expect("declared lock").remove(job);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -380,10 +390,8 @@ impl Supervisor {
         let context = format!("connecting to RabbitMQ ({role})");
         let (connection, channel) = match opened {
             Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => return Err(self.error(&context, error)),
-            Err(_) => {
-                return Err(self.error(&context, format!("no answer within {CONNECT_TIMEOUT:?}")));
-            }
+            Ok(Err(error)) => return Err(self.error(&context, &error)),
+            Err(_) => return Err(self.timed_out(&context, CONNECT_TIMEOUT)),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         info!(role, url = %self.url, id, "connected to RabbitMQ");
@@ -423,16 +431,41 @@ impl Supervisor {
     ) -> Result<T, BrokerError> {
         match timeout(OPERATION_TIMEOUT, operation).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(self.error(what, error)),
-            Err(_) => Err(self.error(what, format!("no answer within {OPERATION_TIMEOUT:?}"))),
+            Ok(Err(error)) => Err(self.error(what, &error)),
+            Err(_) => Err(self.timed_out(what, OPERATION_TIMEOUT)),
         }
     }
 
-    fn error(&self, context: &str, error: impl std::fmt::Display) -> BrokerError {
-        BrokerError(format!(
-            "{context} at {}: {}",
-            self.url,
-            self.url.scrub(error)
+    /// A lapin error as a [`BrokerError`] of the right kind: refused credentials, a vhost the
+    /// user may not use or a protocol the server does not speak end the job; a queue declared
+    /// with other arguments or a frame that cannot be encoded is a rejected request; anything
+    /// else (a connection refused, reset or closed, a channel gone, a missed heartbeat) is an
+    /// outage to wait out.
+    fn error(&self, context: &str, error: &lapin::Error) -> BrokerError {
+        let message = format!("{context} at {}: {}", self.url, self.url.scrub(error));
+        match error.kind() {
+            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
+                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Service::Broker.fatal(message),
+                AMQPErrorKind::Soft(
+                    AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::NOTFOUND,
+                ) => Service::Broker.rejected(message),
+                _ => Service::Broker.unavailable(message),
+            },
+            ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => {
+                Service::Broker.fatal(message)
+            }
+            ErrorKind::SerialisationError(_) => Service::Broker.rejected(message),
+            _ => Service::Broker.unavailable(message),
+        }
+    }
+
+    /// An operation that got no answer in time: the broker is unavailable (or the connection
+    /// is stuck, and the caller drops it).
+    fn timed_out(&self, context: &str, after: Duration) -> BrokerError {
+        Service::Broker.unavailable(format!(
+            "{context} at {}: no answer within {after:?}",
+            self.url
         ))
     }
 }
@@ -485,12 +518,12 @@ impl Subscription {
         let context = format!("consuming {}", self.queue);
         match subscribed {
             Ok(Ok(consuming)) => Ok(consuming),
-            Ok(Err(error)) => Err(supervisor.error(&context, error)),
+            Ok(Err(error)) => Err(supervisor.error(&context, &error)),
             Err(_) => {
                 supervisor
                     .discard(&supervisor.consuming, &link, "subscribing timed out")
                     .await;
-                Err(supervisor.error(&context, format!("no answer within {OPERATION_TIMEOUT:?}")))
+                Err(supervisor.timed_out(&context, OPERATION_TIMEOUT))
             }
         }
     }

@@ -1,17 +1,22 @@
-//! The in-process broker of embedded mode: one unbounded MPMC channel per (job, queue).
+//! The in-process broker of embedded mode: one unbounded MPMC channel per (job, queue), with
+//! RabbitMQ's delivery rules, so a pipeline that works here works on RabbitMQ: a consumer holds
+//! at most `prefetch` unsettled deliveries, a requeued message comes back, a delivery dropped
+//! without being settled goes back to its queue (as when a consumer's channel closes), and a
+//! dead-lettered message goes to the job's [`Queue::Dead`] channel.
 //!
 //! Unbounded is safe because the coordinator bounds what is outstanding; there is no
-//! redelivery across processes because everything lives and dies with this process. A
-//! dead-lettered message goes to the job's [`Queue::Dead`] channel, as with RabbitMQ.
+//! redelivery across processes because everything lives and dies with this process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use futures::stream::BoxStream;
+use futures::stream::{self, BoxStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{Acker, Broker, BrokerError, Delivery, Queue};
+use crate::service_error::Service;
 
 type Channel = (
     async_channel::Sender<Vec<u8>>,
@@ -48,27 +53,49 @@ impl MemoryBroker {
     }
 }
 
+fn closed() -> BrokerError {
+    Service::Broker.fatal("in-process queue closed")
+}
+
+/// One unsettled delivery: its message until it is settled, and its consumer's prefetch slot.
 struct MemoryAcker {
-    payload: Vec<u8>,
+    /// `None` once settled; a delivery dropped while it holds its message puts it back.
+    payload: Option<Vec<u8>>,
     requeue_to: async_channel::Sender<Vec<u8>>,
     job: String,
     inner: Arc<Inner>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl MemoryAcker {
+    fn take(&mut self) -> Vec<u8> {
+        self.payload.take().expect("a delivery is settled once")
+    }
+}
+
+impl Drop for MemoryAcker {
+    fn drop(&mut self) {
+        if let Some(payload) = self.payload.take() {
+            // An unbounded channel only refuses when closed, and then nobody consumes anyway.
+            let _ = self.requeue_to.try_send(payload);
+        }
+    }
 }
 
 #[async_trait]
 impl Acker for MemoryAcker {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+    async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
+        self.take();
         Ok(())
     }
 
-    async fn requeue(self: Box<Self>) -> Result<(), BrokerError> {
-        self.requeue_to
-            .send(self.payload)
-            .await
-            .map_err(|_| BrokerError("in-process queue closed".into()))
+    async fn requeue(mut self: Box<Self>) -> Result<(), BrokerError> {
+        let payload = self.take();
+        self.requeue_to.send(payload).await.map_err(|_| closed())
     }
 
-    async fn dead_letter(self: Box<Self>, reason: &str) -> Result<(), BrokerError> {
+    async fn dead_letter(mut self: Box<Self>, reason: &str) -> Result<(), BrokerError> {
+        let payload = self.take();
         self.inner
             .dead
             .lock()
@@ -77,9 +104,9 @@ impl Acker for MemoryAcker {
         self.inner
             .channel(&self.job, Queue::Dead)
             .0
-            .send(self.payload)
+            .send(payload)
             .await
-            .map_err(|_| BrokerError("in-process queue closed".into()))
+            .map_err(|_| closed())
     }
 }
 
@@ -91,29 +118,72 @@ impl Broker for MemoryBroker {
             .0
             .send(payload)
             .await
-            .map_err(|_| BrokerError("in-process queue closed".into()))
+            .map_err(|_| closed())
     }
 
     async fn consume(
         &self,
         job: &str,
         queue: Queue,
-        _prefetch: u16,
+        prefetch: u16,
     ) -> Result<BoxStream<'static, Delivery>, BrokerError> {
         let (sender, receiver) = self.inner.channel(job, queue);
+        let slots = Arc::new(Semaphore::new(usize::from(prefetch.max(1))));
         let job = job.to_owned();
         let inner = self.inner.clone();
-        Ok(receiver
-            .map(move |payload| Delivery {
-                payload: payload.clone(),
-                acker: Box::new(MemoryAcker {
-                    payload,
-                    requeue_to: sender.clone(),
-                    job: job.clone(),
-                    inner: inner.clone(),
-                }),
-            })
-            .boxed())
+        let deliveries = stream::unfold((), move |()| {
+            let (slots, sender, receiver) = (slots.clone(), sender.clone(), receiver.clone());
+            let (job, inner) = (job.clone(), inner.clone());
+            async move {
+                // A slot first, then a message: a consumer at its prefetch takes nothing more.
+                let slot = slots.acquire_owned().await.expect("never closed");
+                let payload = receiver.recv().await.ok()?;
+                let delivery = Delivery {
+                    payload: payload.clone(),
+                    acker: Box::new(MemoryAcker {
+                        payload: Some(payload),
+                        requeue_to: sender,
+                        job,
+                        inner,
+                        _slot: slot,
+                    }),
+                };
+                Some((delivery, ()))
+            }
+        });
+        Ok(deliveries.boxed())
+    }
+
+    async fn depth(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
+        let channels = self.inner.channels.lock().expect("broker lock");
+        Ok(channels
+            .get(&(job.to_owned(), queue))
+            .map_or(0, |(_, receiver)| {
+                u32::try_from(receiver.len()).unwrap_or(u32::MAX)
+            }))
+    }
+
+    async fn purge(&self, job: &str, queue: Queue) -> Result<u32, BrokerError> {
+        let (_, receiver) = self.inner.channel(job, queue);
+        let mut purged = 0u32;
+        while receiver.try_recv().is_ok() {
+            purged = purged.saturating_add(1);
+        }
+        Ok(purged)
+    }
+
+    async fn delete_job(&self, job: &str) -> Result<(), BrokerError> {
+        let mut channels = self.inner.channels.lock().expect("broker lock");
+        for queue in [Queue::Tasks, Queue::Results, Queue::Dead] {
+            if let Some((sender, _)) = channels.remove(&(job.to_owned(), queue)) {
+                sender.close();
+            }
+        }
+        Ok(())
+    }
+
+    async fn ready(&self) -> bool {
+        true
     }
 }
 

@@ -9,10 +9,9 @@ pub(crate) mod secret_url;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-/// A broker failure; callers retry or stop, they never drop a message because of it.
-#[derive(Debug, thiserror::Error)]
-#[error("broker: {0}")]
-pub struct BrokerError(pub String);
+/// A broker failure, typed by what to do next ([`crate::service_error::FailureKind`]);
+/// callers wait, retry or stop, they never drop a message because of it.
+pub type BrokerError = crate::service_error::ServiceError;
 
 /// The queues of a job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -44,16 +43,40 @@ pub struct Delivery {
     pub acker: Box<dyn Acker>,
 }
 
-/// A queue system.
+/// A queue system: the messages, and the operations the coordinator, `cai status` and the
+/// readiness probe need, so none of them knows which broker is underneath.
 #[async_trait]
 pub trait Broker: Send + Sync {
     /// Publishes a message and returns once the broker has confirmed it.
     async fn publish(&self, job: &str, queue: Queue, payload: Vec<u8>) -> Result<(), BrokerError>;
-    /// Starts consuming a queue with at most `prefetch` unsettled deliveries.
+    /// Starts consuming a queue with at most `prefetch` unsettled deliveries (0 counts as 1). A
+    /// delivery dropped without being settled goes back to the queue, as when a consumer dies.
     async fn consume(
         &self,
         job: &str,
         queue: Queue,
         prefetch: u16,
     ) -> Result<BoxStream<'static, Delivery>, BrokerError>;
+    /// Messages ready for delivery in a job's queue (deliveries in flight are not counted); 0
+    /// when the queue does not exist.
+    async fn depth(&self, job: &str, queue: Queue) -> Result<u32, BrokerError>;
+    /// Removes every ready message of a job's queue and returns how many there were.
+    async fn purge(&self, job: &str, queue: Queue) -> Result<u32, BrokerError>;
+    /// Deletes the job's queues and their messages; consumers of them see their stream end.
+    async fn delete_job(&self, job: &str) -> Result<(), BrokerError>;
+    /// Whether the broker answers now, reconnecting if it must (for a readiness probe).
+    async fn ready(&self) -> bool;
+}
+
+/// Connects to the broker `url` names, choosing the implementation by its scheme:
+/// `amqp://` or `amqps://` (RabbitMQ), `memory:` (a fresh in-process broker, for one process).
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        Some("amqp" | "amqps") => Ok(std::sync::Arc::new(amqp::AmqpBroker::connect(url).await?)),
+        Some("memory") => Ok(std::sync::Arc::new(memory::MemoryBroker::default())),
+        _ => Err(crate::service_error::Service::Broker.fatal(format!(
+            "{}: not a broker URL: amqp://, amqps:// (RabbitMQ) or memory: (in-process)",
+            secret_url::SecretUrl::new(url)
+        ))),
+    }
 }

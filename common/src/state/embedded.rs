@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use super::step_log::{LoggedSteps, StepLog, Steps};
 use super::{StateError, StateStore};
 use crate::sample::SampleKey;
+use crate::service_error::Service;
 
 /// The step cache: each sample's steps with the bytes its records take in the log, and the log.
 #[derive(Default)]
@@ -137,7 +138,7 @@ impl StateStore for EmbeddedState {
         let written = match &mut cache.log {
             Some(log) => log
                 .append(key, step, &value)
-                .map_err(|e| StateError(format!("writing the step log: {e}")))?,
+                .map_err(|e| Service::State.fatal(format!("writing the step log: {e}")))?,
             None => 0,
         };
         let (steps, bytes) = cache.samples.entry((job.to_owned(), *key)).or_default();
@@ -162,7 +163,7 @@ impl StateStore for EmbeddedState {
                 .filter(|((step_job, _), _)| step_job == job)
                 .map(|((_, key), (steps, _))| (key, steps));
             log.forget(forgotten, cached)
-                .map_err(|e| StateError(format!("compacting the step log: {e}")))?;
+                .map_err(|e| Service::State.fatal(format!("compacting the step log: {e}")))?;
         }
         Ok(())
     }
@@ -287,6 +288,10 @@ impl StateStore for EmbeddedState {
             .expect("state lock")
             .retain(|(lease_job, _), _| lease_job != job);
         Ok(())
+    }
+
+    async fn ready(&self) -> bool {
+        true
     }
 }
 

@@ -20,10 +20,8 @@ use async_trait::async_trait;
 
 use crate::sample::SampleKey;
 
-/// A state-store failure.
-#[derive(Debug, thiserror::Error)]
-#[error("state store: {0}")]
-pub struct StateError(pub String);
+/// A state-store failure, typed by what to do next ([`crate::service_error::FailureKind`]).
+pub type StateError = crate::service_error::ServiceError;
 
 /// Shared progress state of jobs.
 #[async_trait]
@@ -104,4 +102,19 @@ pub trait StateStore: Send + Sync {
     /// Forgets everything about the job: registry entry, active flag, done set, counters,
     /// fatal error and step cache.
     async fn clear_job(&self, job: &str) -> Result<(), StateError>;
+    /// Whether the store answers now (for a readiness probe).
+    async fn ready(&self) -> bool;
+}
+
+/// Connects to the state store `url` names, choosing the implementation by its scheme:
+/// `redis://` or `rediss://` (Redis), `memory:` (a fresh in-process store, for one process).
+pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn StateStore>, StateError> {
+    match url.split_once(':').map(|(scheme, _)| scheme) {
+        Some("redis" | "rediss") => Ok(std::sync::Arc::new(redis::RedisState::connect(url).await?)),
+        Some("memory") => Ok(std::sync::Arc::new(embedded::EmbeddedState::default())),
+        _ => Err(crate::service_error::Service::State.fatal(format!(
+            "{}: not a state store URL: redis://, rediss:// (Redis) or memory: (in-process)",
+            crate::broker::secret_url::SecretUrl::new(url)
+        ))),
+    }
 }

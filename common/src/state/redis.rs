@@ -2,7 +2,10 @@
 //! counters, worker heartbeats and the step cache, shared by the coordinator and every worker.
 //!
 //! # Keys
-//! Everything of a job lives under `cai:<job>:` so [`StateStore::clear_job`] can find it:
+//! Every key starts with a prefix, `cai` unless the URL's `prefix` parameter names another
+//! (`redis://host:6379/0?prefix=team-a`): teams or test runs sharing one Redis each see only
+//! their own jobs and workers. Below, `cai` stands for the prefix. Everything of a job lives under
+//! `cai:<job>:` so [`StateStore::clear_job`] can find it:
 //!
 //! | key | type | what |
 //! |---|---|---|
@@ -35,12 +38,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{FromRedisValue, Pipeline, RedisError};
+use redis::{ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind};
 use tracing::debug;
 
 use super::{StateError, StateStore};
 use crate::broker::secret_url::SecretUrl;
 use crate::sample::SampleKey;
+use crate::service_error::Service;
 
 /// How long a cached step lives after the last step of its sample was written.
 pub const DEFAULT_STEP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -50,10 +54,8 @@ const CHUNK: usize = 10_000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Set of active job names.
-const ACTIVE_JOBS: &str = "cai:_jobs:active";
-/// Set of the ids of workers that sent a heartbeat (pruned of expired ones when listed).
-const WORKERS: &str = "cai:_workers";
+/// The key prefix when the URL names none.
+pub const DEFAULT_PREFIX: &str = "cai";
 
 /// Whether a command may be sent again after its connection broke.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -69,40 +71,36 @@ enum Retry {
 pub struct RedisState {
     connection: ConnectionManager,
     url: SecretUrl,
+    keys: Keys,
     step_ttl: Duration,
 }
 
 impl RedisState {
-    /// Connects to `url` (`redis://[:password@]host:port[/db]`; the DB number selects the
-    /// database). Fails if Redis does not answer.
+    /// Connects to `url` (`redis://[:password@]host:port[/db][?prefix=name]`; the DB number
+    /// selects the database, the prefix the keys' namespace). Fails if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, StateError> {
-        let url = SecretUrl::new(url);
-        let error = |context: &str, error: RedisError| {
-            StateError(format!("{context} {url}: {}", url.scrub(error)))
-        };
-        let client = redis::Client::open(url.raw()).map_err(|e| error("invalid Redis URL", e))?;
+        let (url, prefix) = split_prefix(url).map_err(|message| {
+            Service::State.fatal(format!(
+                "invalid Redis URL {}: {message}",
+                SecretUrl::new(url)
+            ))
+        })?;
+        let url = SecretUrl::new(&url);
+        let client = redis::Client::open(url.raw()).map_err(|error| {
+            Service::State.fatal(format!("invalid Redis URL {url}: {}", url.scrub(error)))
+        })?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
         let connection = ConnectionManager::new_with_config(client, config)
             .await
-            .map_err(|e| error("connecting to", e))?;
+            .map_err(|error| classify(&url, "connecting to Redis", error))?;
         Ok(Self {
             connection,
             url,
+            keys: Keys { prefix },
             step_ttl: DEFAULT_STEP_TTL,
         })
-    }
-
-    /// Whether Redis answers a `PING` within a second, for a readiness probe.
-    pub async fn ping(&self) -> bool {
-        let mut connection = self.connection.clone();
-        let command = redis::cmd("PING");
-        let ping = command.query_async::<String>(&mut connection);
-        matches!(
-            tokio::time::timeout(Duration::from_secs(1), ping).await,
-            Ok(Ok(_))
-        )
     }
 
     /// Sets how long cached steps live (at least a second).
@@ -126,9 +124,40 @@ impl RedisState {
             }
             result => result,
         };
-        result.map_err(|error| {
-            StateError(format!("{what} at {}: {}", self.url, self.url.scrub(error)))
-        })
+        result.map_err(|error| classify(&self.url, what, error))
+    }
+}
+
+/// A Redis error as a [`StateError`] of the right kind: a server that cannot be reached, is
+/// loading its data or fails over is unavailable (wait); refused credentials or a bad URL end the
+/// job; any other command error is a rejected request.
+fn classify(url: &SecretUrl, what: &str, error: RedisError) -> StateError {
+    let message = format!("{what} at {url}: {}", url.scrub(&error));
+    let waiting_helps = is_broken(&error)
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || matches!(
+            error.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+            )
+        );
+    let refused = matches!(
+        error.kind(),
+        ErrorKind::AuthenticationFailed
+            | ErrorKind::InvalidClientConfig
+            | ErrorKind::Server(ServerErrorKind::NoPerm)
+    );
+    if refused {
+        Service::State.fatal(message)
+    } else if waiting_helps {
+        Service::State.unavailable(message)
+    } else {
+        Service::State.rejected(message)
     }
 }
 
@@ -137,16 +166,67 @@ fn is_broken(error: &RedisError) -> bool {
     error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
 }
 
-fn job_key(job: &str, suffix: &str) -> String {
-    format!("cai:{job}:{suffix}")
+/// The names of the keys, under one prefix.
+#[derive(Clone)]
+struct Keys {
+    prefix: String,
 }
 
-fn steps_key(job: &str, key: &SampleKey) -> String {
-    format!("cai:{job}:steps:{}", key.to_hex())
+impl Keys {
+    fn job(&self, job: &str, suffix: &str) -> String {
+        format!("{}:{job}:{suffix}", self.prefix)
+    }
+
+    fn steps(&self, job: &str, key: &SampleKey) -> String {
+        format!("{}:{job}:steps:{}", self.prefix, key.to_hex())
+    }
+
+    fn lease(&self, job: &str, key: &SampleKey) -> String {
+        format!("{}:{job}:lease:{}", self.prefix, key.to_hex())
+    }
+
+    /// Set of active job names.
+    fn active_jobs(&self) -> String {
+        format!("{}:_jobs:active", self.prefix)
+    }
+
+    /// Set of the ids of workers that sent a heartbeat (pruned of expired ones when listed).
+    fn workers(&self) -> String {
+        format!("{}:_workers", self.prefix)
+    }
+
+    fn worker(&self, worker_id: &str) -> String {
+        format!("{}:_workers:{worker_id}", self.prefix)
+    }
 }
 
-fn worker_key(worker_id: &str) -> String {
-    format!("{WORKERS}:{worker_id}")
+/// Splits the `prefix` parameter off a Redis URL: the URL the client is given, and the prefix.
+fn split_prefix(url: &str) -> Result<(String, String), String> {
+    let Some((base, query)) = url.split_once('?') else {
+        return Ok((url.to_owned(), DEFAULT_PREFIX.to_owned()));
+    };
+    let mut prefix = DEFAULT_PREFIX.to_owned();
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+        match pair.strip_prefix("prefix=") {
+            Some(value) => {
+                let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+                if value.is_empty() || !value.chars().all(allowed) {
+                    return Err(format!(
+                        "prefix {value:?}: letters, digits, '-', '_' and '.' only"
+                    ));
+                }
+                value.clone_into(&mut prefix);
+            }
+            None => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    Ok((url, prefix))
 }
 
 /// A `SCAN MATCH` pattern matching exactly the keys that start with `prefix`.
@@ -189,10 +269,6 @@ end
 return 0
 ";
 
-fn lease_key(job: &str, key: &SampleKey) -> String {
-    format!("cai:{job}:lease:{}", key.to_hex())
-}
-
 #[async_trait]
 impl StateStore for RedisState {
     async fn lease(
@@ -204,31 +280,23 @@ impl StateStore for RedisState {
     ) -> Result<bool, StateError> {
         let mut connection = self.connection.clone();
         let taken: i64 = redis::Script::new(LEASE)
-            .key(lease_key(job, key))
+            .key(self.keys.lease(job, key))
             .arg(holder)
             .arg(ttl.as_millis().max(1) as u64)
             .invoke_async(&mut connection)
             .await
-            .map_err(|error| {
-                StateError(format!("lease at {}: {}", self.url, self.url.scrub(error)))
-            })?;
+            .map_err(|error| classify(&self.url, "lease", error))?;
         Ok(taken == 1)
     }
 
     async fn release(&self, job: &str, key: &SampleKey, holder: &str) -> Result<(), StateError> {
         let mut connection = self.connection.clone();
         let _: i64 = redis::Script::new(RELEASE)
-            .key(lease_key(job, key))
+            .key(self.keys.lease(job, key))
             .arg(holder)
             .invoke_async(&mut connection)
             .await
-            .map_err(|error| {
-                StateError(format!(
-                    "release at {}: {}",
-                    self.url,
-                    self.url.scrub(error)
-                ))
-            })?;
+            .map_err(|error| classify(&self.url, "release", error))?;
         Ok(())
     }
 
@@ -237,7 +305,12 @@ impl StateStore for RedisState {
             return Ok(Vec::new());
         }
         let mut pipeline = redis::pipe();
-        add_chunked(&mut pipeline, "SMISMEMBER", &job_key(job, "done"), keys);
+        add_chunked(
+            &mut pipeline,
+            "SMISMEMBER",
+            &self.keys.job(job, "done"),
+            keys,
+        );
         let chunks: Vec<Vec<bool>> = self.query("done", &pipeline, Retry::Idempotent).await?;
         Ok(chunks.into_iter().flatten().collect())
     }
@@ -247,7 +320,7 @@ impl StateStore for RedisState {
             return Ok(());
         }
         let mut pipeline = redis::pipe();
-        add_chunked(&mut pipeline, "SADD", &job_key(job, "done"), keys);
+        add_chunked(&mut pipeline, "SADD", &self.keys.job(job, "done"), keys);
         self.query("mark done", &pipeline, Retry::Idempotent).await
     }
 
@@ -258,7 +331,7 @@ impl StateStore for RedisState {
         step: &str,
     ) -> Result<Option<Vec<u8>>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.hget(steps_key(job, key), step);
+        pipeline.hget(self.keys.steps(job, key), step);
         let (value,): (Option<Vec<u8>>,) =
             self.query("step get", &pipeline, Retry::Idempotent).await?;
         Ok(value)
@@ -271,7 +344,7 @@ impl StateStore for RedisState {
         step: &str,
         value: Vec<u8>,
     ) -> Result<(), StateError> {
-        let hash = steps_key(job, key);
+        let hash = self.keys.steps(job, key);
         let mut pipeline = redis::pipe();
         pipeline
             .atomic()
@@ -286,7 +359,7 @@ impl StateStore for RedisState {
         }
         let mut pipeline = redis::pipe();
         for chunk in keys.chunks(CHUNK) {
-            let hashes: Vec<String> = chunk.iter().map(|key| steps_key(job, key)).collect();
+            let hashes: Vec<String> = chunk.iter().map(|key| self.keys.steps(job, key)).collect();
             pipeline.unlink(hashes);
         }
         self.query("step forget", &pipeline, Retry::Idempotent)
@@ -301,7 +374,7 @@ impl StateStore for RedisState {
     ) -> Result<(), StateError> {
         let mut pipeline = redis::pipe();
         pipeline.hset_multiple(
-            job_key(job, "job"),
+            self.keys.job(job, "job"),
             &[("spec", spec_json), ("fingerprint", fingerprint)],
         );
         self.query("put job", &pipeline, Retry::Idempotent).await
@@ -309,7 +382,7 @@ impl StateStore for RedisState {
 
     async fn get_job(&self, job: &str) -> Result<Option<(String, String)>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.hmget(job_key(job, "job"), &["spec", "fingerprint"]);
+        pipeline.hmget(self.keys.job(job, "job"), &["spec", "fingerprint"]);
         let ((spec, fingerprint),): ((Option<String>, Option<String>),) =
             self.query("get job", &pipeline, Retry::Idempotent).await?;
         Ok(spec.zip(fingerprint))
@@ -319,7 +392,7 @@ impl StateStore for RedisState {
         let mut pipeline = redis::pipe();
         pipeline
             .cmd("SET")
-            .arg(job_key(job, "fatal"))
+            .arg(self.keys.job(job, "fatal"))
             .arg(message)
             .arg("NX")
             .ignore();
@@ -328,7 +401,7 @@ impl StateStore for RedisState {
 
     async fn fatal(&self, job: &str) -> Result<Option<String>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.get(job_key(job, "fatal"));
+        pipeline.get(self.keys.job(job, "fatal"));
         let (message,): (Option<String>,) =
             self.query("fatal", &pipeline, Retry::Idempotent).await?;
         Ok(message)
@@ -336,14 +409,14 @@ impl StateStore for RedisState {
 
     async fn clear_fatal(&self, job: &str) -> Result<(), StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.del(job_key(job, "fatal")).ignore();
+        pipeline.del(self.keys.job(job, "fatal")).ignore();
         self.query("clear fatal", &pipeline, Retry::Idempotent)
             .await
     }
 
     async fn active_jobs(&self) -> Result<Vec<String>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.smembers(ACTIVE_JOBS);
+        pipeline.smembers(self.keys.active_jobs());
         let (mut jobs,): (Vec<String>,) = self
             .query("active jobs", &pipeline, Retry::Idempotent)
             .await?;
@@ -354,9 +427,9 @@ impl StateStore for RedisState {
     async fn set_active(&self, job: &str, active: bool) -> Result<(), StateError> {
         let mut pipeline = redis::pipe();
         if active {
-            pipeline.sadd(ACTIVE_JOBS, job);
+            pipeline.sadd(self.keys.active_jobs(), job);
         } else {
-            pipeline.srem(ACTIVE_JOBS, job);
+            pipeline.srem(self.keys.active_jobs(), job);
         }
         self.query("set active", &pipeline, Retry::Idempotent).await
     }
@@ -366,7 +439,7 @@ impl StateStore for RedisState {
         if deltas.is_empty() {
             return Ok(());
         }
-        let progress = job_key(job, "progress");
+        let progress = self.keys.job(job, "progress");
         let mut pipeline = redis::pipe();
         for (name, delta) in deltas {
             pipeline.hincr(&progress, *name, *delta);
@@ -376,7 +449,7 @@ impl StateStore for RedisState {
 
     async fn counters(&self, job: &str) -> Result<BTreeMap<String, i64>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.hgetall(job_key(job, "progress"));
+        pipeline.hgetall(self.keys.job(job, "progress"));
         let (counters,): (BTreeMap<String, i64>,) =
             self.query("counters", &pipeline, Retry::Idempotent).await?;
         Ok(counters)
@@ -392,11 +465,11 @@ impl StateStore for RedisState {
         pipeline
             .atomic()
             .cmd("SET")
-            .arg(worker_key(worker_id))
+            .arg(self.keys.worker(worker_id))
             .arg(info_json)
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
-            .sadd(WORKERS, worker_id);
+            .sadd(self.keys.workers(), worker_id);
         self.query("heartbeat", &pipeline, Retry::Idempotent).await
     }
 
@@ -404,7 +477,7 @@ impl StateStore for RedisState {
     /// heartbeat lands between the read and the pruning is listed again at its next one.
     async fn workers(&self) -> Result<Vec<(String, String)>, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.smembers(WORKERS);
+        pipeline.smembers(self.keys.workers());
         let (mut ids,): (Vec<String>,) =
             self.query("workers", &pipeline, Retry::Idempotent).await?;
         if ids.is_empty() {
@@ -412,7 +485,11 @@ impl StateStore for RedisState {
         }
         ids.sort();
         let mut pipeline = redis::pipe();
-        pipeline.mget(ids.iter().map(|id| worker_key(id)).collect::<Vec<_>>());
+        pipeline.mget(
+            ids.iter()
+                .map(|id| self.keys.worker(id))
+                .collect::<Vec<_>>(),
+        );
         let (infos,): (Vec<Option<String>>,) =
             self.query("workers", &pipeline, Retry::Idempotent).await?;
         let (live, expired): (Vec<_>, Vec<_>) = ids
@@ -422,7 +499,7 @@ impl StateStore for RedisState {
         if !expired.is_empty() {
             let mut pipeline = redis::pipe();
             let expired: Vec<String> = expired.into_iter().map(|(id, _)| id).collect();
-            pipeline.srem(WORKERS, expired);
+            pipeline.srem(self.keys.workers(), expired);
             self.query::<()>("workers", &pipeline, Retry::Idempotent)
                 .await?;
         }
@@ -434,7 +511,7 @@ impl StateStore for RedisState {
 
     async fn done_count(&self, job: &str) -> Result<u64, StateError> {
         let mut pipeline = redis::pipe();
-        pipeline.scard(job_key(job, "done"));
+        pipeline.scard(self.keys.job(job, "done"));
         let (count,): (u64,) = self
             .query("done count", &pipeline, Retry::Idempotent)
             .await?;
@@ -444,8 +521,8 @@ impl StateStore for RedisState {
     /// Builds the new set beside the old one and swaps it in with one `RENAME`, so readers
     /// never see a half-filled done set.
     async fn reset_done(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError> {
-        let done = job_key(job, "done");
-        let next = job_key(job, "done:next");
+        let done = self.keys.job(job, "done");
+        let next = self.keys.job(job, "done:next");
         let mut pipeline = redis::pipe();
         pipeline.del(&next);
         if keys.is_empty() {
@@ -458,7 +535,7 @@ impl StateStore for RedisState {
     }
 
     async fn clear_job(&self, job: &str) -> Result<(), StateError> {
-        let pattern = prefix_pattern(&job_key(job, ""));
+        let pattern = prefix_pattern(&self.keys.job(job, ""));
         let mut cursor = 0_u64;
         loop {
             let mut pipeline = redis::pipe();
@@ -485,11 +562,41 @@ impl StateStore for RedisState {
         }
         self.set_active(job, false).await
     }
+
+    /// Whether Redis answers a `PING` within a second.
+    async fn ready(&self) -> bool {
+        let mut connection = self.connection.clone();
+        let command = redis::cmd("PING");
+        let ping = command.query_async::<String>(&mut connection);
+        matches!(
+            tokio::time::timeout(Duration::from_secs(1), ping).await,
+            Ok(Ok(_))
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::prefix_pattern;
+    use super::{DEFAULT_PREFIX, prefix_pattern, split_prefix};
+
+    #[test]
+    fn the_prefix_parameter_is_split_off_the_url() {
+        let split = |url: &str| split_prefix(url).unwrap();
+        assert_eq!(
+            split("redis://127.0.0.1:6379/2"),
+            ("redis://127.0.0.1:6379/2".into(), DEFAULT_PREFIX.into())
+        );
+        assert_eq!(
+            split("redis://:pw@h:6379/0?prefix=team-a"),
+            ("redis://:pw@h:6379/0".into(), "team-a".into())
+        );
+        assert_eq!(
+            split("redis://h/0?protocol=resp3&prefix=t.1&x=y"),
+            ("redis://h/0?protocol=resp3&x=y".into(), "t.1".into())
+        );
+        assert!(split_prefix("redis://h/0?prefix=a*b").is_err());
+        assert!(split_prefix("redis://h/0?prefix=").is_err());
+    }
 
     #[test]
     fn scan_patterns_escape_glob_characters() {

@@ -15,6 +15,14 @@ use crate::plan::Plan;
 use crate::progress::Progress;
 use crate::telemetry::listener::{self, Readiness};
 
+/// Where the job runs.
+enum Mode {
+    /// In this process, with these models.
+    Embedded(Models),
+    /// On workers, through these services.
+    Distributed(Services),
+}
+
 pub(super) async fn run(args: RunArgs) -> u8 {
     let plan = match Plan::load(&args.job) {
         Ok(plan) => plan,
@@ -23,12 +31,22 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return 2;
         }
     };
-    let models = match Models::build(&plan.spec().models) {
-        Ok(models) => models,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
+    // Only workers build models: the coordinator of a distributed job loads no weights and
+    // reads no key, it only says what the workers will need.
+    let mode = match (args.broker, args.state) {
+        (Some(broker), Some(state)) => {
+            for note in Models::preflight(&plan.spec().models) {
+                tracing::warn!("{note}");
+            }
+            Mode::Distributed(Services { broker, state })
         }
+        _ => match Models::build(&plan.spec().models) {
+            Ok(models) => Mode::Embedded(models),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return 2;
+            }
+        },
     };
     if let Err(error) = plan.claim_output(args.new) {
         eprintln!("error: {error}");
@@ -67,12 +85,11 @@ pub(super) async fn run(args: RunArgs) -> u8 {
     );
     let started_at = SystemTime::now();
     let display = progress.display(&plan.spec().name);
-    let outcome = match (args.broker, args.state) {
-        (Some(broker), Some(state)) => {
-            let services = Services { broker, state };
+    let outcome = match mode {
+        Mode::Distributed(services) => {
             distributed::run(&plan, &services, &options.coordinator, progress, shutdown).await
         }
-        _ => embedded::run(&plan, models, &options, progress, shutdown).await,
+        Mode::Embedded(models) => embedded::run(&plan, models, &options, progress, shutdown).await,
     };
     drop(display);
     lines_stop.cancel();

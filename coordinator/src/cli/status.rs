@@ -87,8 +87,7 @@ pub(super) fn status(dir: &Path) -> u8 {
 /// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the
 /// workers whose heartbeat is current.
 pub(super) async fn live(job: &str, state_url: &str) -> u8 {
-    use cai_common::state::StateStore;
-    let state = match cai_common::state::redis::RedisState::connect(state_url).await {
+    let state = match cai_common::state::connect(state_url).await {
         Ok(state) => state,
         Err(error) => {
             eprintln!("error: {error}");

@@ -19,9 +19,8 @@ pub(super) async fn validate(job: &Path) -> u8 {
             return 2;
         }
     };
-    if let Err(error) = Models::build(&plan.spec().models) {
-        eprintln!("error: {error}");
-        return 2;
+    for note in Models::preflight(&plan.spec().models) {
+        println!("note: {note}");
     }
     let spec = plan.spec().clone();
     let read = tokio::task::spawn_blocking(move || -> Result<_, String> {

@@ -1,11 +1,8 @@
 //! `cai worker`: connect to the broker and the state store, serve until SIGTERM or Ctrl-C,
 //! then drain within the grace period.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use cai_common::broker::amqp::AmqpBroker;
-use cai_common::state::redis::RedisState;
 use cai_worker::serve::{self, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -16,15 +13,15 @@ use crate::telemetry::listener::{self, Readiness};
 const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([0, 0, 0, 0], 9090);
 
 pub(super) async fn worker(args: WorkerArgs) -> u8 {
-    let broker = match AmqpBroker::connect(&args.broker).await {
-        Ok(broker) => Arc::new(broker),
+    let broker = match cai_common::broker::connect(&args.broker).await {
+        Ok(broker) => broker,
         Err(error) => {
             eprintln!("error: {error}");
             return 1;
         }
     };
-    let state = match RedisState::connect(&args.state).await {
-        Ok(state) => Arc::new(state),
+    let state = match cai_common::state::connect(&args.state).await {
+        Ok(state) => state,
         Err(error) => {
             eprintln!("error: {error}");
             return 1;
@@ -45,8 +42,8 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
     let shutdown = CancellationToken::new();
     let readiness = Readiness {
         draining: shutdown.clone(),
-        broker: Some((*broker).clone()),
-        state: Some((*state).clone()),
+        broker: Some(broker.clone()),
+        state: Some(state.clone()),
     };
     let _listener = match args.metrics_addr {
         Some(MetricsAddr::Off) => None,

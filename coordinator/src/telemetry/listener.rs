@@ -10,8 +10,8 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use cai_common::broker::amqp::AmqpBroker;
-use cai_common::state::redis::RedisState;
+use cai_common::broker::Broker;
+use cai_common::state::StateStore;
 use cai_common::telemetry::metrics::metrics;
 use tokio_util::sync::CancellationToken;
 
@@ -20,10 +20,10 @@ use tokio_util::sync::CancellationToken;
 pub struct Readiness {
     /// Fires when the process starts draining: from then on it is not ready for new work.
     pub draining: CancellationToken,
-    /// The broker connections that must be open, if the process uses RabbitMQ.
-    pub broker: Option<AmqpBroker>,
-    /// The state store that must answer, if the process uses Redis.
-    pub state: Option<RedisState>,
+    /// The broker that must answer, if the process uses one of its own.
+    pub broker: Option<Arc<dyn Broker>>,
+    /// The state store that must answer, if the process uses one of its own.
+    pub state: Option<Arc<dyn StateStore>>,
 }
 
 impl Readiness {
@@ -34,12 +34,12 @@ impl Readiness {
             problems.push("draining");
         }
         if let Some(broker) = &self.broker
-            && !broker.is_connected().await
+            && !broker.ready().await
         {
             problems.push("broker not connected");
         }
         if let Some(state) = &self.state
-            && !state.ping().await
+            && !state.ready().await
         {
             problems.push("state store not answering");
         }

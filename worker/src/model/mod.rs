@@ -6,6 +6,7 @@
 //! a chat endpoint sees ordinary user/assistant messages while a completions endpoint sees the
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
+pub mod client;
 pub mod letters;
 pub mod limits;
 pub mod local;
@@ -230,6 +231,8 @@ pub enum ModelError {
         retry_after: Option<Duration>,
         /// Whether the endpoint could not be reached at all (connection refused, DNS).
         unreachable: bool,
+        /// Attempts made: 1 from a backend, the total once the client layer gives up.
+        attempts: u32,
     },
     /// This sample cannot be done (context too long, unreadable judgment): record it as failed.
     #[error("{0}")]
@@ -246,6 +249,11 @@ pub trait Model: Send + Sync {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError>;
     /// Returns the top next-token log-probabilities at the first few generated positions.
     async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError>;
+    /// The prompt tokens of a request estimated from its text, a token per four characters
+    /// (rounded up), for the `tpm` limit before the server has counted them.
+    fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
+        (prompt.transcript().chars().count() as u64).div_ceil(4)
+    }
 }
 
 /// The models of a job, by the name the job file gives them.
@@ -270,19 +278,56 @@ pub fn endpoint(spec: &ModelSpec) -> String {
     }
 }
 
+/// Builds model `name` of a job: its backend, behind the client layer of its spec
+/// ([`client::Governed`]). Fails (job-fatal) on a missing API key variable or model file.
+pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError> {
+    let backend: Arc<dyn Model> = match spec.backend {
+        Backend::Mock => Arc::new(mock::MockModel::new(name, spec)),
+        Backend::Openai => Arc::new(openai::OpenAiModel::new(name, spec)?),
+        Backend::Local => Arc::new(local::LocalModel::new(name, spec)?),
+    };
+    Ok(Arc::new(client::Governed::new(name, spec, backend)))
+}
+
 impl Models {
-    /// Builds every model of a job. Fails (job-fatal) on a missing API key variable.
+    /// Builds every model of a job ([`build`]).
     pub fn build(specs: &BTreeMap<String, ModelSpec>) -> Result<Self, ModelError> {
         let mut models: BTreeMap<String, Arc<dyn Model>> = BTreeMap::new();
         for (name, spec) in specs {
-            let model: Arc<dyn Model> = match spec.backend {
-                Backend::Mock => Arc::new(mock::MockModel::new(name, spec)),
-                Backend::Openai => Arc::new(openai::OpenAiModel::new(name, spec)?),
-                Backend::Local => Arc::new(local::LocalModel::new(name, spec)?),
-            };
-            models.insert(name.clone(), model);
+            models.insert(name.clone(), build(name, spec)?);
         }
         Ok(Self { models })
+    }
+
+    /// What the job's models would need on this machine that is not here, without loading a
+    /// weight or reading a key: a local model's file, an API-key variable. The coordinator of a
+    /// distributed job and `cai validate` report these and go on, because only workers build
+    /// models (a coordinator pod needs neither the weights nor the key); an embedded run builds
+    /// the models and fails on them instead.
+    pub fn preflight(specs: &BTreeMap<String, ModelSpec>) -> Vec<String> {
+        let mut notes = Vec::new();
+        for (name, spec) in specs {
+            match spec.backend {
+                Backend::Local => {
+                    if let Some(path) = spec.path.as_deref().filter(|path| !path.is_file()) {
+                        notes.push(format!(
+                            "model {name:?}: {} is not on this machine; the workers that run the job need it",
+                            path.display()
+                        ));
+                    }
+                }
+                Backend::Openai => {
+                    let unset = |var: &String| std::env::var_os(var).is_none_or(|v| v.is_empty());
+                    if let Some(var) = spec.api_key_env.as_ref().filter(|var| unset(var)) {
+                        notes.push(format!(
+                            "model {name:?}: ${var} is not set here; the workers that run the job need it"
+                        ));
+                    }
+                }
+                Backend::Mock => {}
+            }
+        }
+        notes
     }
 
     /// Adds or replaces a model (tests, embedding callers).

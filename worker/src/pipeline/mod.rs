@@ -9,7 +9,7 @@ pub mod critique_revise;
 pub mod pairwise;
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cai_common::constitution::{Constitution, Principle};
 use cai_common::job::{JobSpec, PipelineKind};
@@ -17,7 +17,8 @@ use cai_common::message::Message;
 use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
 use cai_common::sample::Sample;
 use cai_common::seed;
-use cai_common::state::StateStore;
+use cai_common::service_error::through_outage;
+use cai_common::state::{StateError, StateStore};
 use cai_common::telemetry::metrics::{CallOutcome, JobMetrics, metrics};
 use rand::Rng;
 use serde::Serialize;
@@ -51,14 +52,30 @@ pub enum Interrupted {
     /// Stop the job.
     #[error(transparent)]
     Fatal(#[from] JobFatal),
-    /// A model endpoint cannot be reached: an outage, not the sample's fault. The sample is run
-    /// again later; the steps it finished are in the step cache.
-    #[error("model endpoint unreachable: {0}")]
+    /// A model endpoint or the state store cannot be reached: an outage, not the sample's
+    /// fault. The sample is run again later; the steps it finished are in the step cache.
+    #[error("unreachable: {0}")]
     Outage(String),
     /// The sample was committed by another run of it meanwhile: nothing more to do.
     #[error("the sample is already done")]
     AlreadyDone,
 }
+
+impl From<StateError> for Interrupted {
+    /// A state store that is away is an outage (the task waits for it); any other failure of
+    /// it stops the job.
+    fn from(error: StateError) -> Self {
+        if error.is_unavailable() {
+            Interrupted::Outage(error.to_string())
+        } else {
+            Interrupted::Fatal(JobFatal(error.to_string()))
+        }
+    }
+}
+
+/// How long a worker holds a paid step's result while the state store is away before it gives
+/// the sample up (to be run again, paying again): long enough for a restart or a failover.
+const STEP_WRITE_PATIENCE: Duration = Duration::from_secs(300);
 
 /// Why a step did not produce a value.
 enum StepError {
@@ -70,6 +87,16 @@ enum StepError {
     AlreadyDone,
     /// Stop the job.
     Job(String),
+}
+
+impl From<StateError> for StepError {
+    fn from(error: StateError) -> Self {
+        if error.is_unavailable() {
+            StepError::Outage(error.to_string())
+        } else {
+            StepError::Job(error.to_string())
+        }
+    }
 }
 
 impl JobContext {
@@ -287,32 +314,28 @@ impl SampleRun<'_> {
         let key = &self.sample.key;
         let cached = state
             .step_get(job, key, &info.name)
-            .await
-            .map_err(|e| StepError::Job(e.to_string()))?
+            .await?
             .and_then(|bytes| rmp_serde::from_slice::<T>(&bytes).ok());
         if let Some(value) = cached {
             return Ok((value, true));
         }
         // The collector marks a sample done before it forgets its steps, so a miss can mean
         // another run of this sample was just committed: check before paying.
-        let done = state
-            .done(job, &[*key])
-            .await
-            .map_err(|e| StepError::Job(e.to_string()))?;
+        let done = state.done(job, &[*key]).await?;
         if done[0] {
             return Err(StepError::AlreadyDone);
         }
         let value = call().await.map_err(|error| self.step_error(info, error))?;
         let bytes = rmp_serde::to_vec_named(&value).expect("step values encode");
-        state
-            .step_put(job, key, &info.name, bytes)
-            .await
-            .map_err(|e| StepError::Job(e.to_string()))?;
+        // The call is paid for: wait out a state store that is away rather than lose it.
+        through_outage("caching a step", Some(STEP_WRITE_PATIENCE), || {
+            state.step_put(job, key, &info.name, bytes.clone())
+        })
+        .await?;
         Ok((value, false))
     }
 
     fn step_error(&self, info: &StepInfo<'_>, error: ModelError) -> StepError {
-        let attempts = self.ctx.spec.models[info.model].max_retries + 1;
         match error {
             ModelError::JobFatal(message) => StepError::Job(message),
             ModelError::SampleFatal(message) => StepError::Sample {
@@ -324,7 +347,9 @@ impl SampleRun<'_> {
                 unreachable: true,
                 ..
             } => StepError::Outage(format!("step {}: {message}", info.name)),
-            ModelError::Retryable { message, .. } => StepError::Sample {
+            ModelError::Retryable {
+                message, attempts, ..
+            } => StepError::Sample {
                 reason: format!(
                     "step {}: gave up after {attempts} attempts: {message}",
                     info.name

@@ -1,0 +1,82 @@
+//! A distributed run through a 30 s outage of Redis (a private `redis-server`, stopped and
+//! started again on the same port with its data): workers and the coordinator pause instead of
+//! failing the job, and the run completes with every sample exactly once and nothing failed.
+
+use std::time::Duration;
+
+use cai_tests::model_server::ServerConfig;
+use cai_tests::private_redis::PrivateRedis;
+use cai_tests::scenario::{self, Scenario, Size};
+
+/// How long Redis stays down: long enough that a worker's probes, a lease's expiry and the
+/// coordinator's commits all meet it.
+const OUTAGE: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_pauses_through_a_redis_outage_and_completes() {
+    let mut redis = PrivateRedis::start();
+    let lines = 150;
+    let mut run = Scenario::critique_revise(
+        ServerConfig {
+            latency: Duration::from_millis(200),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines,
+            revisions: 1,
+            concurrency: 4,
+        },
+    )
+    .await;
+    run.cluster.state = redis.url();
+    let mut w1 = run.worker("w1", &[]);
+    let mut w2 = run.worker("w2", &[]);
+    let log = run.dir.path("coordinator.log");
+    let mut coordinator = run.coordinator("coordinator.log");
+    run.wait_committed(20).await;
+
+    redis.stop();
+    let at_stop = run.committed();
+    assert!(at_stop < lines as u64, "the outage starts mid-run");
+    tokio::time::sleep(OUTAGE).await;
+    assert!(
+        coordinator.try_wait().unwrap().is_none(),
+        "the coordinator waits through the outage; log:\n{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "worker {id} waits through the outage"
+        );
+    }
+    redis.start_again();
+
+    scenario::finish(coordinator, &log).await;
+    scenario::check_exactly_once(&run.out, "sft.jsonl", lines);
+    assert!(
+        run.dir.rows("failed.jsonl").is_empty(),
+        "no sample failed because of the outage"
+    );
+    let worker_logs: Vec<String> = ["w1", "w2"]
+        .iter()
+        .map(|id| std::fs::read_to_string(run.dir.path(&format!("{id}.log"))).unwrap())
+        .collect();
+    assert!(
+        worker_logs.iter().any(|log| {
+            // Held a paid step until Redis answered, or put its task back and paused.
+            log.contains("service unavailable; pausing until it answers")
+                || log.contains("the state store is unreachable; pausing")
+        }),
+        "a worker met the outage and paused; logs:\n{}",
+        worker_logs.join("\n---\n")
+    );
+    for log in &worker_logs {
+        assert!(
+            !log.contains("job failed fatally"),
+            "no worker gave the job up; log:\n{log}"
+        );
+    }
+    w1.start_kill().unwrap();
+    w2.start_kill().unwrap();
+}
