@@ -18,6 +18,9 @@ struct Manifest<'a> {
     version: &'a str,
     complete: bool,
     fingerprint: &'a str,
+    /// The job's `license` key, for the dataset card; absent when the job sets none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    license: Option<&'a str>,
     constitution_hash: &'a str,
     spec: serde_json::Value,
     counts: Counts,
@@ -58,6 +61,7 @@ pub fn write(
         version: env!("CARGO_PKG_VERSION"),
         complete: summary.complete,
         fingerprint: &plan.fingerprint,
+        license: plan.spec().license.as_deref(),
         constitution_hash: &plan.constitution.hash,
         spec: plan.spec().semantic_view(&plan.constitution.hash),
         counts: summary.counts,
