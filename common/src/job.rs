@@ -482,9 +482,9 @@ impl JobSpec {
         }
         if let Some(license) = &self.license
             && (license.is_empty()
-                || !license.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._+".contains(&b)
-                }))
+                || !license
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._+".contains(&b)))
         {
             return fail(
                 "license",

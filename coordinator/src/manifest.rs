@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::coordinate::Summary;
-use crate::label_stats::LabelStats;
+use crate::label_stats::{LabelStats, first_is_human};
 use crate::plan::{MANIFEST_FILE, Plan};
 use crate::progress::Counts;
 
@@ -38,14 +38,11 @@ struct Manifest<'a> {
 
 /// The label statistics of a pairwise job's output directory, or `None` for another pipeline.
 fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
-    let Some(pairwise) = &plan.spec().pairwise else {
+    if plan.spec().pairwise.is_none() {
         return Ok(None);
-    };
-    let first_is_human = pairwise
-        .candidates
-        .as_ref()
-        .is_some_and(|[first, second]| first == "chosen" && second == "rejected");
-    LabelStats::read(plan.job.output_dir(), first_is_human).map(Some)
+    }
+    let view = plan.spec().semantic_view(&plan.constitution.hash);
+    LabelStats::read(plan.job.output_dir(), first_is_human(&view)).map(Some)
 }
 
 /// Writes the manifest of a run into the output directory (atomically: write, then rename),

@@ -1,0 +1,519 @@
+//! The headline figures of a job, read from its output directory whether it is finished or
+//! still running: what made it, where every line ended up, tokens, cost, wall time, rate, ETA,
+//! failures by reason, and a pairwise job's label statistics. The report shows them and
+//! `cai status` prints them, so the two never disagree.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::Context as _;
+use cai_common::result::Usage;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::label_stats::{self, LabelStats};
+use crate::ledger::{self, CommitPoint, DATA_FILES};
+use crate::manifest;
+use crate::plan::{ConstitutionSummary, read_identity};
+use crate::rows::for_each_row;
+
+/// A pause between two commits longer than this separates two runs: the time between them is
+/// not counted as running time.
+const IDLE_GAP_MS: u64 = 5 * 60 * 1000;
+
+/// Where the lines of the corpus ended up. The ledger knows samples done and failed and lines
+/// rejected at any time; lines read and duplicates are known once a run has finished.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct LineCounts {
+    /// Corpus lines read, from the last finished run's manifest.
+    pub lines_read: Option<u64>,
+    /// Samples with output rows.
+    pub done: u64,
+    /// Samples in `failed.jsonl`.
+    pub failed: u64,
+    /// Lines in `rejected.jsonl`.
+    pub rejected: u64,
+    /// Lines repeating an earlier line, from the last finished run's manifest.
+    pub duplicates: Option<u64>,
+}
+
+/// A failure reason with the details that differ from sample to sample (numbers) taken out,
+/// and how many samples failed for it.
+#[derive(Clone, Debug, Serialize)]
+pub struct FailureKind {
+    /// The reason, numbers replaced by `N`, the step named by its kind (`judge`, `revision`).
+    pub reason: String,
+    /// Samples that failed so.
+    pub samples: u64,
+}
+
+/// The headline figures of an output directory.
+#[derive(Clone, Debug, Serialize)]
+pub struct Headline {
+    /// Job name.
+    pub name: String,
+    /// `critique-revise` or `pairwise`.
+    pub pipeline: String,
+    /// Short fingerprint of the spec.
+    pub fingerprint: String,
+    /// The cai version of the last finished run.
+    pub version: Option<String>,
+    /// Whether the last run finished the job.
+    pub complete: bool,
+    /// The job's seed.
+    pub seed: u64,
+    /// Each model as `name: backend model`; no URLs or key names.
+    pub models: Vec<String>,
+    /// SHA-256 of the constitution.
+    pub constitution_hash: String,
+    /// The constitution's file name and principle count, when recorded.
+    pub constitution: Option<ConstitutionSummary>,
+    /// The job's licence (`license` key), from the last finished run's manifest.
+    pub license: Option<String>,
+    /// When the last finished run ended (RFC 3339).
+    pub finished_at: Option<String>,
+    /// Where the lines ended up.
+    pub counts: LineCounts,
+    /// Corpus lines to read (the limit applied), when the corpus is readable from here and
+    /// each line is one sample.
+    pub corpus_lines: Option<u64>,
+    /// Tokens and calls of every committed sample.
+    pub usage: Usage,
+    /// What the calls cost, in USD.
+    pub cost_usd: f64,
+    /// Wall time of the last run, in seconds (from its manifest, or so far from its commits).
+    pub wall_s: Option<f64>,
+    /// Samples settled per second over the last run's commits.
+    pub samples_per_s: Option<f64>,
+    /// Model calls per second over the last run's commits.
+    pub calls_per_s: Option<f64>,
+    /// Seconds left at that rate, for an unfinished job.
+    pub eta_s: Option<f64>,
+    /// Failures by reason, most first.
+    pub failures: Vec<FailureKind>,
+    /// A pairwise job's label statistics.
+    pub labels: Option<LabelStats>,
+    /// The timed commits, for the throughput plot.
+    #[serde(skip)]
+    pub timeline: Vec<CommitPoint>,
+}
+
+/// One headline figure as both the report and `cai status` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Figure {
+    /// A stable id (the report's element id is `fig-<id>`), so a reader can find it.
+    pub id: &'static str,
+    /// What it is, in words.
+    pub label: &'static str,
+    /// Its value, formatted (`n/a` where it is not known).
+    pub value: String,
+}
+
+/// `n/a` for what is not known.
+const UNKNOWN: &str = "n/a";
+
+/// A share as a percentage with one decimal.
+pub fn percent(share: Option<f64>) -> String {
+    share.map_or(UNKNOWN.into(), |x| format!("{:.1} %", 100.0 * x))
+}
+
+/// Seconds as `1h 02m 03s`, `2m 03s` or `4.2 s`.
+pub fn duration(seconds: Option<f64>) -> String {
+    let Some(seconds) = seconds.filter(|s| s.is_finite()) else {
+        return UNKNOWN.into();
+    };
+    let whole = seconds.round() as u64;
+    match whole {
+        0..60 => format!("{seconds:.1} s"),
+        60..3600 => format!("{}m {:02}s", whole / 60, whole % 60),
+        _ => format!(
+            "{}h {:02}m {:02}s",
+            whole / 3600,
+            whole / 60 % 60,
+            whole % 60
+        ),
+    }
+}
+
+/// What the headline reads of a manifest.
+#[derive(Deserialize)]
+struct ManifestHead {
+    version: String,
+    complete: bool,
+    #[serde(default)]
+    license: Option<String>,
+    counts: crate::progress::Counts,
+    elapsed_s: f64,
+    finished_at: String,
+}
+
+impl Headline {
+    /// Reads the headline figures of an output directory (one with `job.json`).
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let identity = read_identity(dir)?.with_context(|| {
+            format!(
+                "{}: not a cai output directory (no job.json)",
+                dir.display()
+            )
+        })?;
+        let (totals, timeline) = ledger::history(dir)?;
+        let manifest: Option<ManifestHead> =
+            manifest::read(dir).and_then(|value| serde_json::from_value(value).ok());
+        let spec = &identity.spec;
+        let complete = manifest.as_ref().is_some_and(|m| m.complete);
+        let finished = manifest.as_ref().filter(|m| m.complete);
+        let per_turn = spec["input"]["turns"] == "each";
+        let corpus_lines = (!per_turn)
+            .then(|| crate::corpus::count_lines(&identity.input).ok())
+            .flatten()
+            .map(|lines| identity.limit.map_or(lines, |limit| lines.min(limit)));
+        let pipeline = spec["pipeline"].as_str().unwrap_or("unknown").to_owned();
+        let labels = if pipeline == "pairwise" {
+            Some(LabelStats::read(dir, label_stats::first_is_human(spec))?)
+        } else {
+            None
+        };
+        let (run_s, samples, calls) = last_run(&timeline);
+        let rate = |n: u64| (run_s > 0.0 && n > 0).then(|| n as f64 / run_s);
+        let samples_per_s = rate(samples);
+        let settled = totals.done + totals.failed + totals.rejected;
+        let eta_s = match (complete, corpus_lines, samples_per_s) {
+            (false, Some(total), Some(rate)) => Some(total.saturating_sub(settled) as f64 / rate),
+            _ => None,
+        };
+        Ok(Self {
+            name: identity.name.clone(),
+            pipeline,
+            fingerprint: identity.fingerprint.chars().take(12).collect(),
+            version: manifest.as_ref().map(|m| m.version.clone()),
+            complete,
+            seed: spec["seed"].as_u64().unwrap_or(0),
+            models: models(spec),
+            constitution_hash: spec["constitution"]["hash"]
+                .as_str()
+                .unwrap_or("")
+                .to_owned(),
+            constitution: identity.constitution.clone(),
+            license: manifest.as_ref().and_then(|m| m.license.clone()),
+            finished_at: finished.map(|m| m.finished_at.clone()),
+            counts: LineCounts {
+                lines_read: finished.map(|m| m.counts.lines_read),
+                done: totals.done,
+                failed: totals.failed,
+                rejected: totals.rejected,
+                duplicates: finished.map(|m| m.counts.duplicates),
+            },
+            corpus_lines,
+            usage: totals.usage,
+            cost_usd: totals.usage.cost_micro_usd as f64 / 1e6,
+            wall_s: match &manifest {
+                Some(m) => Some(m.elapsed_s),
+                None => (run_s > 0.0).then_some(run_s),
+            },
+            samples_per_s,
+            calls_per_s: rate(calls),
+            eta_s,
+            failures: failures(dir)?,
+            labels,
+            timeline,
+        })
+    }
+}
+
+impl Headline {
+    /// The headline figures in the order they are shown.
+    pub fn figures(&self) -> Vec<Figure> {
+        let known = |x: Option<u64>| x.map_or(UNKNOWN.into(), |x| x.to_string());
+        let rate = |x: Option<f64>| x.map_or(UNKNOWN.into(), |x| format!("{x:.2}"));
+        let constitution = match &self.constitution {
+            Some(c) => format!(
+                "{}, {} principles, sha256 {}",
+                c.file,
+                c.principles,
+                short(&self.constitution_hash)
+            ),
+            None => format!("sha256 {}", short(&self.constitution_hash)),
+        };
+        let settled = self.counts.done + self.counts.failed + self.counts.rejected;
+        let progress = match self.corpus_lines {
+            Some(total) if total > 0 => format!(
+                "{settled} of {total} lines settled ({})",
+                percent(Some(settled as f64 / total as f64))
+            ),
+            _ => format!("{settled} settled"),
+        };
+        let state = if self.complete {
+            "complete"
+        } else {
+            "incomplete (running, or stopped: re-run `cai run` to resume)"
+        };
+        let mut figures = vec![
+            Figure {
+                id: "job",
+                label: "job",
+                value: format!("{} (fingerprint {})", self.name, self.fingerprint),
+            },
+            Figure {
+                id: "pipeline",
+                label: "pipeline",
+                value: self.pipeline.clone(),
+            },
+            Figure {
+                id: "state",
+                label: "state",
+                value: state.into(),
+            },
+            Figure {
+                id: "version",
+                label: "cai version",
+                value: self.version.clone().unwrap_or_else(|| UNKNOWN.into()),
+            },
+            Figure {
+                id: "models",
+                label: "models",
+                value: self.models.join("; "),
+            },
+            Figure {
+                id: "constitution",
+                label: "constitution",
+                value: constitution,
+            },
+            Figure {
+                id: "seed",
+                label: "seed",
+                value: self.seed.to_string(),
+            },
+            Figure {
+                id: "lines-read",
+                label: "lines read",
+                value: known(self.counts.lines_read),
+            },
+            Figure {
+                id: "done",
+                label: "samples done",
+                value: self.counts.done.to_string(),
+            },
+            Figure {
+                id: "failed",
+                label: "samples failed",
+                value: self.counts.failed.to_string(),
+            },
+            Figure {
+                id: "rejected",
+                label: "lines rejected",
+                value: self.counts.rejected.to_string(),
+            },
+            Figure {
+                id: "duplicates",
+                label: "duplicate lines",
+                value: known(self.counts.duplicates),
+            },
+            Figure {
+                id: "progress",
+                label: "progress",
+                value: progress,
+            },
+            Figure {
+                id: "calls",
+                label: "model calls",
+                value: self.usage.calls.to_string(),
+            },
+            Figure {
+                id: "tokens",
+                label: "tokens in / out",
+                value: format!("{} / {}", self.usage.tokens_in, self.usage.tokens_out),
+            },
+            Figure {
+                id: "cost",
+                label: "cost",
+                value: format!("${:.4}", self.cost_usd),
+            },
+            Figure {
+                id: "wall",
+                label: "wall time (last run)",
+                value: duration(self.wall_s),
+            },
+            Figure {
+                id: "samples-per-s",
+                label: "samples/s",
+                value: rate(self.samples_per_s),
+            },
+            Figure {
+                id: "calls-per-s",
+                label: "calls/s",
+                value: rate(self.calls_per_s),
+            },
+            Figure {
+                id: "eta",
+                label: "ETA",
+                value: if self.complete {
+                    "done".into()
+                } else {
+                    duration(self.eta_s)
+                },
+            },
+        ];
+        if let Some(labels) = &self.labels {
+            let number = |x: Option<f64>| x.map_or(UNKNOWN.into(), |x| format!("{x:.3}"));
+            figures.extend([
+                Figure {
+                    id: "position-consistency",
+                    label: "position consistency",
+                    value: percent(labels.position_consistency),
+                },
+                Figure {
+                    id: "human-agreement",
+                    label: "agreement with the human order",
+                    value: percent(labels.human_agreement),
+                },
+                Figure {
+                    id: "mean-p-chosen",
+                    label: "mean p_chosen",
+                    value: number(labels.mean_p_chosen),
+                },
+                Figure {
+                    id: "mean-letter-mass",
+                    label: "mean letter mass (lowest)",
+                    value: match labels.mean_letter_mass {
+                        Some(mean) => format!("{mean:.3} ({})", number(labels.min_letter_mass)),
+                        None => UNKNOWN.into(),
+                    },
+                },
+            ]);
+        }
+        figures
+    }
+}
+
+/// The first 12 characters of a hash.
+fn short(hash: &str) -> &str {
+    &hash[..hash.len().min(12)]
+}
+
+/// The running time, samples and calls of the last run: the commits after the last pause
+/// longer than [`IDLE_GAP_MS`]. A run's first commit has no start time to measure from, so
+/// its samples are not counted.
+fn last_run(timeline: &[CommitPoint]) -> (f64, u64, u64) {
+    let start = timeline
+        .windows(2)
+        .rposition(|pair| pair[1].at_ms.saturating_sub(pair[0].at_ms) > IDLE_GAP_MS)
+        .map_or(0, |gap| gap + 1);
+    let run = &timeline[start..];
+    let Some((first, rest)) = run.split_first() else {
+        return (0.0, 0, 0);
+    };
+    let last = run.last().map_or(first.at_ms, |point| point.at_ms);
+    let seconds = last.saturating_sub(first.at_ms) as f64 / 1000.0;
+    (
+        seconds,
+        rest.iter().map(|p| p.samples).sum(),
+        rest.iter().map(|p| p.calls).sum(),
+    )
+}
+
+/// The job's models as `name: backend model-or-file`, from the semantic view (which holds no
+/// URLs and no key names).
+fn models(spec: &Value) -> Vec<String> {
+    let Some(models) = spec["models"].as_object() else {
+        return Vec::new();
+    };
+    models
+        .iter()
+        .map(|(name, model)| {
+            let backend = model["backend"].as_str().unwrap_or("?");
+            match model["model"].as_str().or(model["file"].as_str()) {
+                Some(which) => format!("{name}: {backend} {which}"),
+                None => format!("{name}: {backend}"),
+            }
+        })
+        .collect()
+}
+
+/// `failed.jsonl` grouped by [`reason_kind`], most first.
+fn failures(dir: &Path) -> std::io::Result<Vec<FailureKind>> {
+    #[derive(Deserialize)]
+    struct Failed {
+        reason: String,
+    }
+    let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
+    for_each_row(&dir.join(DATA_FILES[3]), |row: Failed| {
+        *kinds.entry(reason_kind(&row.reason)).or_default() += 1;
+    })?;
+    let mut kinds: Vec<FailureKind> = kinds
+        .into_iter()
+        .map(|(reason, samples)| FailureKind { reason, samples })
+        .collect();
+    kinds.sort_by(|a, b| b.samples.cmp(&a.samples).then(a.reason.cmp(&b.reason)));
+    Ok(kinds)
+}
+
+/// A failure reason with what differs between samples taken out: the step (`step judge-2-yx:`)
+/// named by its kind (`judge:`), every number replaced by `N`, cut at 120 characters.
+pub fn reason_kind(reason: &str) -> String {
+    let (step, rest) = match reason
+        .strip_prefix("step ")
+        .and_then(|r| r.split_once(": "))
+    {
+        Some((step, rest)) => (step.split('-').next().unwrap_or(step), rest),
+        None => ("", reason),
+    };
+    let mut text = String::new();
+    if !step.is_empty() {
+        text.push_str(step);
+        text.push_str(": ");
+    }
+    let mut in_number = false;
+    for c in rest.chars() {
+        let numeric = c.is_ascii_digit() || (in_number && c == '.');
+        if numeric && !in_number {
+            text.push('N');
+        } else if !numeric {
+            text.push(c);
+        }
+        in_number = numeric;
+    }
+    if text.chars().count() > 120 {
+        text = text.chars().take(119).collect::<String>() + "…";
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_group_across_steps_and_numbers() {
+        let a = reason_kind(
+            "step judge-1-xy: the letters held only 0.0200 (min_letter_mass 0.1), twice",
+        );
+        let b = reason_kind(
+            "step judge-2-yx: the letters held only 0.0310 (min_letter_mass 0.1), twice",
+        );
+        assert_eq!(a, b);
+        assert_eq!(
+            a,
+            "judge: the letters held only N (min_letter_mass N), twice"
+        );
+        assert_eq!(reason_kind("model gone"), "model gone");
+    }
+
+    #[test]
+    fn the_last_run_starts_after_the_last_long_pause() {
+        let at = |at_ms, samples| CommitPoint {
+            at_ms,
+            samples,
+            calls: 2 * samples,
+        };
+        let timeline = [
+            at(0, 5),
+            at(1_000, 5),
+            at(10_000_000, 4),
+            at(10_002_000, 6),
+            at(10_004_000, 10),
+        ];
+        assert_eq!(last_run(&timeline), (4.0, 16, 32));
+        assert_eq!(last_run(&timeline[..1]), (0.0, 0, 0));
+        assert_eq!(last_run(&[]), (0.0, 0, 0));
+    }
+}
