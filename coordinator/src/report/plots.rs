@@ -177,6 +177,8 @@ mod tests {
                 "{figure}"
             );
         }
-        assert!(bars(&[("harm".into(), 3.0)], "n", None, |v| format!("{v}")).contains(">harm<"));
+        assert!(
+            bars(&[("harm".into(), 3.0)], "n", None, |v| format!("{v}")).contains(">\nharm\n<")
+        );
     }
 }
