@@ -224,3 +224,45 @@ pub fn read_identity(dir: &Path) -> Result<Option<JobIdentity>, PlanError> {
         Err(source) => Err(PlanError::Io { path, source }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starting_new_removes_the_report_and_cai_s_card_but_not_another_readme() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job.toml");
+        let constitution =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../constitutions/default.toml");
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"n\"\npipeline = \"critique-revise\"\noutput = \"out\"\n\
+                 [input]\npath = \"c.jsonl\"\nprompt = \"p\"\n\
+                 [constitution]\npath = {constitution:?}\n\
+                 [critique_revise]\nmodel = \"m\"\n[models.m]\nbackend = \"mock\"\n"
+            ),
+        )
+        .unwrap();
+        let plan = Plan::load(&job).unwrap();
+        let out = dir.path().join("out");
+        plan.claim_output(false).unwrap();
+        std::fs::write(out.join(REPORT_FILE), "report").unwrap();
+        std::fs::write(
+            out.join(CARD_FILE),
+            "---\n# Dataset card written by cai: x\n---\n",
+        )
+        .unwrap();
+        plan.claim_output(true).unwrap();
+        assert!(!out.join(REPORT_FILE).exists());
+        assert!(!out.join(CARD_FILE).exists());
+        std::fs::write(out.join(CARD_FILE), "# notes\n").unwrap();
+        plan.claim_output(true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join(CARD_FILE)).unwrap(),
+            "# notes\n"
+        );
+        assert!(read_identity(&out).unwrap().unwrap().constitution.is_some());
+    }
+}
