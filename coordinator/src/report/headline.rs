@@ -248,140 +248,93 @@ impl Headline {
             "incomplete (running, or stopped: re-run `cai run` to resume)"
         };
         let mut figures = vec![
-            Figure {
-                id: "job",
-                label: "job",
-                value: format!("{} (fingerprint {})", self.name, self.fingerprint),
-            },
-            Figure {
-                id: "pipeline",
-                label: "pipeline",
-                value: self.pipeline.clone(),
-            },
-            Figure {
-                id: "state",
-                label: "state",
-                value: state.into(),
-            },
-            Figure {
-                id: "version",
-                label: "cai version",
-                value: self.version.clone().unwrap_or_else(|| UNKNOWN.into()),
-            },
-            Figure {
-                id: "models",
-                label: "models",
-                value: self.models.join("; "),
-            },
-            Figure {
-                id: "constitution",
-                label: "constitution",
-                value: constitution,
-            },
-            Figure {
-                id: "seed",
-                label: "seed",
-                value: self.seed.to_string(),
-            },
-            Figure {
-                id: "lines-read",
-                label: "lines read",
-                value: known(self.counts.lines_read),
-            },
-            Figure {
-                id: "done",
-                label: "samples done",
-                value: self.counts.done.to_string(),
-            },
-            Figure {
-                id: "failed",
-                label: "samples failed",
-                value: self.counts.failed.to_string(),
-            },
-            Figure {
-                id: "rejected",
-                label: "lines rejected",
-                value: self.counts.rejected.to_string(),
-            },
-            Figure {
-                id: "duplicates",
-                label: "duplicate lines",
-                value: known(self.counts.duplicates),
-            },
-            Figure {
-                id: "progress",
-                label: "progress",
-                value: progress,
-            },
-            Figure {
-                id: "calls",
-                label: "model calls",
-                value: self.usage.calls.to_string(),
-            },
-            Figure {
-                id: "tokens",
-                label: "tokens in / out",
-                value: format!("{} / {}", self.usage.tokens_in, self.usage.tokens_out),
-            },
-            Figure {
-                id: "cost",
-                label: "cost",
-                value: format!("${:.4}", self.cost_usd),
-            },
-            Figure {
-                id: "wall",
-                label: "wall time (last run)",
-                value: duration(self.wall_s),
-            },
-            Figure {
-                id: "samples-per-s",
-                label: "samples/s",
-                value: rate(self.samples_per_s),
-            },
-            Figure {
-                id: "calls-per-s",
-                label: "calls/s",
-                value: rate(self.calls_per_s),
-            },
-            Figure {
-                id: "eta",
-                label: "ETA",
-                value: if self.complete {
+            figure(
+                "job",
+                "job",
+                format!("{} (fingerprint {})", self.name, self.fingerprint),
+            ),
+            figure("pipeline", "pipeline", self.pipeline.clone()),
+            figure("state", "state", state),
+            figure(
+                "version",
+                "cai version",
+                self.version.clone().unwrap_or_else(|| UNKNOWN.into()),
+            ),
+            figure("models", "models", self.models.join("; ")),
+            figure("constitution", "constitution", constitution),
+            figure("seed", "seed", self.seed.to_string()),
+            figure("lines-read", "lines read", known(self.counts.lines_read)),
+            figure("done", "samples done", self.counts.done.to_string()),
+            figure("failed", "samples failed", self.counts.failed.to_string()),
+            figure(
+                "rejected",
+                "lines rejected",
+                self.counts.rejected.to_string(),
+            ),
+            figure(
+                "duplicates",
+                "duplicate lines",
+                known(self.counts.duplicates),
+            ),
+            figure("progress", "progress", progress),
+            figure("calls", "model calls", self.usage.calls.to_string()),
+            figure(
+                "tokens",
+                "tokens in / out",
+                format!("{} / {}", self.usage.tokens_in, self.usage.tokens_out),
+            ),
+            figure("cost", "cost", format!("${:.4}", self.cost_usd)),
+            figure("wall", "wall time (last run)", duration(self.wall_s)),
+            figure("samples-per-s", "samples/s", rate(self.samples_per_s)),
+            figure("calls-per-s", "calls/s", rate(self.calls_per_s)),
+            figure(
+                "eta",
+                "ETA",
+                if self.complete {
                     "done".into()
                 } else {
                     duration(self.eta_s)
                 },
-            },
+            ),
         ];
         if let Some(labels) = &self.labels {
             let number = |x: Option<f64>| x.map_or(UNKNOWN.into(), |x| format!("{x:.3}"));
             figures.extend([
-                Figure {
-                    id: "position-consistency",
-                    label: "position consistency",
-                    value: percent(labels.position_consistency),
-                },
-                Figure {
-                    id: "human-agreement",
-                    label: "agreement with the human order",
-                    value: percent(labels.human_agreement),
-                },
-                Figure {
-                    id: "mean-p-chosen",
-                    label: "mean p_chosen",
-                    value: number(labels.mean_p_chosen),
-                },
-                Figure {
-                    id: "mean-letter-mass",
-                    label: "mean letter mass (lowest)",
-                    value: match labels.mean_letter_mass {
+                figure(
+                    "position-consistency",
+                    "position consistency",
+                    percent(labels.position_consistency),
+                ),
+                figure(
+                    "human-agreement",
+                    "agreement with the human order",
+                    percent(labels.human_agreement),
+                ),
+                figure(
+                    "mean-p-chosen",
+                    "mean p_chosen",
+                    number(labels.mean_p_chosen),
+                ),
+                figure(
+                    "mean-letter-mass",
+                    "mean letter mass (lowest)",
+                    match labels.mean_letter_mass {
                         Some(mean) => format!("{mean:.3} ({})", number(labels.min_letter_mass)),
                         None => UNKNOWN.into(),
                     },
-                },
+                ),
             ]);
         }
         figures
+    }
+}
+
+/// A figure of the headline.
+fn figure(id: &'static str, label: &'static str, value: impl Into<String>) -> Figure {
+    Figure {
+        id,
+        label,
+        value: value.into(),
     }
 }
 
