@@ -469,4 +469,70 @@ mod tests {
         assert_eq!(last_run(&timeline[..1]), (0.0, 0, 0));
         assert_eq!(last_run(&[]), (0.0, 0, 0));
     }
+
+    #[test]
+    fn a_running_job_has_a_rate_an_eta_failures_and_consistency_so_far() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path();
+        let corpus = out.join("corpus.jsonl");
+        std::fs::write(&corpus, "{}\n".repeat(12)).unwrap();
+        let identity = serde_json::json!({
+            "name": "running", "fingerprint": "0123456789abcdef",
+            "spec": {"pipeline": "pairwise", "seed": 1, "input": {},
+                     "pairwise": {"candidates": ["chosen", "rejected"]},
+                     "models": {"judge": {"backend": "openai", "model": "m"}},
+                     "constitution": {"hash": "feed"}},
+            "input": corpus, "limit": 10,
+        });
+        std::fs::write(out.join("job.json"), identity.to_string()).unwrap();
+        let commit = |at_ms: u64, keys: std::ops::Range<u8>, status: &str| {
+            let samples: Vec<Value> = keys
+                .map(|k| {
+                    serde_json::json!({"key": format!("{k:032x}"), "status": status,
+                    "tokens_in": 1, "tokens_out": 1, "calls": 2})
+                })
+                .collect();
+            serde_json::json!({"at_ms": at_ms, "offsets": {}, "samples": samples}).to_string()
+        };
+        let ledger = [
+            commit(1_000, 0..1, "done"),
+            commit(3_000, 1..3, "done"),
+            commit(5_000, 3..4, "done"),
+            commit(5_000, 4..5, "failed"),
+        ];
+        std::fs::write(out.join("ledger.jsonl"), ledger.join("\n") + "\n").unwrap();
+        let row = |consistent: bool| {
+            serde_json::json!({"p_chosen": 0.7, "position_consistent": consistent,
+                "readings": [{"principle_id": "p", "order": "xy", "p_first": 0.7}]})
+            .to_string()
+        };
+        let rows = [row(true), row(true), row(false), row(true)];
+        std::fs::write(out.join("preferences.jsonl"), rows.join("\n") + "\n").unwrap();
+        std::fs::write(
+            out.join("failed.jsonl"),
+            "{\"id\":\"5\",\"reason\":\"step judge-1-yx: no letter at 3 positions\"}\n",
+        )
+        .unwrap();
+
+        let headline = Headline::read(out).unwrap();
+        assert!(!headline.complete);
+        assert_eq!((headline.counts.done, headline.counts.failed), (4, 1));
+        assert_eq!(headline.counts.lines_read, None);
+        assert_eq!(headline.corpus_lines, Some(10));
+        // 4 samples settled in the 4 s after the first commit: 1 a second, 5 lines to go.
+        assert_eq!(headline.samples_per_s, Some(1.0));
+        assert_eq!(headline.calls_per_s, Some(2.0));
+        assert_eq!(headline.eta_s, Some(5.0));
+        assert_eq!(headline.failures.len(), 1);
+        assert_eq!(
+            headline.failures[0].reason,
+            "judge: no letter at N positions"
+        );
+        let figures = headline.figures();
+        let value = |id: &str| figures.iter().find(|f| f.id == id).unwrap().value.clone();
+        assert_eq!(value("position-consistency"), "75.0 %");
+        assert_eq!(value("eta"), "5.0 s");
+        assert_eq!(value("models"), "judge: openai m");
+        assert_eq!(value("progress"), "5 of 10 lines settled (50.0 %)");
+    }
 }
