@@ -107,10 +107,15 @@ fn print_headline(headline: &Headline) {
         value("eta")
     );
     if headline.labels.is_some() {
+        let agreement = figures
+            .iter()
+            .find(|figure| figure.id == "human-agreement")
+            .map_or(String::new(), |figure| {
+                format!(", agreement with the human order {}", figure.value)
+            });
         println!(
-            "labels so far: position consistency {}, agreement with the human order {}, mean p_chosen {}, mean letter mass {}",
+            "labels so far: position consistency {}{agreement}, mean p_chosen {}, mean letter mass {}",
             value("position-consistency"),
-            value("human-agreement"),
             value("mean-p-chosen"),
             value("mean-letter-mass")
         );

@@ -81,9 +81,13 @@ pub struct Headline {
     pub usage: Usage,
     /// What the calls cost, in USD.
     pub cost_usd: f64,
-    /// Wall time of the last run, in seconds (from its manifest, or so far from its commits).
+    /// Wall time of the last run, in seconds: from its manifest, or for a run without one yet
+    /// (running) the time from its first commit to its last.
     pub wall_s: Option<f64>,
-    /// Samples settled per second over the last run's commits.
+    /// Whether `wall_s` was measured from the commits (no manifest yet).
+    pub wall_from_commits: bool,
+    /// Samples settled per second over the last run's commits (from its first commit on: the
+    /// steady rate, which leaves out the warm-up before the first commit).
     pub samples_per_s: Option<f64>,
     /// Model calls per second over the last run's commits.
     pub calls_per_s: Option<f64>,
@@ -210,6 +214,7 @@ impl Headline {
                 Some(m) => Some(m.elapsed_s),
                 None => (run_s > 0.0).then_some(run_s),
             },
+            wall_from_commits: manifest.is_none(),
             samples_per_s,
             calls_per_s: rate(calls),
             eta_s,
@@ -284,7 +289,16 @@ impl Headline {
                 format!("{} / {}", self.usage.tokens_in, self.usage.tokens_out),
             ),
             figure("cost", "cost", format!("${:.4}", self.cost_usd)),
-            figure("wall", "wall time (last run)", duration(self.wall_s)),
+            figure(
+                "wall",
+                "wall time (last run)",
+                match self.wall_s {
+                    Some(_) if self.wall_from_commits => {
+                        format!("{} since its first commit", duration(self.wall_s))
+                    }
+                    _ => duration(self.wall_s),
+                },
+            ),
             figure("samples-per-s", "samples/s", rate(self.samples_per_s)),
             figure("calls-per-s", "calls/s", rate(self.calls_per_s)),
             figure(
@@ -306,11 +320,6 @@ impl Headline {
                     percent(labels.position_consistency),
                 ),
                 figure(
-                    "human-agreement",
-                    "agreement with the human order",
-                    percent(labels.human_agreement),
-                ),
-                figure(
                     "mean-p-chosen",
                     "mean p_chosen",
                     number(labels.mean_p_chosen),
@@ -324,6 +333,13 @@ impl Headline {
                     },
                 ),
             ]);
+        }
+        if let Some(agreement) = self.labels.as_ref().and_then(|l| l.human_agreement) {
+            figures.push(figure(
+                "human-agreement",
+                "agreement with the human order",
+                percent(Some(agreement)),
+            ));
         }
         figures
     }

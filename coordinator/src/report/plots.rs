@@ -49,7 +49,7 @@ pub fn histogram(values: &[f64], bins: usize, x_label: &str, accent: bool) -> St
             .disable_x_mesh()
             .light_line_style(WHITE)
             .x_desc(x_label)
-            .y_desc("rows")
+            .y_desc("count")
             .x_labels(11)
             .draw()?;
         let width = 1.0 / bins as f64;
