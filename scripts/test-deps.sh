@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the report and dataset-card tests need on a fresh Debian machine, each only when
 # it is missing: Debian's chromium (the report is rendered in a real headless browser) and
-# Hugging Face's `datasets` library in a virtual environment (CAI_TEST_PYENV, default target/pyenv; the card's
-# configs are loaded with it). Prints the environment's python, which the tests read from
-# CAI_TEST_PYTHON. Run as root (apt-get); scripts/test.sh calls it.
+# Hugging Face's `datasets` library in a virtual environment (CAI_TEST_PYENV, default
+# target/pyenv), with which the card's configs are loaded. Prints the environment's python, which
+# the tests read from CAI_TEST_PYTHON. Run as root (apt-get); scripts/test.sh calls it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
