@@ -77,6 +77,11 @@ pub struct JobSpec {
     /// Models by the name the pipeline sections use.
     #[serde(default)]
     pub models: BTreeMap<String, ModelSpec>,
+    /// The licence of the output dataset, as a Hugging Face licence identifier
+    /// (`cc-by-4.0`, `mit`, …); the dataset card says `other` without it. Not part of the
+    /// fingerprint: it does not change the rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 /// Where the corpus is and which fields to read.
@@ -475,6 +480,20 @@ impl JobSpec {
                 format!("{:?} must match [a-z0-9-]{{1,64}}", self.name),
             );
         }
+        if let Some(license) = &self.license
+            && (license.is_empty()
+                || !license
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._+".contains(&b)))
+        {
+            return fail(
+                "license",
+                format!(
+                    "{license:?} must be a Hugging Face licence identifier such as \"cc-by-4.0\" \
+                     or \"other\" (lowercase letters, digits, `-`, `.`, `_`, `+`)"
+                ),
+            );
+        }
         let selectors = [
             &self.input.prompt,
             &self.input.messages,
@@ -613,13 +632,14 @@ impl JobSpec {
     }
 
     /// The settings that decide what a job computes, as JSON: everything but how this run is
-    /// operated (output place, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries,
+    /// operated and published (output place, licence, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries,
     /// rate limits, prices). Two specs with the same view (and the same constitution) produce the
     /// same rows.
     pub fn semantic_view(&self, constitution_hash: &str) -> Value {
         let mut view = serde_json::to_value(self).expect("job spec serialises");
         let object = view.as_object_mut().expect("job spec is an object");
         object.remove("output");
+        object.remove("license");
         if let Some(input) = object.get_mut("input").and_then(Value::as_object_mut) {
             input.remove("limit");
             input.remove("path");
@@ -963,5 +983,19 @@ backend = "mock"
             changes,
             vec!["critique_revise.preferences: (unset) → true".to_owned()]
         );
+    }
+
+    #[test]
+    fn license_is_optional_checked_and_outside_the_fingerprint() {
+        let job = parse(EXAMPLE).unwrap();
+        assert_eq!(job.spec.license, None);
+        let text = EXAMPLE.replace("seed = 42", "seed = 42\nlicense = \"cc-by-4.0\"");
+        let licensed = parse(&text).unwrap();
+        assert_eq!(licensed.spec.license.as_deref(), Some("cc-by-4.0"));
+        assert_eq!(job.spec.fingerprint("c1"), licensed.spec.fingerprint("c1"));
+        assert!(licensed.spec.semantic_view("c1").get("license").is_none());
+        let (field, message) = invalid(&EXAMPLE.replace("seed = 42", "license = \"CC BY 4.0\""));
+        assert_eq!(field, "license");
+        assert!(message.contains("cc-by-4.0"), "{message}");
     }
 }

@@ -4,13 +4,13 @@
 //! candidates come as (chosen, rejected), how often the labels agree with the human order.
 //! Read from the output files, so they describe the whole job, resumed runs included.
 
-use std::io::BufRead as _;
 use std::path::Path;
 
 use cai_common::result::Reading;
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::DATA_FILES;
+use crate::rows::for_each_row;
 
 /// What a pairwise job's labels look like as a whole.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -120,6 +120,12 @@ impl LabelStats {
     }
 }
 
+/// Whether a job's candidates come from a human-labelled corpus as (chosen, rejected), from its
+/// semantic view: then the first candidate field is the human-preferred answer.
+pub fn first_is_human(view: &serde_json::Value) -> bool {
+    view["pairwise"]["candidates"] == serde_json::json!(["chosen", "rejected"])
+}
+
 /// Whether a label prefers candidate x (the first candidate field): the mean of its
 /// order-corrected readings is at least 0.5, as the pipeline decides `chosen`.
 fn prefers_first(row: &LabelRow) -> bool {
@@ -139,25 +145,6 @@ fn prefers_first(row: &LabelRow) -> bool {
         .sum::<f64>()
         / row.readings.len() as f64;
     p_x >= 0.5
-}
-
-/// Calls `each` with every row of a JSONL file; a missing file has no rows, a row that does not
-/// parse (another row shape) is skipped.
-fn for_each_row<T: serde::de::DeserializeOwned>(
-    path: &Path,
-    mut each: impl FnMut(T),
-) -> std::io::Result<()> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => return Err(error),
-    };
-    for line in std::io::BufReader::new(file).lines() {
-        if let Ok(row) = serde_json::from_str(&line?) {
-            each(row);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

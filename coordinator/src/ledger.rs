@@ -7,7 +7,9 @@
 //! line holding the batch's samples and the new length of every data file, and syncs that. On
 //! open, a torn last ledger line is dropped and every data file is cut back to the lengths of the
 //! last complete commit, so rows of an unfinished commit (a crash, a SIGKILL) never survive and
-//! are never written twice.
+//! are never written twice. Each ledger line also records when it was committed (`at_ms`, Unix
+//! milliseconds), so throughput over time can be read back; lines written before that field
+//! existed read as commits of unknown time.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -72,6 +74,9 @@ struct CommitSample {
 
 #[derive(Serialize, Deserialize)]
 struct Commit {
+    /// When the commit was made, in Unix milliseconds; absent in ledgers from before the field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at_ms: Option<u64>,
     offsets: HashMap<String, u64>,
     #[serde(default)]
     samples: Vec<CommitSample>,
@@ -108,6 +113,17 @@ struct TraceRow<'a> {
     usage: &'a Usage,
 }
 
+/// One commit of the log as throughput over time sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommitPoint {
+    /// When it was committed, in Unix milliseconds.
+    pub at_ms: u64,
+    /// Samples it settled (done or failed).
+    pub samples: u64,
+    /// Model calls of those samples.
+    pub calls: u64,
+}
+
 /// What the complete lines of a commit log say.
 struct LogState {
     done: CompactMap<SampleKey, Status>,
@@ -115,6 +131,8 @@ struct LogState {
     usage: Usage,
     offsets: Vec<u64>,
     good_len: u64,
+    /// The timed commits, in order.
+    timeline: Vec<CommitPoint>,
 }
 
 /// Reads every complete commit of a log; stops at a torn or unreadable last line.
@@ -126,6 +144,7 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
         usage: Usage::default(),
         offsets: vec![0; DATA_FILES.len()],
         good_len: 0,
+        timeline: Vec::new(),
     };
     let mut reader = BufReader::new(log);
     let mut line = Vec::new();
@@ -139,6 +158,13 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
             break;
         };
         state.good_len += read as u64;
+        if let Some(at_ms) = commit.at_ms {
+            state.timeline.push(CommitPoint {
+                at_ms,
+                samples: commit.samples.len() as u64,
+                calls: commit.samples.iter().map(|s| s.usage.calls).sum(),
+            });
+        }
         for sample in commit.samples {
             state.usage += sample.usage;
             done.push((sample.key, sample.status));
@@ -168,6 +194,12 @@ pub struct LedgerTotals {
 
 /// Reads the committed totals of an output directory.
 pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
+    history(dir).map(|(totals, _)| totals)
+}
+
+/// Reads the committed totals of an output directory and its timed commits in order (for the
+/// rate, the ETA and the throughput plot), without changing anything.
+pub fn history(dir: &Path) -> Result<(LedgerTotals, Vec<CommitPoint>), LedgerError> {
     let path = dir.join(LEDGER_FILE);
     let file = File::open(&path).map_err(|source| LedgerError::Io { path, source })?;
     let state = read_log(file).map_err(|source| LedgerError::Io {
@@ -179,12 +211,13 @@ pub fn totals(dir: &Path) -> Result<LedgerTotals, LedgerError> {
         .iter()
         .filter(|(_, status)| *status == Status::Failed)
         .count() as u64;
-    Ok(LedgerTotals {
+    let totals = LedgerTotals {
         done: state.done.len() as u64 - failed,
         failed,
         rejected: state.rejected.len() as u64,
         usage: state.usage,
-    })
+    };
+    Ok((totals, state.timeline))
 }
 
 /// Keys of every committed sample, read without changing anything.
@@ -243,6 +276,7 @@ impl Ledger {
             usage,
             offsets,
             good_len,
+            timeline: _,
         } = read_log(&mut log).map_err(io(&log_path))?;
         log.set_len(good_len).map_err(io(&log_path))?;
         log.seek(SeekFrom::End(0)).map_err(io(&log_path))?;
@@ -387,7 +421,11 @@ impl Ledger {
                 .map_err(|source| LedgerError::Io { path, source })?;
             self.synced[index] = self.offsets[index];
         }
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_millis() as u64);
         let commit = Commit {
+            at_ms: Some(at_ms),
             offsets: DATA_FILES
                 .iter()
                 .zip(&self.offsets)
@@ -517,6 +555,40 @@ mod tests {
         let totals = totals(dir.path()).unwrap();
         assert_eq!((totals.done, totals.failed), (1, 0));
         assert_eq!(lines(dir.path(), "sft.jsonl"), 1);
+    }
+
+    #[test]
+    fn commits_record_their_time_and_old_ledgers_without_it_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let mut ledger = Ledger::open(dir.path()).unwrap();
+        ledger.stage_result(&result(1)).unwrap();
+        ledger.stage_result(&result(2)).unwrap();
+        ledger.commit().unwrap();
+        drop(ledger);
+        let (totals, timeline) = history(dir.path()).unwrap();
+        assert_eq!(totals.done, 2);
+        assert_eq!(timeline.len(), 1);
+        assert_eq!((timeline[0].samples, timeline[0].calls), (2, 6));
+        assert!(timeline[0].at_ms >= before);
+
+        // A line as ledgers wrote it before commits were timed.
+        let old = dir.path().join(LEDGER_FILE);
+        let text = std::fs::read_to_string(&old).unwrap();
+        let untimed = serde_json::to_string(&{
+            let mut line: serde_json::Value = serde_json::from_str(text.trim()).unwrap();
+            line.as_object_mut().unwrap().remove("at_ms");
+            line
+        })
+        .unwrap();
+        std::fs::write(&old, untimed + "\n").unwrap();
+        let (totals, timeline) = history(dir.path()).unwrap();
+        assert_eq!((totals.done, timeline.len()), (2, 0));
+        drop(Ledger::open(dir.path()).unwrap());
+        assert_eq!(lines(dir.path(), "sft.jsonl"), 2);
     }
 
     #[test]

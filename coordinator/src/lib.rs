@@ -13,8 +13,13 @@
 //! - [`observe`]: the coordinator's metrics (line counts, queue depths).
 //! - [`telemetry`]: logging, OTLP trace export, and the `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`manifest`]: the end-of-run summary file.
+//! - [`label_stats`]: what a pairwise job's labels look like as a whole.
+//! - [`rows`]: reading output files a run may still be writing (torn last lines skipped).
+//! - [`report`]: `report.html`, the page a person looks at (headline figures, plots, samples).
+//! - [`card`]: `README.md`, the dataset card that makes a finished output a Hugging Face dataset.
 //! - [`cli`]: the command line.
 
+pub mod card;
 pub mod cli;
 pub mod compact;
 pub mod coordinate;
@@ -28,4 +33,6 @@ pub mod observe;
 pub mod outage;
 pub mod plan;
 pub mod progress;
+pub mod report;
+pub mod rows;
 pub mod telemetry;

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::coordinate::Summary;
-use crate::label_stats::LabelStats;
+use crate::label_stats::{LabelStats, first_is_human};
 use crate::plan::{MANIFEST_FILE, Plan};
 use crate::progress::Counts;
 
@@ -18,6 +18,9 @@ struct Manifest<'a> {
     version: &'a str,
     complete: bool,
     fingerprint: &'a str,
+    /// The job's `license` key, for the dataset card; absent when the job sets none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    license: Option<&'a str>,
     constitution_hash: &'a str,
     spec: serde_json::Value,
     counts: Counts,
@@ -35,14 +38,11 @@ struct Manifest<'a> {
 
 /// The label statistics of a pairwise job's output directory, or `None` for another pipeline.
 fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
-    let Some(pairwise) = &plan.spec().pairwise else {
+    if plan.spec().pairwise.is_none() {
         return Ok(None);
-    };
-    let first_is_human = pairwise
-        .candidates
-        .as_ref()
-        .is_some_and(|[first, second]| first == "chosen" && second == "rejected");
-    LabelStats::read(plan.job.output_dir(), first_is_human).map(Some)
+    }
+    let view = plan.spec().semantic_view(&plan.constitution.hash);
+    LabelStats::read(plan.job.output_dir(), first_is_human(&view)).map(Some)
 }
 
 /// Writes the manifest of a run into the output directory (atomically: write, then rename),
@@ -58,6 +58,7 @@ pub fn write(
         version: env!("CARGO_PKG_VERSION"),
         complete: summary.complete,
         fingerprint: &plan.fingerprint,
+        license: plan.spec().license.as_deref(),
         constitution_hash: &plan.constitution.hash,
         spec: plan.spec().semantic_view(&plan.constitution.hash),
         counts: summary.counts,

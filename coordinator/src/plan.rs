@@ -11,7 +11,9 @@ use cai_common::state::step_log::STEP_LOG_FILE;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::card::{CARD_FILE, is_generated};
 use crate::ledger::{DATA_FILES, LEDGER_FILE};
+use crate::report::REPORT_FILE;
 
 /// The identity file of an output directory.
 pub const JOB_FILE: &str = "job.json";
@@ -62,6 +64,20 @@ pub struct JobIdentity {
     /// The corpus line limit, for `cai status`.
     #[serde(default)]
     pub limit: Option<u64>,
+    /// What the report and the dataset card say of the constitution; absent in output
+    /// directories from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub constitution: Option<ConstitutionSummary>,
+}
+
+/// The constitution as a reader of the output is told of it: no path, which may name the
+/// machine's folders.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConstitutionSummary {
+    /// The file's (or directory's) name.
+    pub file: String,
+    /// The principles the job's pipeline draws from.
+    pub principles: usize,
 }
 
 /// A job ready to run.
@@ -128,6 +144,18 @@ impl Plan {
             spec: self.spec().semantic_view(&self.constitution.hash),
             input: self.spec().input.path.clone(),
             limit: self.spec().input.limit,
+            constitution: Some(ConstitutionSummary {
+                file: self
+                    .spec()
+                    .constitution
+                    .path
+                    .file_name()
+                    .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
+                principles: match self.spec().pipeline {
+                    PipelineKind::Pairwise => self.constitution.judge_principles().len(),
+                    PipelineKind::CritiqueRevise => self.constitution.critique_principles().len(),
+                },
+            }),
         }
     }
 
@@ -140,10 +168,19 @@ impl Plan {
         std::fs::create_dir_all(dir).map_err(io(dir.to_owned()))?;
         let identity_path = dir.join(JOB_FILE);
         if start_new {
-            for name in
-                DATA_FILES
-                    .iter()
-                    .chain(&[LEDGER_FILE, MANIFEST_FILE, JOB_FILE, STEP_LOG_FILE])
+            // The dataset card goes only if cai wrote it: a README.md of the user's stays.
+            let card = dir.join(CARD_FILE);
+            let card = is_generated(&card).then_some(CARD_FILE);
+            for name in DATA_FILES
+                .iter()
+                .chain(&[
+                    LEDGER_FILE,
+                    MANIFEST_FILE,
+                    JOB_FILE,
+                    STEP_LOG_FILE,
+                    REPORT_FILE,
+                ])
+                .chain(card.as_ref())
             {
                 match std::fs::remove_file(dir.join(name)) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -185,5 +222,47 @@ pub fn read_identity(dir: &Path) -> Result<Option<JobIdentity>, PlanError> {
             }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(PlanError::Io { path, source }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn starting_new_removes_the_report_and_cai_s_card_but_not_another_readme() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job.toml");
+        let constitution =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../constitutions/default.toml");
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"n\"\npipeline = \"critique-revise\"\noutput = \"out\"\n\
+                 [input]\npath = \"c.jsonl\"\nprompt = \"p\"\n\
+                 [constitution]\npath = {constitution:?}\n\
+                 [critique_revise]\nmodel = \"m\"\n[models.m]\nbackend = \"mock\"\n"
+            ),
+        )
+        .unwrap();
+        let plan = Plan::load(&job).unwrap();
+        let out = dir.path().join("out");
+        plan.claim_output(false).unwrap();
+        std::fs::write(out.join(REPORT_FILE), "report").unwrap();
+        std::fs::write(
+            out.join(CARD_FILE),
+            "---\n# Dataset card written by cai: x\n---\n",
+        )
+        .unwrap();
+        plan.claim_output(true).unwrap();
+        assert!(!out.join(REPORT_FILE).exists());
+        assert!(!out.join(CARD_FILE).exists());
+        std::fs::write(out.join(CARD_FILE), "# notes\n").unwrap();
+        plan.claim_output(true).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join(CARD_FILE)).unwrap(),
+            "# notes\n"
+        );
+        assert!(read_identity(&out).unwrap().unwrap().constitution.is_some());
     }
 }

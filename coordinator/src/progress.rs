@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use cai_common::result::Usage;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Where every corpus line ended up; `lines_read = done + failed + rejected + duplicates` once
 /// the run is complete.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// Corpus lines read.
     pub lines_read: u64,

@@ -438,3 +438,79 @@ fn status_of_a_per_turn_job_gives_no_percentage_of_lines() {
     );
     assert!(!text.contains('%'), "{text}");
 }
+
+#[test]
+fn run_writes_the_report_and_the_card_report_rewrites_them_and_new_removes_only_cai_s() {
+    let (dir, job) = bad_corpus();
+    let out = dir.path().join("out");
+    let run = cai(&["run", job.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+    assert!(stderr(&run).contains("report: "), "{}", stderr(&run));
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.contains("id=\"fig-rejected\""), "{html}");
+    let card = std::fs::read_to_string(out.join("README.md")).unwrap();
+    assert!(
+        card.starts_with("---\n# Dataset card written by cai"),
+        "{card}"
+    );
+    assert!(card.contains("- config_name: sft"), "{card}");
+
+    // cai report rewrites both, or writes the report elsewhere.
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    std::fs::remove_file(out.join("README.md")).unwrap();
+    let elsewhere = dir.path().join("elsewhere.html");
+    let report = cai(&[
+        "report",
+        out.to_str().unwrap(),
+        "--out",
+        elsewhere.to_str().unwrap(),
+    ]);
+    assert_eq!(report.status.code(), Some(0), "{}", stderr(&report));
+    assert!(elsewhere.exists() && !out.join("report.html").exists());
+    assert!(out.join("README.md").exists());
+    assert_eq!(
+        cai(&["report", out.to_str().unwrap()]).status.code(),
+        Some(0)
+    );
+    assert!(out.join("report.html").exists());
+    assert_eq!(
+        cai(&["report", dir.path().to_str().unwrap()]).status.code(),
+        Some(2)
+    );
+
+    // --new removes the report and cai's card...
+    let fresh = cai(&["run", "--new", job.to_str().unwrap()]);
+    assert_eq!(fresh.status.code(), Some(0), "{}", stderr(&fresh));
+    // ... (written again by the fresh run), but never a README.md someone else wrote.
+    std::fs::write(out.join("README.md"), "# notes\n").unwrap();
+    std::fs::remove_file(out.join("report.html")).unwrap();
+    std::fs::write(out.join("report.html"), "old").unwrap();
+    let plan_only = cai(&["run", "--new", job.to_str().unwrap()]);
+    assert_eq!(plan_only.status.code(), Some(0), "{}", stderr(&plan_only));
+    assert_eq!(
+        std::fs::read_to_string(out.join("README.md")).unwrap(),
+        "# notes\n"
+    );
+    assert!(
+        stderr(&plan_only).contains("was not written by cai"),
+        "{}",
+        stderr(&plan_only)
+    );
+    assert_ne!(
+        std::fs::read_to_string(out.join("report.html")).unwrap(),
+        "old"
+    );
+}
+
+#[test]
+fn status_shows_the_report_s_headline_figures() {
+    let (dir, job) = bad_corpus();
+    assert_eq!(cai(&["run", job.to_str().unwrap()]).status.code(), Some(0));
+    let status = cai(&["status", dir.path().join("out").to_str().unwrap()]);
+    let text = stdout(&status);
+    assert!(
+        text.contains("rate: ") && text.contains("ETA done"),
+        "{text}"
+    );
+    assert!(text.contains("failures: none"), "{text}");
+}

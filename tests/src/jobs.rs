@@ -112,3 +112,71 @@ max_concurrency = 8
         ),
     )
 }
+
+/// A pairwise job over the first `lines` HH pairs with the deterministic mock judge (no
+/// server), two principles per label, both orders; output in `out/`.
+pub fn mock_pairwise(dir: &JobDir, lines: usize) -> PathBuf {
+    dir.head(PAIRS, lines, "pairs.jsonl");
+    dir.write(
+        "job.toml",
+        format!(
+            r#"
+name = "mock-pairwise"
+pipeline = "pairwise"
+seed = 4
+output = "out"
+license = "cc-by-4.0"
+
+[input]
+path = "pairs.jsonl"
+
+[constitution]
+path = "{constitution}"
+
+[pairwise]
+judge = "feedback"
+candidates = ["chosen", "rejected"]
+principles_per_label = 2
+
+[models.feedback]
+backend = "mock"
+"#,
+            constitution = repo_file("constitutions/default.toml").display()
+        ),
+    )
+}
+
+/// A critique-revise job over the first `lines` red-team prompts with the mock model: two
+/// rounds, a row per round, and the revision-over-initial preference rows; output in `out/`.
+pub fn mock_critique_revise(dir: &JobDir, lines: usize) -> PathBuf {
+    dir.head(PROMPTS, lines, "prompts.jsonl");
+    dir.write(
+        "job.toml",
+        format!(
+            r#"
+name = "mock-critique-revise"
+pipeline = "critique-revise"
+seed = 6
+output = "out"
+
+[input]
+path = "prompts.jsonl"
+prompt = "prompt"
+id = "source_line"
+
+[constitution]
+path = "{constitution}"
+
+[critique_revise]
+model = "policy"
+revisions = 2
+sft = "every"
+preferences = true
+
+[models.policy]
+backend = "mock"
+"#,
+            constitution = repo_file("constitutions/default.toml").display()
+        ),
+    )
+}

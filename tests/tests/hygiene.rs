@@ -66,4 +66,17 @@ async fn an_aborted_test_leaves_no_worker_behind() {
         },
     )
     .await;
+    // The aborted child cleaned nothing up: its worker's heartbeat keys and its log.
+    let mut redis = redis::Client::open("redis://127.0.0.1:6379/0")
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query(&mut redis)
+        .unwrap();
+    if !left.is_empty() {
+        let () = redis::cmd("DEL").arg(&left).query(&mut redis).unwrap();
+    }
+    let _ = std::fs::remove_file(std::env::temp_dir().join(format!("{prefix}.log")));
 }

@@ -7,6 +7,7 @@
 //! rejected.
 
 mod init;
+mod report;
 mod run;
 mod status;
 mod validate;
@@ -59,6 +60,15 @@ pub enum Command {
     Validate {
         /// The job file.
         job: PathBuf,
+    },
+    /// Write OUTPUT_DIR/report.html (plots and a sample browser, one self-contained file) from
+    /// a finished or running job's output, and rewrite a finished job's dataset card (README.md).
+    Report {
+        /// The job's output directory.
+        dir: PathBuf,
+        /// Write the report here instead of OUTPUT_DIR/report.html.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// A stateless worker of distributed runs: serves every active job it finds in Redis.
     Worker(WorkerArgs),
@@ -173,6 +183,7 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Init { pipeline, dir } => init::init(pipeline, &dir),
             Command::Validate { job } => validate::validate(&job).await,
             Command::Worker(args) => worker::worker(args).await,
+            Command::Report { dir, out } => report::report(&dir, out.as_deref()),
             Command::Status { target, state } => match state {
                 Some(state) => status::live(&target, &state).await,
                 None => status::status(std::path::Path::new(&target)),

@@ -1,4 +1,5 @@
-//! `cai run`: plan, claim the output directory, run, write the manifest, print the counts.
+//! `cai run`: plan, claim the output directory, run, write the manifest, the report and (once
+//! the job is finished) the dataset card, print the counts.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -7,12 +8,14 @@ use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
 
 use super::{MetricsAddr, RunArgs, report};
+use crate::card::{self, CardOutcome};
 use crate::distributed::{self, Services};
 use crate::embedded::{self, EmbeddedOptions};
 use crate::manifest;
 use crate::observe;
 use crate::plan::Plan;
 use crate::progress::Progress;
+use crate::report as page;
 use crate::telemetry::listener::{self, Readiness};
 
 /// Where the job runs.
@@ -141,8 +144,27 @@ pub(super) async fn run(args: RunArgs) -> u8 {
     if let Some(labels) = &labels {
         eprintln!("{}", labels.describe());
     }
+    write_pages(plan.job.output_dir());
     eprintln!("output: {}", plan.job.output_dir().display());
     if summary.complete { 0 } else { 130 }
+}
+
+/// Writes the report of the run's output, and the dataset card when the job is finished. The
+/// data are safe whatever happens here: a failure is a warning (`cai report` makes them again).
+fn write_pages(dir: &std::path::Path) {
+    match page::write(dir, None) {
+        Ok(path) => eprintln!("report: {}", path.display()),
+        Err(error) => eprintln!("warning: cannot write the report: {error:#}"),
+    }
+    match card::write(dir) {
+        Ok(CardOutcome::Written(path)) => eprintln!("dataset card: {}", path.display()),
+        Ok(CardOutcome::Incomplete) => {}
+        Ok(CardOutcome::Foreign(path)) => eprintln!(
+            "dataset card: not written, {} was not written by cai",
+            path.display()
+        ),
+        Err(error) => eprintln!("warning: cannot write the dataset card: {error:#}"),
+    }
 }
 
 /// First SIGINT or SIGTERM: stop taking work, finish what is in flight. Second: exit at once.

@@ -6,6 +6,7 @@ use crate::corpus;
 use crate::ledger;
 use crate::manifest;
 use crate::plan::read_identity;
+use crate::report::headline::Headline;
 
 pub(super) fn status(dir: &Path) -> u8 {
     let identity = match read_identity(dir) {
@@ -73,6 +74,11 @@ pub(super) fn status(dir: &Path) -> u8 {
     if let Some(counts) = manifest.as_ref().and_then(|m| m.get("counts")) {
         println!("last run: {counts}");
     }
+    // The report's headline figures: rate, ETA, failures by reason, label statistics so far.
+    match Headline::read(dir) {
+        Ok(headline) => print_headline(&headline),
+        Err(error) => eprintln!("warning: cannot read the headline figures: {error:#}"),
+    }
     println!(
         "state: {}",
         if complete {
@@ -82,6 +88,46 @@ pub(super) fn status(dir: &Path) -> u8 {
         }
     );
     0
+}
+
+/// The figures `cai report` puts in its summary that the lines above do not already give.
+fn print_headline(headline: &Headline) {
+    let figures = headline.figures();
+    let value = |id: &str| {
+        figures
+            .iter()
+            .find(|figure| figure.id == id)
+            .map_or("n/a", |figure| figure.value.as_str())
+    };
+    println!(
+        "rate: {} samples/s, {} calls/s over the last run ({}); ETA {}",
+        value("samples-per-s"),
+        value("calls-per-s"),
+        value("wall"),
+        value("eta")
+    );
+    if headline.labels.is_some() {
+        let agreement = figures
+            .iter()
+            .find(|figure| figure.id == "human-agreement")
+            .map_or(String::new(), |figure| {
+                format!(", agreement with the human order {}", figure.value)
+            });
+        println!(
+            "labels so far: position consistency {}{agreement}, mean p_chosen {}, mean letter mass {}",
+            value("position-consistency"),
+            value("mean-p-chosen"),
+            value("mean-letter-mass")
+        );
+    }
+    if headline.failures.is_empty() {
+        println!("failures: none");
+    } else {
+        println!("failures by reason:");
+        for kind in &headline.failures {
+            println!("  {:>6}  {}", kind.samples, kind.reason);
+        }
+    }
 }
 
 /// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the

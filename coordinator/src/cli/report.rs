@@ -1,0 +1,41 @@
+//! `cai report OUTPUT_DIR [--out FILE]`: writes the report of a finished or running job, and
+//! rewrites the dataset card of a finished one.
+
+use std::path::Path;
+
+use crate::card::{self, CardOutcome};
+use crate::report;
+
+pub(super) fn report(dir: &Path, out: Option<&Path>) -> u8 {
+    if !dir.join(crate::plan::JOB_FILE).exists() {
+        eprintln!(
+            "error: {}: not a cai output directory (no job.json)",
+            dir.display()
+        );
+        return 2;
+    }
+    match report::write(dir, out) {
+        Ok(path) => println!("report: {}", path.display()),
+        Err(error) => {
+            super::report(&error);
+            return 1;
+        }
+    }
+    match card::write(dir) {
+        Ok(CardOutcome::Written(path)) => println!("dataset card: {}", path.display()),
+        Ok(CardOutcome::Incomplete) => {
+            println!("dataset card: not written, the job is not finished")
+        }
+        Ok(CardOutcome::Foreign(path)) => {
+            println!(
+                "dataset card: not written, {} was not written by cai",
+                path.display()
+            )
+        }
+        Err(error) => {
+            super::report(&error);
+            return 1;
+        }
+    }
+    0
+}
