@@ -1,0 +1,61 @@
+//! What the server keeps of the requests it received: the log of [`RecordedCall`]s, the counts
+//! of requests and repeated bodies, and the state every handler shares.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::ServerConfig;
+use super::handler::{Api, prompt_text};
+
+/// One request the server received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedCall {
+    /// `"chat"` or `"completions"`.
+    pub endpoint: &'static str,
+    /// The JSON body (a JSON string holding the raw text if it was not JSON).
+    pub body: Value,
+    /// Whether log-probabilities were requested.
+    pub judge: bool,
+    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
+    pub fault: Option<&'static str>,
+}
+
+impl RecordedCall {
+    /// The prompt text the server derived the reply from (see the module documentation).
+    pub fn prompt_text(&self) -> Option<String> {
+        let api = if self.endpoint == "chat" {
+            Api::Chat
+        } else {
+            Api::Completions
+        };
+        prompt_text(api, &self.body).ok()
+    }
+}
+
+/// Requests counted by [`ModelServer::counts`](super::ModelServer::counts).
+#[derive(Default)]
+pub(super) struct Counted {
+    /// Requests received.
+    pub(super) requests: u64,
+    /// Requests whose body had arrived before.
+    pub(super) repeats: u64,
+    /// The first 16 bytes of SHA-256 of every body seen.
+    pub(super) seen: HashSet<[u8; 16]>,
+}
+
+/// State shared by the handlers and the [`ModelServer`](super::ModelServer).
+pub(super) struct Shared {
+    /// How the server behaves.
+    pub(super) config: ServerConfig,
+    /// Every request received, in order of arrival (none with `count_only`).
+    pub(super) calls: Mutex<Vec<RecordedCall>>,
+    /// How often each body (by SHA-256) has arrived, for the fault draw.
+    pub(super) arrivals: Mutex<HashMap<[u8; 32], u64>>,
+    /// Requests and repeated bodies.
+    pub(super) counted: Mutex<Counted>,
+    /// Cancelled when the server stops: ends hanging requests.
+    pub(super) stopping: CancellationToken,
+}
