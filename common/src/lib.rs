@@ -14,6 +14,7 @@
 //! - [`state`]: the progress / done-set / step-cache seam and its in-memory implementation.
 //! - [`service_error`]: broker and state-store failures typed by the next action (wait out an
 //!   outage, give up on a request, stop the job), and the one loop that waits out an outage.
+//! - [`tls`]: the private CA and client certificate for `amqps://` and `rediss://`.
 //! - [`telemetry`]: the process's Prometheus metrics and trace context for task messages.
 
 pub mod broker;
@@ -28,3 +29,4 @@ pub mod seed;
 pub mod service_error;
 pub mod state;
 pub mod telemetry;
+pub mod tls;

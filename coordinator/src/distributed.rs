@@ -15,6 +15,7 @@ use cai_common::descriptor::JobDescriptor;
 use cai_common::sample::SampleKey;
 use cai_common::service_error::through_outage;
 use cai_common::state::{self, StateStore};
+use cai_common::tls::TlsFiles;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
@@ -30,6 +31,8 @@ pub struct Services {
     pub broker: String,
     /// The state store's URL (`redis://…`: Redis; [`state::connect`] has the schemes).
     pub state: String,
+    /// The private CA and client certificate for `amqps://` and `rediss://`.
+    pub tls: TlsFiles,
 }
 
 /// Runs the coordinator of a distributed job until it is complete or `shutdown` fires.
@@ -41,8 +44,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Summary> {
     let job = plan.spec().name.clone();
-    let broker = broker::connect(&services.broker).await?;
-    let state = state::connect(&services.state).await?;
+    let broker = broker::connect_with_tls(&services.broker, &services.tls).await?;
+    let state = state::connect_with_tls(&services.state, &services.tls).await?;
     let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
 
     let stop = shutdown.child_token();

@@ -71,8 +71,18 @@ pub trait Broker: Send + Sync {
 /// Connects to the broker `url` names, choosing the implementation by its scheme:
 /// `amqp://` or `amqps://` (RabbitMQ), `memory:` (a fresh in-process broker, for one process).
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
+    connect_with_tls(url, &crate::tls::TlsFiles::default()).await
+}
+
+/// Connects as [`connect`] does, with `tls` for an `amqps://` URL.
+pub async fn connect_with_tls(
+    url: &str,
+    tls: &crate::tls::TlsFiles,
+) -> Result<std::sync::Arc<dyn Broker>, BrokerError> {
     match url.split_once(':').map(|(scheme, _)| scheme) {
-        Some("amqp" | "amqps") => Ok(std::sync::Arc::new(amqp::AmqpBroker::connect(url).await?)),
+        Some("amqp" | "amqps") => Ok(std::sync::Arc::new(
+            amqp::AmqpBroker::connect_with_tls(url, tls).await?,
+        )),
         Some("memory") => Ok(std::sync::Arc::new(memory::MemoryBroker::default())),
         _ => Err(crate::service_error::Service::Broker.fatal(format!(
             "{}: not a broker URL: amqp://, amqps:// (RabbitMQ) or memory: (in-process)",

@@ -109,8 +109,18 @@ pub trait StateStore: Send + Sync {
 /// Connects to the state store `url` names, choosing the implementation by its scheme:
 /// `redis://` or `rediss://` (Redis), `memory:` (a fresh in-process store, for one process).
 pub async fn connect(url: &str) -> Result<std::sync::Arc<dyn StateStore>, StateError> {
+    connect_with_tls(url, &crate::tls::TlsFiles::default()).await
+}
+
+/// Connects as [`connect`] does, with `tls` for a `rediss://` URL.
+pub async fn connect_with_tls(
+    url: &str,
+    tls: &crate::tls::TlsFiles,
+) -> Result<std::sync::Arc<dyn StateStore>, StateError> {
     match url.split_once(':').map(|(scheme, _)| scheme) {
-        Some("redis" | "rediss") => Ok(std::sync::Arc::new(redis::RedisState::connect(url).await?)),
+        Some("redis" | "rediss") => Ok(std::sync::Arc::new(
+            redis::RedisState::connect_with_tls(url, tls).await?,
+        )),
         Some("memory") => Ok(std::sync::Arc::new(embedded::EmbeddedState::default())),
         _ => Err(crate::service_error::Service::State.fatal(format!(
             "{}: not a state store URL: redis://, rediss:// (Redis) or memory: (in-process)",

@@ -38,13 +38,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind};
+use redis::{
+    ClientTlsConfig, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind,
+    TlsCertificates,
+};
 use tracing::debug;
 
 use super::{StateError, StateStore};
 use crate::broker::secret_url::SecretUrl;
 use crate::sample::SampleKey;
 use crate::service_error::Service;
+use crate::tls::TlsFiles;
 
 /// How long a cached step lives after the last step of its sample was written.
 pub const DEFAULT_STEP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -79,6 +83,12 @@ impl RedisState {
     /// Connects to `url` (`redis://[:password@]host:port[/db][?prefix=name]`; the DB number
     /// selects the database, the prefix the keys' namespace). Fails if Redis does not answer.
     pub async fn connect(url: &str) -> Result<Self, StateError> {
+        Self::connect_with_tls(url, &TlsFiles::default()).await
+    }
+
+    /// Connects as [`Self::connect`] does, with `tls` for a `rediss://` URL: a private CA and a
+    /// client certificate (see [`crate::tls`]).
+    pub async fn connect_with_tls(url: &str, tls: &TlsFiles) -> Result<Self, StateError> {
         let (url, prefix) = split_prefix(url).map_err(|message| {
             Service::State.fatal(format!(
                 "invalid Redis URL {}: {message}",
@@ -86,7 +96,22 @@ impl RedisState {
             ))
         })?;
         let url = SecretUrl::new(&url);
-        let client = redis::Client::open(url.raw()).map_err(|error| {
+        let pem = tls
+            .read()
+            .map_err(|message| Service::State.fatal(message))?;
+        let client = if pem.ca.is_some() || pem.client.is_some() {
+            let certificates = TlsCertificates {
+                client_tls: pem.client.map(|(client_cert, client_key)| ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+                root_cert: pem.ca,
+            };
+            redis::Client::build_with_tls(url.raw(), certificates)
+        } else {
+            redis::Client::open(url.raw())
+        }
+        .map_err(|error| {
             Service::State.fatal(format!("invalid Redis URL {url}: {}", url.scrub(error)))
         })?;
         let config = ConnectionManagerConfig::new()

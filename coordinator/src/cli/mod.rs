@@ -17,6 +17,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use cai_common::tls::TlsFiles;
+
 use clap::{Parser, Subcommand};
 
 use crate::telemetry::tracing_setup;
@@ -79,7 +81,37 @@ pub enum Command {
         /// Redis URL: read the job's live progress and the workers from there.
         #[arg(long, env = "CAI_STATE")]
         state: Option<String>,
+        /// TLS files for a `rediss://` URL.
+        #[command(flatten)]
+        tls: TlsArgs,
     },
+}
+
+/// TLS beyond what `amqps://` and `rediss://` turn on: a private CA instead of the system's
+/// roots, and a client certificate for services that ask for one (mutual TLS). Server names
+/// are always checked.
+#[derive(Debug, Default, clap::Args)]
+pub struct TlsArgs {
+    /// PEM file of the CA that signed the broker's and Redis's certificates.
+    #[arg(long, env = "CAI_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM file of this process's client certificate (needs --tls-key-file).
+    #[arg(long, env = "CAI_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM file of the client certificate's private key (needs --tls-cert-file).
+    #[arg(long, env = "CAI_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files, as the connections take them.
+    pub fn files(&self) -> TlsFiles {
+        TlsFiles {
+            ca_file: self.tls_ca_file.clone(),
+            cert_file: self.tls_cert_file.clone(),
+            key_file: self.tls_key_file.clone(),
+        }
+    }
 }
 
 /// The pipeline `cai init` writes a job for.
@@ -113,6 +145,9 @@ pub struct WorkerArgs {
     /// Default: 0.0.0.0:9090, skipped with a warning if that port is taken.
     #[arg(long, value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
+    /// TLS files for `amqps://` and `rediss://` URLs.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// The `--metrics-addr` value.
@@ -161,6 +196,9 @@ pub struct RunArgs {
     /// default.
     #[arg(long, value_parser = parse_metrics_addr, default_value = "off")]
     pub metrics_addr: MetricsAddr,
+    /// TLS files for `amqps://` and `rediss://` URLs.
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// Runs the parsed command line and returns the process exit code.
@@ -184,8 +222,8 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Validate { job } => validate::validate(&job).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Report { dir, out } => report::report(&dir, out.as_deref()),
-            Command::Status { target, state } => match state {
-                Some(state) => status::live(&target, &state).await,
+            Command::Status { target, state, tls } => match state {
+                Some(state) => status::live(&target, &state, &tls.files()).await,
                 None => status::status(std::path::Path::new(&target)),
             },
         }

@@ -41,7 +41,11 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             for note in Models::preflight(&plan.spec().models) {
                 tracing::warn!("{note}");
             }
-            Mode::Distributed(Services { broker, state })
+            Mode::Distributed(Services {
+                broker,
+                state,
+                tls: args.tls.files(),
+            })
         }
         _ => match Models::build(&plan.spec().models) {
             Ok(models) => Mode::Embedded(models),

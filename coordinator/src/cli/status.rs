@@ -132,8 +132,8 @@ fn print_headline(headline: &Headline) {
 
 /// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the
 /// workers whose heartbeat is current.
-pub(super) async fn live(job: &str, state_url: &str) -> u8 {
-    let state = match cai_common::state::connect(state_url).await {
+pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsFiles) -> u8 {
+    let state = match cai_common::state::connect_with_tls(state_url, tls).await {
         Ok(state) => state,
         Err(error) => {
             eprintln!("error: {error}");

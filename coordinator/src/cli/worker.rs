@@ -13,14 +13,15 @@ use crate::telemetry::listener::{self, Readiness};
 const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([0, 0, 0, 0], 9090);
 
 pub(super) async fn worker(args: WorkerArgs) -> u8 {
-    let broker = match cai_common::broker::connect(&args.broker).await {
+    let tls = args.tls.files();
+    let broker = match cai_common::broker::connect_with_tls(&args.broker, &tls).await {
         Ok(broker) => broker,
         Err(error) => {
             eprintln!("error: {error}");
             return 1;
         }
     };
-    let state = match cai_common::state::connect(&args.state).await {
+    let state = match cai_common::state::connect_with_tls(&args.state, &tls).await {
         Ok(state) => state,
         Err(error) => {
             eprintln!("error: {error}");

@@ -48,7 +48,9 @@ mod supervisor;
 use super::secret_url::SecretUrl;
 use super::{Broker, BrokerError, Delivery, Queue};
 use crate::service_error::Service;
+use crate::tls::TlsFiles;
 use consume::Subscription;
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use supervisor::{Slot, Supervisor, is_not_found};
 
 /// Deliveries of one message before RabbitMQ dead-letters it instead of delivering it again.
@@ -87,7 +89,24 @@ impl AmqpBroker {
     /// Connects to `url` (`amqp://user:password@host:port/vhost`), opening the publishing and
     /// the consuming connections so a wrong URL or credentials fail here.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with_tls(url, &TlsFiles::default()).await
+    }
+
+    /// Connects as [`Self::connect`] does, with `tls` for an `amqps://` URL: a private CA and a
+    /// client certificate (see [`crate::tls`]).
+    pub async fn connect_with_tls(url: &str, tls: &TlsFiles) -> Result<Self, BrokerError> {
         let url = SecretUrl::new(url);
+        let pem = tls
+            .read()
+            .map_err(|message| Service::Broker.fatal(message))?;
+        let tls = OwnedTLSConfig {
+            cert_chain: pem
+                .ca
+                .map(|ca| String::from_utf8_lossy(ca.as_slice()).into_owned()),
+            identity: pem
+                .client
+                .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
+        };
         let mut uri: AMQPUri = url.raw().parse().map_err(|error: String| {
             Service::Broker.fatal(format!("invalid broker URL {url}: {}", url.scrub(error)))
         })?;
@@ -97,6 +116,7 @@ impl AmqpBroker {
             .get_or_insert(CONNECT_TIMEOUT.as_millis() as u64);
         let supervisor = Arc::new(Supervisor {
             uri,
+            tls,
             url,
             next_id: AtomicU64::new(0),
             publishing: Slot::new("publishing"),

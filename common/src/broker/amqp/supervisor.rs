@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind};
+use lapin::{Channel, Connection, ConnectionProperties, DefaultConnectionBuilder, ErrorKind};
 use tokio::time::timeout;
 use tracing::{debug, info, warn};
 
@@ -25,6 +26,8 @@ pub(super) struct Supervisor {
     /// Parsed URL with heartbeat and connect timeout filled in; holds the password, so this
     /// struct has no `Debug`.
     pub(super) uri: AMQPUri,
+    /// The private CA and client certificate of an `amqps://` URL, if any.
+    pub(super) tls: OwnedTLSConfig,
     pub(super) url: SecretUrl,
     pub(super) next_id: AtomicU64,
     pub(super) publishing: Slot,
@@ -125,7 +128,12 @@ impl Supervisor {
         let properties =
             ConnectionProperties::default().with_connection_name(format!("cai {role}").into());
         let opened = timeout(CONNECT_TIMEOUT, async {
-            let connection = Connection::connect_uri(self.uri.clone(), properties).await?;
+            let connection = DefaultConnectionBuilder::new()?
+                .with_uri(self.uri.clone())
+                .with_properties(properties)
+                .with_tls_config(self.tls.clone())
+                .connect()
+                .await?;
             let channel = connection.create_channel().await?;
             channel
                 .confirm_select(ConfirmSelectOptions::default())
