@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the report and dataset-card tests need on a fresh Debian machine, each only when
-# it is missing: Debian's chromium (the report is rendered in a real headless browser) and
+# Installs what the report, dataset-card and TLS tests need on a fresh Debian machine, each only
+# when it is missing: openssl (the TLS tests make their certificates), Debian's chromium (the
+# report is rendered in a real headless browser) and
 # Hugging Face's `datasets` library in a virtual environment (CAI_TEST_PYENV, default
 # target/pyenv), with which the card's configs are loaded. Prints the environment's python, which
 # the tests read from CAI_TEST_PYTHON. Run as root (apt-get); scripts/test.sh calls it.
@@ -15,6 +16,11 @@ apt_install() {
     fi
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2
 }
+
+if ! command -v openssl >/dev/null; then
+    echo "installing openssl (the TLS tests make their certificates with it)" >&2
+    apt_install openssl
+fi
 
 if [ ! -x /usr/bin/chromium ]; then
     echo "installing chromium (for the report tests)" >&2
