@@ -88,6 +88,14 @@ pub enum DecodeError {
     Body(String),
 }
 
+/// The format version a message says it is written in, without decoding its body; `None` for
+/// bytes that are not an envelope.
+pub fn version_of(bytes: &[u8]) -> Option<u16> {
+    rmp_serde::from_slice::<Header>(bytes)
+        .ok()
+        .map(|header| header.version)
+}
+
 /// Encodes a body for `job`.
 pub fn encode<T: Serialize>(job: &str, body: &T) -> Vec<u8> {
     rmp_serde::to_vec_named(&EnvelopeOut {

@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cai_common::broker::{self, Broker, Queue};
-use cai_common::descriptor::JobDescriptor;
+use cai_common::descriptor::{JobDescriptor, format_version_of};
+use cai_common::envelope::{self, FORMAT_VERSION};
 use cai_common::sample::SampleKey;
 use cai_common::service_error::through_outage;
 use cai_common::state::{self, StateStore};
 use cai_common::tls::TlsFiles;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
@@ -118,6 +120,20 @@ async fn take_over(
     // A service that is away at the start is waited for, as in the middle of a run.
     let registered =
         through_outage("reading the job registry", None, || state.get_job(job)).await?;
+    if let Some(version) = registered
+        .as_ref()
+        .and_then(|(json, _)| format_version_of(json))
+        .filter(|version| *version > FORMAT_VERSION)
+    {
+        return Err(Refused(format!(
+            "job {job:?} was registered by a newer cai (message format version {version}; this \
+             build writes {FORMAT_VERSION}): run it with that version"
+        ))
+        .into());
+    }
+    for queue in [Queue::Tasks, Queue::Results] {
+        refuse_newer_messages(job, broker, queue).await?;
+    }
     if let Some((_, fingerprint)) = registered {
         if fingerprint != plan.fingerprint {
             tracing::warn!(
@@ -144,6 +160,36 @@ async fn take_over(
     }
     register(plan, state, &ledger.committed_keys()).await?;
     Ok(ledger)
+}
+
+/// Why a coordinator will not take a job over: the services hold it in a shape this build
+/// would misread or destroy. The command line exits 2 for it, as for a changed spec.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(String);
+
+/// Refuses the job if the first ready message of `queue` is of a newer format version than
+/// this build's: a newer coordinator or newer workers ran it, and taking it over would purge
+/// their tasks or dead-letter their results. The message is put back.
+async fn refuse_newer_messages(job: &str, broker: &dyn Broker, queue: Queue) -> anyhow::Result<()> {
+    if through_outage("reading a queue's depth", None, || broker.depth(job, queue)).await? == 0 {
+        return Ok(());
+    }
+    let mut messages = broker.consume(job, queue, 1).await?;
+    let first = tokio::time::timeout(Duration::from_secs(5), messages.next()).await;
+    let Ok(Some(delivery)) = first else {
+        return Ok(());
+    };
+    let version = envelope::version_of(&delivery.payload);
+    delivery.acker.requeue().await?;
+    match version {
+        Some(version) if version > FORMAT_VERSION => Err(Refused(format!(
+            "the {queue:?} queue of job {job:?} holds messages of format version {version}, \
+             newer than this build's {FORMAT_VERSION}: run the job with the cai that wrote them"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
 }
 
 /// Watches the job in the state store: stops the run when a worker records a fatal error, and
@@ -190,6 +236,7 @@ async fn register(plan: &Plan, state: &dyn StateStore, done: &[SampleKey]) -> an
         spec: plan.spec().clone(),
         constitution: (*plan.constitution).clone(),
         fingerprint: plan.fingerprint.clone(),
+        format_version: envelope::FORMAT_VERSION,
     };
     let json = descriptor.to_json();
     through_outage("seeding the done set", None, || state.reset_done(job, done)).await?;

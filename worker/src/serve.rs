@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cai_common::broker::Broker;
-use cai_common::descriptor::JobDescriptor;
+use cai_common::descriptor::{JobDescriptor, format_version_of};
+use cai_common::envelope::FORMAT_VERSION;
 use cai_common::state::StateStore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -163,6 +164,13 @@ async fn start_job(
         .ok_or_else(|| {
             StartError::Unreadable(format!("job {job:?} is active but not registered"))
         })?;
+    if let Some(version) = format_version_of(&json).filter(|v| *v != FORMAT_VERSION) {
+        return Err(StartError::Unreadable(format!(
+            "job {job:?} is registered with message format version {version}; this worker (cai \
+             {}) speaks version {FORMAT_VERSION}, so it leaves the job to workers that do",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
     let descriptor = JobDescriptor::from_json(&json).map_err(|e| {
         StartError::Unreadable(format!("job {job:?}: unreadable registry entry: {e}"))
     })?;
