@@ -6,6 +6,7 @@
 //! - [`job`]: the job file (TOML), validated, and its fingerprint.
 //! - [`constitution`]: principles and demonstrations, from cai TOML, the HF JSON format or a
 //!   directory of Anthropic's prompt files.
+//! - [`disk`]: a full output volume, described so the user can act on it.
 //! - [`descriptor`]: a job as registered for workers (spec, constitution, fingerprint).
 //! - [`result`]: what a worker returns for a sample: output rows, trace, usage.
 //! - [`envelope`]: the versioned MessagePack codec for tasks and results.
@@ -20,6 +21,7 @@
 pub mod broker;
 pub mod constitution;
 pub mod descriptor;
+pub mod disk;
 pub mod envelope;
 pub mod job;
 pub mod message;

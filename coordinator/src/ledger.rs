@@ -44,6 +44,15 @@ pub enum LedgerError {
         /// The error.
         source: std::io::Error,
     },
+    /// The output volume is full: what was written since the last commit is cut off at the
+    /// next start, as after a crash.
+    #[error("{}", cai_common::disk::full_message(path, *needed))]
+    Full {
+        /// The file that could not be written.
+        path: PathBuf,
+        /// Bytes still to write for the commit that failed.
+        needed: u64,
+    },
     /// The ledger and the data files disagree in a way a crash cannot explain.
     #[error("{path}: {message}")]
     Corrupt {
@@ -411,14 +420,11 @@ impl Ledger {
                 continue;
             }
             let path = self.dir.join(name);
-            writer.flush().map_err(|source| LedgerError::Io {
-                path: path.clone(),
-                source,
-            })?;
+            let needed = self.offsets[index] - self.synced[index];
             writer
-                .get_ref()
-                .sync_data()
-                .map_err(|source| LedgerError::Io { path, source })?;
+                .flush()
+                .and_then(|()| writer.get_ref().sync_data())
+                .map_err(|source| write_error(path, source, needed))?;
             self.synced[index] = self.offsets[index];
         }
         let at_ms = std::time::SystemTime::now()
@@ -441,10 +447,7 @@ impl Ledger {
         self.log
             .write_all(&line)
             .and_then(|()| self.log.sync_data())
-            .map_err(|source| LedgerError::Io {
-                path: log_path,
-                source,
-            })?;
+            .map_err(|source| write_error(log_path, source, line.len() as u64))?;
         let keys = commit.samples.iter().map(|s| s.key).collect();
         for sample in commit.samples {
             self.usage += sample.usage;
@@ -458,14 +461,25 @@ impl Ledger {
     fn append<T: Serialize>(&mut self, file: usize, row: &T) -> Result<(), LedgerError> {
         let mut line = serde_json::to_vec(row).expect("rows serialise");
         line.push(b'\n');
-        self.writers[file]
-            .write_all(&line)
-            .map_err(|source| LedgerError::Io {
-                path: self.dir.join(DATA_FILES[file]),
+        let pending = self.offsets[file] - self.synced[file];
+        self.writers[file].write_all(&line).map_err(|source| {
+            write_error(
+                self.dir.join(DATA_FILES[file]),
                 source,
-            })?;
+                pending + line.len() as u64,
+            )
+        })?;
         self.offsets[file] += line.len() as u64;
         Ok(())
+    }
+}
+
+/// A failed write of `needed` bytes to `path`: [`LedgerError::Full`] when the volume is full.
+fn write_error(path: PathBuf, source: std::io::Error, needed: u64) -> LedgerError {
+    if cai_common::disk::is_full(&source) {
+        LedgerError::Full { path, needed }
+    } else {
+        LedgerError::Io { path, source }
     }
 }
 

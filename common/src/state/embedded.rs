@@ -59,6 +59,20 @@ impl EmbeddedState {
     }
 }
 
+/// A step-log failure as a job-fatal error: a full volume says how much more it needed.
+fn log_error(
+    path: &std::path::Path,
+    doing: &str,
+    error: &std::io::Error,
+    needed: usize,
+) -> StateError {
+    if crate::disk::is_full(error) {
+        Service::State.fatal(crate::disk::full_message(path, needed as u64))
+    } else {
+        Service::State.fatal(format!("{doing} the step log {}: {error}", path.display()))
+    }
+}
+
 #[async_trait]
 impl StateStore for EmbeddedState {
     async fn lease(
@@ -138,7 +152,7 @@ impl StateStore for EmbeddedState {
         let written = match &mut cache.log {
             Some(log) => log
                 .append(key, step, &value)
-                .map_err(|e| Service::State.fatal(format!("writing the step log: {e}")))?,
+                .map_err(|e| log_error(log.path(), "writing", &e, value.len()))?,
             None => 0,
         };
         let (steps, bytes) = cache.samples.entry((job.to_owned(), *key)).or_default();
@@ -163,7 +177,7 @@ impl StateStore for EmbeddedState {
                 .filter(|((step_job, _), _)| step_job == job)
                 .map(|((_, key), (steps, _))| (key, steps));
             log.forget(forgotten, cached)
-                .map_err(|e| Service::State.fatal(format!("compacting the step log: {e}")))?;
+                .map_err(|e| log_error(log.path(), "compacting", &e, 0))?;
         }
         Ok(())
     }

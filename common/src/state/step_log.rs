@@ -81,6 +81,11 @@ impl StepLog {
         Ok((log, steps))
     }
 
+    /// The log's file, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends one step's result; returns the record's size, which the caller passes back to
     /// [`StepLog::forget`] with the sample.
     pub fn append(&mut self, key: &SampleKey, step: &str, value: &[u8]) -> std::io::Result<u64> {
