@@ -21,6 +21,13 @@ pub struct Usage {
     pub cost_micro_usd: u64,
 }
 
+impl Usage {
+    /// Whether nothing was used (so the field can be left out of a row).
+    pub fn is_zero(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 impl std::ops::AddAssign for Usage {
     fn add_assign(&mut self, other: Self) {
         self.tokens_in += other.tokens_in;
@@ -171,6 +178,11 @@ pub struct SampleResult {
     pub outcome: Outcome,
     /// Every step, in order.
     pub steps: Vec<TraceStep>,
-    /// What it cost.
+    /// What the calls of this run of the sample cost.
     pub usage: Usage,
+    /// What the steps served from the step cache cost when an earlier run of the sample paid
+    /// for them (a run that was killed or interrupted before the sample was committed): paid
+    /// once, and counted in no other sample, so the ledger adds it to what the job paid.
+    #[serde(default, skip_serializing_if = "Usage::is_zero")]
+    pub reused: Usage,
 }

@@ -120,6 +120,13 @@ struct TraceRow<'a> {
     status: Status,
     steps: &'a [cai_common::result::TraceStep],
     usage: &'a Usage,
+    /// Left out when nothing was reused, as in every trace written before the field existed.
+    #[serde(skip_serializing_if = "nothing_reused")]
+    reused: &'a Usage,
+}
+
+fn nothing_reused(usage: &&Usage) -> bool {
+    usage.is_zero()
 }
 
 /// One commit of the log as throughput over time sees it.
@@ -384,13 +391,18 @@ impl Ledger {
                 status,
                 steps: &result.steps,
                 usage: &result.usage,
+                reused: &result.reused,
             },
         )?;
         self.pending_keys.insert(result.key);
+        // What the job paid for this sample: this run's calls and the cached steps an earlier,
+        // uncommitted run paid for.
+        let mut paid = result.usage;
+        paid += result.reused;
         self.pending_samples.push(CommitSample {
             key: result.key,
             status,
-            usage: result.usage,
+            usage: paid,
         });
         Ok(Some(status))
     }
@@ -511,6 +523,7 @@ mod tests {
                 calls: 3,
                 cost_micro_usd: 0,
             },
+            reused: Usage::default(),
         }
     }
 

@@ -162,6 +162,17 @@ async fn sigkill_mid_run_then_resume() {
         .chain(second_calls.iter().map(|c| c.body.to_string()))
         .collect();
     assert_eq!(all.len(), 3 * 199, "every step of every sample called");
+    // What the job paid, as the manifest counts it: every step of every sample once (the
+    // steps the killed run paid for and the resumed run reused included); what the servers
+    // answered beyond that are the calls in flight at the kill, paid and lost.
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["model_calls"], 3 * 199, "{manifest}");
+    assert_eq!(
+        first_server.calls().len() + second_calls.len(),
+        3 * 199 + repeated,
+        "the servers answered the paid steps and the repeated ones"
+    );
 
     // A third run finds everything done and calls nothing.
     let third_server = ModelServer::start(ServerConfig::default()).await;

@@ -125,6 +125,7 @@ impl JobContext {
             sample,
             steps: Vec::new(),
             usage: Usage::default(),
+            reused: Usage::default(),
         };
         let outcome = match self.spec.pipeline {
             PipelineKind::CritiqueRevise => critique_revise::run(&mut run).await,
@@ -143,6 +144,7 @@ impl JobContext {
             outcome,
             steps: run.steps,
             usage: run.usage,
+            reused: run.reused,
         })
     }
 }
@@ -153,6 +155,8 @@ struct SampleRun<'a> {
     sample: &'a Sample,
     steps: Vec<TraceStep>,
     usage: Usage,
+    /// What the steps found in the step cache cost the run that paid for them.
+    reused: Usage,
 }
 
 /// What a step records in the trace besides the model's output.
@@ -267,17 +271,21 @@ impl SampleRun<'_> {
             (usage.tokens_in, usage.tokens_out),
         );
         let (value, was_cached) = called?;
-        if !was_cached {
-            let cost = |price: Option<f64>, tokens: u64| {
-                (price.unwrap_or(0.0) * tokens as f64).round() as u64
-            };
-            self.usage.tokens_in += usage.tokens_in;
-            self.usage.tokens_out += usage.tokens_out;
-            self.usage.calls += 1;
-            self.usage.cost_micro_usd +=
-                cost(spec.price_in, usage.tokens_in) + cost(spec.price_out, usage.tokens_out);
-        }
         let traced = value.usage();
+        let cost =
+            |price: Option<f64>, tokens: u64| (price.unwrap_or(0.0) * tokens as f64).round() as u64;
+        // A cached step was paid by an earlier run of this sample: counted as reused, so the
+        // job's totals hold every call paid for the output once.
+        let account = if was_cached {
+            &mut self.reused
+        } else {
+            &mut self.usage
+        };
+        account.tokens_in += traced.tokens_in;
+        account.tokens_out += traced.tokens_out;
+        account.calls += 1;
+        account.cost_micro_usd +=
+            cost(spec.price_in, traced.tokens_in) + cost(spec.price_out, traced.tokens_out);
         self.steps.push(TraceStep {
             step: info.name.clone(),
             principle_id: info.principle.map(|p| p.id.clone()),
