@@ -8,7 +8,7 @@
 #   scripts/bench.sh overhead     # one target: overhead | model-bound | million | resume
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release -p cai-coordinator -p cai-bench
+cargo build --release -p cai -p cai-bench
 target="${CARGO_TARGET_DIR:-target}"
 bench="$target/release/cai-bench"
 out="$target/bench"

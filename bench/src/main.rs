@@ -65,7 +65,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     };
     anyhow::ensure!(
         cai.exists(),
-        "{} is missing: build it (`cargo build --release -p cai-coordinator`) or pass --cai",
+        "{} is missing: build it (`cargo build --release -p cai`) or pass --cai",
         cai.display()
     );
     if let Some(at) = args.resume_at {

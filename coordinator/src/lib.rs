@@ -1,4 +1,5 @@
-//! The cai coordinator and the `cai` binary.
+//! The cai coordinator: everything a run does between the job file and the output directory.
+//! The `cai` binary (the `cai` crate) is its command line.
 //!
 //! # Layout
 //! - [`corpus`]: streams corpus lines into samples, rejections and duplicates.
@@ -11,16 +12,13 @@
 //! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
 //! - [`progress`]: counters, progress bar, plain progress lines.
 //! - [`observe`]: the coordinator's metrics (line counts, queue depths).
-//! - [`telemetry`]: logging, OTLP trace export, and the `/metrics`, `/healthz`, `/readyz` listener.
 //! - [`manifest`]: the end-of-run summary file.
 //! - [`label_stats`]: what a pairwise job's labels look like as a whole.
 //! - [`rows`]: reading output files a run may still be writing (torn last lines skipped).
 //! - [`report`]: `report.html`, the page a person looks at (headline figures, plots, samples).
 //! - [`card`]: `README.md`, the dataset card that makes a finished output a Hugging Face dataset.
-//! - [`cli`]: the command line.
 
 pub mod card;
-pub mod cli;
 pub mod compact;
 pub mod coordinate;
 pub mod corpus;
@@ -35,4 +33,3 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod rows;
-pub mod telemetry;

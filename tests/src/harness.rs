@@ -111,7 +111,7 @@ pub async fn run_job(job: &Path) -> anyhow::Result<Summary> {
     Ok(summary)
 }
 
-/// The `cai` binary of this build. `cargo test --workspace` (or `-p cai-coordinator`, whose
+/// The `cai` binary of this build. `cargo test --workspace` (or `-p cai`, whose
 /// integration tests need it) builds it next to the test binaries.
 pub fn cai_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary has a path");
@@ -122,7 +122,7 @@ pub fn cai_binary() -> PathBuf {
         .join("cai");
     assert!(
         binary.exists(),
-        "{} is missing: run the tests with `cargo test --workspace` (or add `-p cai-coordinator`)",
+        "{} is missing: run the tests with `cargo test --workspace` (or add `-p cai`)",
         binary.display()
     );
     binary

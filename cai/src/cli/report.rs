@@ -3,11 +3,11 @@
 
 use std::path::Path;
 
-use crate::card::{self, CardOutcome};
-use crate::report;
+use cai_coordinator::card::{self, CardOutcome};
+use cai_coordinator::report;
 
 pub(super) fn report(dir: &Path, out: Option<&Path>) -> u8 {
-    if !dir.join(crate::plan::JOB_FILE).exists() {
+    if !dir.join(cai_coordinator::plan::JOB_FILE).exists() {
         eprintln!(
             "error: {}: not a cai output directory (no job.json)",
             dir.display()

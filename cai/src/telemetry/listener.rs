@@ -49,8 +49,6 @@ impl Readiness {
 
 /// A bound listener, serving until its handle is dropped or aborted.
 pub struct Listener {
-    /// The address it listens on (the real port when `:0` was asked for).
-    pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -75,7 +73,7 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<Li
         }
     });
     tracing::info!(%addr, "serving /metrics, /healthz and /readyz");
-    Ok(Listener { addr, task })
+    Ok(Listener { task })
 }
 
 async fn render_metrics() -> impl IntoResponse {

@@ -21,7 +21,7 @@ use cai_common::tls::TlsFiles;
 
 use clap::{Parser, Subcommand};
 
-use crate::telemetry::tracing_setup;
+use crate::telemetry::tracing_setup::{self, LogFormat};
 
 /// Build Constitutional AI datasets: critique → revise (SFT) and pairwise AI feedback (preferences).
 #[derive(Debug, Parser)]
@@ -33,15 +33,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log line format.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.

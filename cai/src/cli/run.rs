@@ -8,15 +8,15 @@ use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
 
 use super::{MetricsAddr, RunArgs, report};
-use crate::card::{self, CardOutcome};
-use crate::distributed::{self, Services};
-use crate::embedded::{self, EmbeddedOptions};
-use crate::manifest;
-use crate::observe;
-use crate::plan::Plan;
-use crate::progress::Progress;
-use crate::report as page;
 use crate::telemetry::listener::{self, Readiness};
+use cai_coordinator::card::{self, CardOutcome};
+use cai_coordinator::distributed::{self, Services};
+use cai_coordinator::embedded::{self, EmbeddedOptions};
+use cai_coordinator::manifest;
+use cai_coordinator::observe;
+use cai_coordinator::plan::Plan;
+use cai_coordinator::progress::Progress;
+use cai_coordinator::report as page;
 
 /// Where the job runs.
 enum Mode {

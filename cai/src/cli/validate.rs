@@ -5,8 +5,8 @@ use std::path::Path;
 
 use cai_worker::model::Models;
 
-use crate::corpus::{self, CorpusItem};
-use crate::plan::Plan;
+use cai_coordinator::corpus::{self, CorpusItem};
+use cai_coordinator::plan::Plan;
 
 /// Bad lines printed in full; the rest are only counted.
 const SHOWN: usize = 20;

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use crate::corpus;
-use crate::ledger;
-use crate::manifest;
-use crate::plan::read_identity;
-use crate::report::headline::Headline;
+use cai_coordinator::corpus;
+use cai_coordinator::ledger;
+use cai_coordinator::manifest;
+use cai_coordinator::plan::read_identity;
+use cai_coordinator::report::headline::Headline;
 
 pub(super) fn status(dir: &Path) -> u8 {
     let identity = match read_identity(dir) {
