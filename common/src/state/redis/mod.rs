@@ -49,6 +49,11 @@ use crate::broker::secret_url::SecretUrl;
 use crate::sample::SampleKey;
 use crate::service_error::Service;
 use crate::tls::TlsFiles;
+use keys::{Keys, prefix_pattern, split_prefix};
+
+mod keys;
+
+pub use keys::DEFAULT_PREFIX;
 
 /// How long a cached step lives after the last step of its sample was written.
 pub const DEFAULT_STEP_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -58,8 +63,6 @@ const CHUNK: usize = 10_000;
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for a connection to open.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// The key prefix when the URL names none.
-pub const DEFAULT_PREFIX: &str = "cai";
 
 /// Whether a command may be sent again after its connection broke.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -189,82 +192,6 @@ fn classify(url: &SecretUrl, what: &str, error: RedisError) -> StateError {
 /// Whether an error means the connection is gone (rather than a command error).
 fn is_broken(error: &RedisError) -> bool {
     error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
-}
-
-/// The names of the keys, under one prefix.
-#[derive(Clone)]
-struct Keys {
-    prefix: String,
-}
-
-impl Keys {
-    fn job(&self, job: &str, suffix: &str) -> String {
-        format!("{}:{job}:{suffix}", self.prefix)
-    }
-
-    fn steps(&self, job: &str, key: &SampleKey) -> String {
-        format!("{}:{job}:steps:{}", self.prefix, key.to_hex())
-    }
-
-    fn lease(&self, job: &str, key: &SampleKey) -> String {
-        format!("{}:{job}:lease:{}", self.prefix, key.to_hex())
-    }
-
-    /// Set of active job names.
-    fn active_jobs(&self) -> String {
-        format!("{}:_jobs:active", self.prefix)
-    }
-
-    /// Set of the ids of workers that sent a heartbeat (pruned of expired ones when listed).
-    fn workers(&self) -> String {
-        format!("{}:_workers", self.prefix)
-    }
-
-    fn worker(&self, worker_id: &str) -> String {
-        format!("{}:_workers:{worker_id}", self.prefix)
-    }
-}
-
-/// Splits the `prefix` parameter off a Redis URL: the URL the client is given, and the prefix.
-fn split_prefix(url: &str) -> Result<(String, String), String> {
-    let Some((base, query)) = url.split_once('?') else {
-        return Ok((url.to_owned(), DEFAULT_PREFIX.to_owned()));
-    };
-    let mut prefix = DEFAULT_PREFIX.to_owned();
-    let mut rest = Vec::new();
-    for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-        match pair.strip_prefix("prefix=") {
-            Some(value) => {
-                let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
-                if value.is_empty() || !value.chars().all(allowed) {
-                    return Err(format!(
-                        "prefix {value:?}: letters, digits, '-', '_' and '.' only"
-                    ));
-                }
-                value.clone_into(&mut prefix);
-            }
-            None => rest.push(pair),
-        }
-    }
-    let url = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{}", rest.join("&"))
-    };
-    Ok((url, prefix))
-}
-
-/// A `SCAN MATCH` pattern matching exactly the keys that start with `prefix`.
-fn prefix_pattern(prefix: &str) -> String {
-    let mut pattern = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            pattern.push('\\');
-        }
-        pattern.push(c);
-    }
-    pattern.push('*');
-    pattern
 }
 
 /// One command per chunk of `keys`, each `name key member…` with the raw key bytes as members.
