@@ -90,6 +90,36 @@ impl PrivateRedis {
 
     /// Starts the server again on the same port and data, and waits until it answers `PING`.
     pub fn start_again(&mut self) {
+        self.spawn();
+        let log = self.dir.path().join("redis.log");
+        let give_up = Instant::now() + Duration::from_secs(20);
+        while !self.answers() {
+            assert!(
+                Instant::now() < give_up,
+                "the private redis did not answer in 20 s; log:\n{}",
+                read(&log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the server again on the same port and data and returns at once, while it may
+    /// still be loading its data (answering `LOADING` to every command).
+    pub fn start_again_loading(&mut self) {
+        self.spawn();
+    }
+
+    /// Runs `redis-cli` against the server (plain TCP) and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    fn spawn(&mut self) {
         assert!(self.server.is_none(), "the private redis is running");
         let log = self.dir.path().join("redis.log");
         let mut command = Command::new("redis-server");
@@ -118,6 +148,7 @@ impl PrivateRedis {
                 "--appendfsync",
                 "always",
             ])
+            .args(["--enable-debug-command", "local"])
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--logfile")
@@ -127,15 +158,6 @@ impl PrivateRedis {
             .spawn()
             .expect("redis-server starts (Debian package redis-server)");
         self.server = Some(server);
-        let give_up = Instant::now() + Duration::from_secs(20);
-        while !self.answers() {
-            assert!(
-                Instant::now() < give_up,
-                "the private redis did not answer in 20 s; log:\n{}",
-                read(&log)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     /// Whether the server answers `PING` with `PONG` (not `LOADING`).

@@ -80,3 +80,73 @@ async fn a_run_pauses_through_a_redis_outage_and_completes() {
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
 }
+
+/// A Redis restarted with a large data set answers `LOADING` to every command until it has read
+/// it; a transaction (a step's write) then fails with `EXECABORT` around those. Both are an
+/// outage to wait out, not a rejected request (the chaos soak found workers giving a job up on
+/// the transaction's error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_loading_its_data_is_waited_for_also_inside_a_transaction() {
+    use cai_common::sample::SampleKey;
+    use cai_common::service_error::through_outage;
+    use cai_common::state::StateStore;
+    use cai_common::state::redis::RedisState;
+
+    let mut redis = PrivateRedis::start();
+    assert!(
+        redis
+            .cli(&["DEBUG", "POPULATE", "3000000", "filler", "64"])
+            .contains("OK")
+    );
+    assert!(redis.cli(&["BGREWRITEAOF"]).contains("rewriting"));
+    cai_tests::harness::wait_until(Duration::from_secs(60), "the AOF is rewritten", || {
+        redis
+            .cli(&["INFO", "persistence"])
+            .contains("aof_rewrite_in_progress:0")
+            && !redis
+                .cli(&["INFO", "persistence"])
+                .contains("aof_rewrite_scheduled:1")
+    })
+    .await;
+    redis.stop();
+    redis.start_again_loading();
+
+    let key = SampleKey([9; 16]);
+    let mut loading_seen = false;
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(60);
+    let state = loop {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "Redis never answered"
+        );
+        if let Ok(state) = RedisState::connect(&redis.url()).await {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    loop {
+        assert!(tokio::time::Instant::now() < give_up, "Redis never loaded");
+        match state
+            .step_put("job", &key, "initial", b"paid".to_vec())
+            .await
+        {
+            Ok(()) => break,
+            Err(error) if error.to_string().contains("BusyLoading") => {
+                assert!(error.is_unavailable(), "{error}");
+                loading_seen = true;
+            }
+            Err(error) => assert!(error.is_unavailable(), "{error}"),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        loading_seen,
+        "the write met the server while it was loading"
+    );
+    // And the loop the workers use gets through it.
+    through_outage("caching a step", Some(Duration::from_secs(60)), || {
+        state.step_put("job", &key, "critique-1", b"paid".to_vec())
+    })
+    .await
+    .unwrap();
+}

@@ -161,25 +161,34 @@ impl RedisState {
 /// job; any other command error is a rejected request.
 fn classify(url: &SecretUrl, what: &str, error: RedisError) -> StateError {
     let message = format!("{what} at {url}: {}", url.scrub(&error));
-    let waiting_helps = is_broken(&error)
-        || error.is_timeout()
-        || error.is_connection_refusal()
-        || matches!(
-            error.kind(),
-            ErrorKind::Server(
+    // A pipeline or a transaction (MULTI/EXEC) reports the errors of its commands inside its
+    // own: a Redis still loading its data answers `LOADING` to each, and the transaction says
+    // EXECABORT around them. The commands' errors decide.
+    let server_errors: Vec<Option<ServerErrorKind>> = error
+        .clone()
+        .into_server_errors()
+        .map(|errors| errors.iter().map(|(_, error)| error.kind()).collect())
+        .unwrap_or_default();
+    let server_waits = |kind: &Option<ServerErrorKind>| {
+        matches!(
+            kind,
+            Some(
                 ServerErrorKind::BusyLoading
                     | ServerErrorKind::TryAgain
                     | ServerErrorKind::ClusterDown
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ReadOnly
             )
-        );
+        )
+    };
+    let waiting_helps = is_broken(&error)
+        || error.is_timeout()
+        || error.is_connection_refusal()
+        || server_errors.iter().any(server_waits);
     let refused = matches!(
         error.kind(),
-        ErrorKind::AuthenticationFailed
-            | ErrorKind::InvalidClientConfig
-            | ErrorKind::Server(ServerErrorKind::NoPerm)
-    );
+        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig
+    ) || server_errors.contains(&Some(ServerErrorKind::NoPerm));
     if refused {
         Service::State.fatal(message)
     } else if waiting_helps {
