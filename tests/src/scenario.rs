@@ -102,6 +102,22 @@ impl Scenario {
     }
 }
 
+/// Checks that the coordinator and every worker are still running (an outage must pause them,
+/// not end them); shows the coordinator's log if it exited.
+pub fn assert_all_running(coordinator: &mut Child, log: &Path, workers: &mut [(&str, &mut Child)]) {
+    assert!(
+        coordinator.try_wait().unwrap().is_none(),
+        "the coordinator waits through the outage; log:\n{}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    );
+    for (id, worker) in workers {
+        assert!(
+            worker.try_wait().unwrap().is_none(),
+            "worker {id} waits through the outage"
+        );
+    }
+}
+
 /// Samples committed (done or failed) in an output directory.
 pub fn committed(out: &Path) -> u64 {
     ledger::totals(out).map(|t| t.done + t.failed).unwrap_or(0)

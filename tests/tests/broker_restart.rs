@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use cai_tests::harness::{ids, read_jsonl};
 use cai_tests::model_server::ServerConfig;
-use cai_tests::scenario::{Scenario, Size};
+use cai_tests::scenario::{self, Scenario, Size};
 
 /// How long RabbitMQ stays down: longer than two heartbeats (so every connection is noticed
 /// dead) and than many publish and resubscribe attempts.
@@ -60,17 +60,11 @@ async fn a_run_pauses_through_a_broker_outage_and_completes() {
     let guard = StartAppOnDrop;
     rabbitmqctl(&["-q", "stop_app"]);
     tokio::time::sleep(OUTAGE).await;
-    assert!(
-        coordinator.try_wait().unwrap().is_none(),
-        "the coordinator waits through the outage; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    scenario::assert_all_running(
+        &mut coordinator,
+        &log,
+        &mut [("w1", &mut w1), ("w2", &mut w2)],
     );
-    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
-        assert!(
-            worker.try_wait().unwrap().is_none(),
-            "worker {id} waits through the outage"
-        );
-    }
     rabbitmqctl(&["-q", "start_app"]);
     rabbitmqctl(&["-q", "await_startup"]);
     drop(guard);

@@ -39,17 +39,11 @@ async fn a_run_pauses_through_a_redis_outage_and_completes() {
     let at_stop = run.committed();
     assert!(at_stop < lines as u64, "the outage starts mid-run");
     tokio::time::sleep(OUTAGE).await;
-    assert!(
-        coordinator.try_wait().unwrap().is_none(),
-        "the coordinator waits through the outage; log:\n{}",
-        std::fs::read_to_string(&log).unwrap_or_default()
+    scenario::assert_all_running(
+        &mut coordinator,
+        &log,
+        &mut [("w1", &mut w1), ("w2", &mut w2)],
     );
-    for (id, worker) in [("w1", &mut w1), ("w2", &mut w2)] {
-        assert!(
-            worker.try_wait().unwrap().is_none(),
-            "worker {id} waits through the outage"
-        );
-    }
     redis.start_again();
 
     scenario::finish(coordinator, &log).await;

@@ -97,6 +97,21 @@ async fn a_worker_leaves_a_newer_job_to_newer_workers_and_says_why_once() {
     worker.start_kill().unwrap();
 }
 
+/// Runs the coordinator of `job`, checks that it refuses the job (exit 2) and returns its log.
+async fn refused(cluster: &Cluster, dir: &JobDir, job: &std::path::Path) -> String {
+    let log = dir.path("coordinator.log");
+    let status = tokio::time::timeout(
+        Duration::from_secs(60),
+        cluster.coordinator(job, &log).wait(),
+    )
+    .await
+    .expect("the coordinator exits")
+    .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(2), "{text}");
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_coordinator_refuses_a_job_a_newer_build_registered() {
     let cluster = Cluster::unique();
@@ -105,16 +120,7 @@ async fn a_coordinator_refuses_a_job_a_newer_build_registered() {
     let state = cluster.state().await;
     state.put_job(&cluster.job, &entry, "newer").await.unwrap();
 
-    let log = dir.path("coordinator.log");
-    let status = tokio::time::timeout(
-        Duration::from_secs(60),
-        cluster.coordinator(&job, &log).wait(),
-    )
-    .await
-    .expect("the coordinator exits")
-    .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(2), "{text}");
+    let text = refused(&cluster, &dir, &job).await;
     assert!(text.contains("was registered by a newer cai"), "{text}");
     assert_eq!(
         state.get_job(&cluster.job).await.unwrap().map(|(_, fp)| fp),
@@ -134,16 +140,7 @@ async fn a_coordinator_refuses_a_job_whose_queue_holds_newer_messages() {
         .await
         .unwrap();
 
-    let log = dir.path("coordinator.log");
-    let status = tokio::time::timeout(
-        Duration::from_secs(60),
-        cluster.coordinator(&job, &log).wait(),
-    )
-    .await
-    .expect("the coordinator exits")
-    .unwrap();
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(2), "{text}");
+    let text = refused(&cluster, &dir, &job).await;
     assert!(text.contains("holds messages of format version"), "{text}");
     // The result is left for the build that can read it.
     eventually(
