@@ -341,6 +341,21 @@ impl Ledger {
         self.done.get(key)
     }
 
+    /// The status of a sample committed earlier or staged for the next commit, if any.
+    pub fn settled(&self, key: &SampleKey) -> Option<Status> {
+        self.done.get(key).or_else(|| {
+            self.pending_keys
+                .contains(key)
+                .then(|| {
+                    self.pending_samples
+                        .iter()
+                        .find(|sample| sample.key == *key)
+                        .map(|sample| sample.status)
+                })
+                .flatten()
+        })
+    }
+
     /// Tokens and calls of every committed sample.
     pub fn usage(&self) -> Usage {
         self.usage

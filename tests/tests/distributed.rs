@@ -634,3 +634,73 @@ async fn a_coordinator_loads_no_model_and_needs_no_api_key() {
     );
     coordinator.start_kill().unwrap();
 }
+
+/// Results of an earlier coordinator's tasks can still be in the results queue when a new
+/// coordinator takes over, and be committed before its publisher reads their lines: each line
+/// is still counted once, so the run ends complete (it used to count such samples twice, report
+/// more done than lines read, and exit 130 as if stopped; the chaos soak found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_left_by_an_earlier_coordinator_are_counted_once() {
+    let lines = 120;
+    let run = Scenario::critique_revise(
+        ServerConfig {
+            latency: Duration::from_millis(50),
+            ..ServerConfig::default()
+        },
+        Size {
+            lines,
+            revisions: 1,
+            concurrency: 2,
+        },
+    )
+    .await;
+    let plan = Plan::load(&run.job).unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(run.cluster.state().await);
+    let ctx = JobContext::new(
+        Arc::new(plan.spec().clone()),
+        plan.constitution.clone(),
+        Models::build(&plan.spec().models).unwrap(),
+        state,
+    );
+    let last: Vec<Sample> = corpus::open(plan.spec())
+        .unwrap()
+        .filter_map(|item| match item {
+            CorpusItem::Sample(sample) => Some(sample),
+            _ => None,
+        })
+        .skip(lines - 3)
+        .collect();
+    assert_eq!(last.len(), 3);
+    let earlier = run_task(
+        &ctx,
+        Task {
+            task_id: 1,
+            samples: last,
+            trace_context: None,
+        },
+        3,
+    )
+    .await
+    .unwrap();
+    run.cluster
+        .broker()
+        .await
+        .publish(
+            &run.cluster.job,
+            Queue::Results,
+            envelope::encode(&run.cluster.job, &earlier),
+        )
+        .await
+        .unwrap();
+
+    let mut worker = run.worker("w1", &[]);
+    let log = run.dir.path("coordinator.log");
+    // One sample a task: the publisher reaches the last lines long after the collector has
+    // committed the earlier results.
+    let coordinator = run
+        .cluster
+        .coordinator_with(&run.job, &log, &["--task-size", "1"]);
+    finish(coordinator, &log).await;
+    check_exactly_once(&run.out, "sft.jsonl", lines);
+    worker.start_kill().unwrap();
+}

@@ -88,14 +88,18 @@ impl Collector<'_> {
         Ok(())
     }
 
-    /// Stages a batch's rows and counts each sample it settles for the first time.
+    /// Stages a batch's rows and counts each sample it settles for the first time, if this run
+    /// published it (see `Outstanding::uncounted`).
     fn stage(&self, batch: &ResultBatch) -> anyhow::Result<()> {
         let mut ledger = self.ledger.lock().expect("ledger lock");
         for result in &batch.results {
-            match ledger.stage_result(result)? {
-                Some(Status::Done) => self.progress.record(Event::Done),
-                Some(Status::Failed) => self.progress.record(Event::Failed),
+            let event = match ledger.stage_result(result)? {
+                Some(Status::Done) => Event::Done,
+                Some(Status::Failed) => Event::Failed,
                 None => continue,
+            };
+            if self.outstanding.count(&result.key) {
+                self.progress.record(event);
             }
             self.progress.record_usage(&result.usage);
         }

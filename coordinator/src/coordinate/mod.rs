@@ -11,7 +11,7 @@
 mod collect;
 mod publish;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,6 +103,12 @@ struct Outstanding {
     gauge: Gauge,
     permits: Semaphore,
     tasks: Mutex<HashMap<u64, Vec<SampleKey>>>,
+    /// Samples this run publishes and has not counted yet (added when the publisher reads their
+    /// line and finds them unsettled). A sample the collector stages is counted there only if
+    /// it is here; otherwise its line has not been read yet (the result came from a task of an
+    /// earlier coordinator) and the publisher counts it, finding it settled, when it reads the
+    /// line. Both look under the ledger's lock, so every line is counted once.
+    uncounted: Mutex<HashSet<SampleKey>>,
     next_id: AtomicU64,
     publishing_done: AtomicBool,
 }
@@ -120,6 +126,7 @@ impl Outstanding {
             gauge,
             permits: Semaphore::new(max_outstanding.max(1)),
             tasks: Mutex::new(HashMap::new()),
+            uncounted: Mutex::new(HashSet::new()),
             // Task ids must not repeat across runs: results of a previous coordinator's tasks
             // may still arrive and must not free this run's slots.
             next_id: AtomicU64::new(publish::run_id_base()),
@@ -128,16 +135,26 @@ impl Outstanding {
     }
 
     fn settle(&self, task_id: u64) {
-        if self
+        let keys = self
             .tasks
             .lock()
             .expect("outstanding lock")
-            .remove(&task_id)
-            .is_some()
-        {
+            .remove(&task_id);
+        if let Some(keys) = keys {
+            // Samples a worker skipped were counted when another run of them was committed.
+            let mut uncounted = self.uncounted.lock().expect("outstanding lock");
+            for key in &keys {
+                uncounted.remove(key);
+            }
             self.gauge.dec();
             self.permits.add_permits(1);
         }
+    }
+
+    /// Whether the collector counts a sample it committed: it was published in this run and
+    /// not counted yet.
+    fn count(&self, key: &SampleKey) -> bool {
+        self.uncounted.lock().expect("outstanding lock").remove(key)
     }
 
     fn is_empty(&self) -> bool {

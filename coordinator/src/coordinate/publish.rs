@@ -82,7 +82,21 @@ impl Publisher<'_> {
                 }
                 CorpusItem::Duplicate { .. } => self.progress.record(Event::Duplicate),
                 CorpusItem::Sample(sample) => {
-                    let status = self.ledger.lock().expect("ledger lock").status(&sample.key);
+                    // Under the ledger's lock, so a result the collector stages meanwhile (from a
+                    // task of an earlier coordinator) is counted exactly once: here if it is
+                    // settled already, there if this run publishes the sample first.
+                    let status = {
+                        let ledger = self.ledger.lock().expect("ledger lock");
+                        let status = ledger.settled(&sample.key);
+                        if status.is_none() {
+                            self.outstanding
+                                .uncounted
+                                .lock()
+                                .expect("outstanding lock")
+                                .insert(sample.key);
+                        }
+                        status
+                    };
                     match status {
                         Some(Status::Done) => self.progress.record(Event::Done),
                         Some(Status::Failed) => self.progress.record(Event::Failed),
