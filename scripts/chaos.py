@@ -6,9 +6,10 @@ model, one coordinator and several workers, while at random intervals it SIGKILL
 (and starts it again), SIGKILLs the coordinator (and starts it again), restarts the RabbitMQ
 app, or stops Redis (a private redis-server with an append-only file, on a free port) for
 10-30 s. When the coordinator finally exits 0 it checks the output: every sample exactly once,
-nothing failed, the counts add up; and it counts the model calls made more than once (every
-mock call is logged with its seed, unique per sample and step) against what was in flight at
-each kill. Prints a report, and writes it as JSON to OUT/chaos-report.json.
+nothing failed, the counts add up, no coordinator exited by itself before the end; and it
+counts the model calls made more than once (every mock call is logged with its seed, unique per
+sample and step) against what was in flight at each kill. Prints a report, and writes it as JSON
+to WORKDIR/chaos-report.json.
 """
 
 import argparse
@@ -239,6 +240,8 @@ def main():
     in_flight_per_worker = args.concurrency
     bound = faults["kill worker"] * in_flight_per_worker + faults["kill coordinator"] * 8
     counts = manifest["counts"]
+    # A coordinator that exited by itself before the end (not killed by us) is a finding.
+    unexpected = [event for event in events if "exited" in event[1]]
     report = {
         "samples": args.samples, "workers": args.workers, "concurrency": args.concurrency,
         "latency_ms": args.latency_ms, "wall_s": round(wall, 1),
@@ -247,9 +250,10 @@ def main():
         "failed_rows": len(failed), "counts": counts,
         "model_calls": calls, "calls_needed": 3 * args.samples, "repeated_calls": repeated,
         "repeat_bound": bound,
+        "unexpected_exits": unexpected,
         "ok": len(sft) == len(set(ids)) == args.samples and not failed and manifest["complete"]
         and sum(counts[k] for k in ("done", "failed", "rejected", "duplicates")) == counts["lines_read"]
-        and repeated <= bound,
+        and repeated <= bound and not unexpected,
     }
     with open(os.path.join(workdir, "chaos-report.json"), "w") as f:
         json.dump(report, f, indent=2)
