@@ -1,9 +1,9 @@
 //! The Redis state store against the real Redis on this machine (`CAI_STATE`, default
-//! `redis://127.0.0.1:6379/13`): the done set in large batches and its memory per sample, the
+//! `redis://127.0.0.1:6379/0`): the done set in large batches and its memory per sample, the
 //! step cache and its TTL, counters, the job registry, expiring heartbeats, and `clear_job`.
 //!
-//! Each test uses its own job name (all keys are under `cai:<job>:`) and clears the job at the
-//! end, even when it fails.
+//! Every key lives under this test process's own prefix (`sr-<pid>:`), each test uses its own
+//! job name (`sr-<pid>:<job>:`) and clears the job at the end, even when it fails.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -16,8 +16,18 @@ use cai_common::state::redis::RedisState;
 use futures::FutureExt;
 use redis::aio::MultiplexedConnection;
 
+/// The Redis these tests share with every other test of the machine.
+fn base_url() -> String {
+    std::env::var("CAI_STATE").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}
+
+/// The key prefix of this test process: nothing it writes is under another test's prefix.
+fn prefix() -> String {
+    format!("sr-{}", std::process::id())
+}
+
 fn url() -> String {
-    std::env::var("CAI_STATE").unwrap_or_else(|_| "redis://127.0.0.1:6379/13".into())
+    format!("{}?prefix={}", base_url(), prefix())
 }
 
 fn unique_name(kind: &str) -> String {
@@ -43,7 +53,7 @@ fn keys(range: std::ops::Range<u32>) -> Vec<SampleKey> {
 
 /// A plain connection, to look at the keys behind the store.
 async fn raw() -> MultiplexedConnection {
-    redis::Client::open(url())
+    redis::Client::open(base_url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
@@ -52,7 +62,7 @@ async fn raw() -> MultiplexedConnection {
 
 async fn job_keys(job: &str) -> Vec<String> {
     redis::cmd("KEYS")
-        .arg(format!("cai:{job}:*"))
+        .arg(format!("{}:{job}:*", prefix()))
         .query_async(&mut raw().await)
         .await
         .unwrap()
@@ -98,7 +108,7 @@ async fn done_set_in_batches_of_ten_thousand() {
         assert!(done[25_000..].iter().all(|d| *d));
         assert_eq!(
             job_keys(&job).await,
-            [format!("cai:{job}:done")],
+            [format!("{}:{job}:done", prefix())],
             "no swap key left"
         );
         state.reset_done(&job, &[]).await.unwrap();
@@ -134,7 +144,7 @@ async fn step_cache_put_get_forget_with_ttl() {
         );
         assert_eq!(state.step_get(&job, &a, "revision-0").await.unwrap(), None);
 
-        let hash = format!("cai:{job}:steps:{}", a.to_hex());
+        let hash = format!("{}:{job}:steps:{}", prefix(), a.to_hex());
         let ttl: i64 = redis::cmd("PTTL")
             .arg(&hash)
             .query_async(&mut raw().await)
@@ -150,7 +160,7 @@ async fn step_cache_put_get_forget_with_ttl() {
         );
         assert_eq!(
             job_keys(&job).await,
-            [format!("cai:{job}:steps:{}", b.to_hex())]
+            [format!("{}:{job}:steps:{}", prefix(), b.to_hex())]
         );
     })
     .await;
@@ -250,7 +260,7 @@ async fn heartbeats_expire() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let indexed: bool = redis::cmd("SISMEMBER")
-        .arg("cai:_workers")
+        .arg(format!("{}:_workers", prefix()))
         .arg(&short)
         .query_async(&mut raw().await)
         .await
@@ -258,7 +268,7 @@ async fn heartbeats_expire() {
     assert!(!indexed, "an expired worker stays in the index");
 
     let _: () = redis::cmd("DEL")
-        .arg(format!("cai:_workers:{long}"))
+        .arg(format!("{}:_workers:{long}", prefix()))
         .query_async(&mut raw().await)
         .await
         .unwrap();
@@ -311,7 +321,7 @@ async fn a_done_sample_costs_less_than_100_bytes() {
         assert_eq!(state.done_count(&job).await.unwrap(), u64::from(SAMPLES));
         let bytes: u64 = redis::cmd("MEMORY")
             .arg("USAGE")
-            .arg(format!("cai:{job}:done"))
+            .arg(format!("{}:{job}:done", prefix()))
             .arg("SAMPLES")
             .arg(0)
             .query_async(&mut raw().await)
@@ -328,12 +338,9 @@ async fn a_done_sample_costs_less_than_100_bytes() {
 
 #[tokio::test]
 async fn a_killed_connection_is_replaced_without_an_error() {
-    // DB 14 alone: the test kills every connection on it but its own.
-    let base = url();
-    let base = base
-        .trim_end_matches(|c: char| c.is_ascii_digit())
-        .trim_end_matches('/');
-    let url = format!("{base}/14");
+    // A Redis of its own: the test kills every connection on it but its own.
+    let redis = cai_tests::private_redis::PrivateRedis::start();
+    let url = redis.url();
     let state = RedisState::connect(&url).await.unwrap();
     let job = unique_name("t");
     state.mark_done(&job, &keys(0..10)).await.unwrap();
@@ -355,13 +362,13 @@ async fn a_killed_connection_is_replaced_without_an_error() {
         .unwrap();
     let victims: Vec<u64> = clients
         .lines()
-        .filter(|line| line.split(' ').any(|field| field == "db=14"))
+        .filter(|line| line.split(' ').any(|field| field == "db=0"))
         .filter_map(|line| line.strip_prefix("id=")?.split(' ').next()?.parse().ok())
         .filter(|id| *id != me)
         .collect();
     assert!(
         !victims.is_empty(),
-        "the store's connection is not on DB 14: {clients}"
+        "the store's connection is not on the private Redis: {clients}"
     );
     for id in victims {
         let _: () = redis::cmd("CLIENT")
@@ -379,7 +386,7 @@ async fn a_killed_connection_is_replaced_without_an_error() {
 
 #[tokio::test]
 async fn a_wrong_password_fails_without_showing_it() {
-    let error = match RedisState::connect("redis://:s3cret-pw@127.0.0.1:6379/13").await {
+    let error = match RedisState::connect("redis://:s3cret-pw@127.0.0.1:6379/0").await {
         Ok(_) => panic!("connected with a password Redis does not have"),
         Err(error) => error.to_string(),
     };
