@@ -84,11 +84,6 @@ impl ServiceError {
         self.kind
     }
 
-    /// Which service failed.
-    pub fn service(&self) -> Service {
-        self.service
-    }
-
     /// Whether waiting can cure it.
     pub fn is_unavailable(&self) -> bool {
         self.kind == FailureKind::Unavailable

@@ -312,6 +312,27 @@ async fn a_coordinator_killed_three_times_repeats_no_call_done_before_a_kill() {
 /// tasks at once (its task from the old coordinator and the copy the new one republished) runs
 /// each sample once; the other copy waits on the sample's lease, then takes every step from the
 /// step cache. A lease held in the name of the process let both copies run and pay twice.
+/// A worker's job context in this test process, on the scenario's Redis and model server, and
+/// the samples of its corpus: for running tasks by hand, as a worker would.
+async fn in_this_process(run: &Scenario) -> (JobContext, Vec<Sample>) {
+    let plan = Plan::load(&run.job).unwrap();
+    let state: Arc<dyn StateStore> = Arc::new(run.cluster.state().await);
+    let ctx = JobContext::new(
+        Arc::new(plan.spec().clone()),
+        plan.constitution.clone(),
+        Models::build(&plan.spec().models).unwrap(),
+        state,
+    );
+    let samples = corpus::open(plan.spec())
+        .unwrap()
+        .filter_map(|item| match item {
+            CorpusItem::Sample(sample) => Some(sample),
+            _ => None,
+        })
+        .collect();
+    (ctx, samples)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_worker_handed_a_sample_twice_at_once_pays_for_it_once() {
     let run = Scenario::critique_revise(
@@ -326,21 +347,7 @@ async fn one_worker_handed_a_sample_twice_at_once_pays_for_it_once() {
         },
     )
     .await;
-    let plan = Plan::load(&run.job).unwrap();
-    let state: Arc<dyn StateStore> = Arc::new(run.cluster.state().await);
-    let ctx = JobContext::new(
-        Arc::new(plan.spec().clone()),
-        plan.constitution.clone(),
-        Models::build(&plan.spec().models).unwrap(),
-        state,
-    );
-    let samples: Vec<Sample> = corpus::open(plan.spec())
-        .unwrap()
-        .filter_map(|item| match item {
-            CorpusItem::Sample(sample) => Some(sample),
-            _ => None,
-        })
-        .collect();
+    let (ctx, samples) = in_this_process(&run).await;
     assert_eq!(samples.len(), 4);
     let task = |task_id| Task {
         task_id,
@@ -654,23 +661,8 @@ async fn results_left_by_an_earlier_coordinator_are_counted_once() {
         },
     )
     .await;
-    let plan = Plan::load(&run.job).unwrap();
-    let state: Arc<dyn StateStore> = Arc::new(run.cluster.state().await);
-    let ctx = JobContext::new(
-        Arc::new(plan.spec().clone()),
-        plan.constitution.clone(),
-        Models::build(&plan.spec().models).unwrap(),
-        state,
-    );
-    let last: Vec<Sample> = corpus::open(plan.spec())
-        .unwrap()
-        .filter_map(|item| match item {
-            CorpusItem::Sample(sample) => Some(sample),
-            _ => None,
-        })
-        .skip(lines - 3)
-        .collect();
-    assert_eq!(last.len(), 3);
+    let (ctx, samples) = in_this_process(&run).await;
+    let last = samples[lines - 3..].to_vec();
     let earlier = run_task(
         &ctx,
         Task {

@@ -24,6 +24,12 @@ fn files(pki: &TestPki, ca: &str, client: bool) -> TlsFiles {
     }
 }
 
+/// A refused connection says it was the certificate, so the operator knows where to look.
+fn assert_names_the_certificate(error: &impl std::fmt::Display) {
+    let message = error.to_string();
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_over_tls_checks_the_ca_the_name_and_sends_the_client_certificate() {
     let pki = TestPki::new();
@@ -42,10 +48,7 @@ async fn redis_over_tls_checks_the_ca_the_name_and_sends_the_client_certificate(
         .await
         .err()
         .expect("a server signed by another CA is refused");
-    assert!(
-        wrong_ca.to_string().to_lowercase().contains("certificate"),
-        "{wrong_ca}"
-    );
+    assert_names_the_certificate(&wrong_ca);
 
     let without_client = state::connect_with_tls(&redis.url(), &files(&pki, "ca.pem", false)).await;
     assert!(
@@ -59,10 +62,7 @@ async fn redis_over_tls_checks_the_ca_the_name_and_sends_the_client_certificate(
         .await
         .err()
         .expect("a certificate for another name is refused");
-    assert!(
-        mismatch.to_string().to_lowercase().contains("certificate"),
-        "{mismatch}"
-    );
+    assert_names_the_certificate(&mismatch);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,10 +90,7 @@ async fn rabbitmq_over_tls_checks_the_ca_and_sends_the_client_certificate() {
         .await
         .err()
         .expect("a server signed by another CA is refused");
-    assert!(
-        wrong_ca.to_string().to_lowercase().contains("certificate"),
-        "{wrong_ca}"
-    );
+    assert_names_the_certificate(&wrong_ca);
     let without_client =
         broker::connect_with_tls(&rabbit.url(), &files(&pki, "ca.pem", false)).await;
     assert!(
