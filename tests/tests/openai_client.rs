@@ -254,6 +254,7 @@ async fn a_stopped_server_is_unreachable() {
         model.generate(&prompt("second"), 1).await,
         Err(ModelError::Retryable {
             unreachable: true,
+            overloaded: false,
             ..
         })
     ));
@@ -300,6 +301,7 @@ async fn concurrency_is_bounded_and_slow_replies_time_out() {
         Err(ModelError::Retryable {
             message,
             unreachable: false,
+            overloaded: true,
             ..
         }) => assert!(message.contains("no reply within 1 s"), "{message}"),
         other => panic!("expected a timeout, got {other:?}"),

@@ -61,9 +61,10 @@ pub struct TokenLabels {
     pub direction: &'static str,
 }
 
-/// Labels of a retry counter. The model client does not know the job, only its own name.
+/// Labels of the model client layer's series (retries, the concurrency limit). The client layer
+/// does not know the job, only the model's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RetryLabels {
+pub struct ClientLabels {
     /// The model's name in the job file.
     pub model: String,
 }
@@ -144,7 +145,10 @@ pub struct Metrics {
     /// `cai_model_tokens_total{job,model,direction}`: prompt and completion tokens.
     pub tokens: Family<TokenLabels, Counter>,
     /// `cai_model_retries_total{model}`: attempts retried after a transient failure.
-    pub retries: Family<RetryLabels, Counter>,
+    pub retries: Family<ClientLabels, Counter>,
+    /// `cai_model_concurrency_limit{model}`: attempts a model may have in flight from this
+    /// process now (a fixed `max_concurrency`, or where `"auto"` has taken it).
+    pub concurrency_limit: Family<ClientLabels, Gauge>,
     /// `cai_worker_pauses_total{job}`: pauses after finding a model endpoint unreachable.
     pub pauses: Family<JobLabels, Counter>,
     /// `cai_tasks_in_flight{job}`: tasks a worker of this process is running.
@@ -167,6 +171,7 @@ impl Metrics {
             }),
             tokens: Family::default(),
             retries: Family::default(),
+            concurrency_limit: Family::default(),
             pauses: Family::default(),
             tasks_in_flight: Family::default(),
             queue_depth: Family::default(),
@@ -198,6 +203,11 @@ impl Metrics {
             "model_retries",
             "Model call attempts retried after a transient failure",
             metrics.retries.clone(),
+        );
+        metrics.registry.register(
+            "model_concurrency_limit",
+            "Attempts a model may have in flight from this process",
+            metrics.concurrency_limit.clone(),
         );
         metrics.registry.register(
             "worker_pauses",
@@ -374,6 +384,12 @@ mod tests {
         );
         job.record_call("policy", CallOutcome::Cached, None, (0, 0));
         job.record_sample(true);
+        metrics
+            .concurrency_limit
+            .get_or_create(&ClientLabels {
+                model: "policy".into(),
+            })
+            .set(12);
         let text = metrics.render();
         for line in [
             "cai_model_calls_total{cai_job=\"j\",model=\"policy\",outcome=\"ok\"} 1",
@@ -384,6 +400,7 @@ mod tests {
             "cai_model_call_duration_seconds_count{cai_job=\"j\",model=\"policy\"} 1",
             "cai_samples_total{cai_job=\"j\",outcome=\"done\"} 1",
             "cai_samples_total{cai_job=\"j\",outcome=\"failed\"} 0",
+            "cai_model_concurrency_limit{model=\"policy\"} 12",
         ] {
             assert!(text.contains(line), "{line:?} missing from\n{text}");
         }

@@ -1,5 +1,6 @@
 //! The one client layer every backend goes through: a model's calls are bounded in flight
-//! (`max_concurrency`), paced by its `rpm` and `tpm` limits ([`super::limits`]), and retried
+//! (`max_concurrency`: a fixed number, or an adaptive limit that learns from every attempt's
+//! outcome, [`super::concurrency`]), paced by its `rpm` and `tpm` limits ([`super::limits`]), and retried
 //! with exponential backoff and full jitter (a uniform wait below the exponential delay) that
 //! honours a server's `Retry-After`, for at most `max_retries` retries and, if set,
 //! `retry_budget_s` seconds per call. A backend only speaks its wire format and classifies its
@@ -13,10 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use cai_common::job::ModelSpec;
-use cai_common::telemetry::metrics::{RetryLabels, metrics};
-use tokio::sync::Semaphore;
+use cai_common::telemetry::metrics::{ClientLabels, metrics};
 use tokio::time::Instant;
 
+use super::concurrency::{Concurrency, Limiter, Outcome};
 use super::limits::RateLimits;
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt};
 
@@ -34,8 +35,8 @@ pub struct Governed {
     /// The job's name for the model (metrics, log lines).
     name: String,
     inner: Arc<dyn Model>,
-    /// Bounds the calls in flight.
-    in_flight: Semaphore,
+    /// Bounds the attempts in flight.
+    in_flight: Limiter,
     /// Paces the attempts (`rpm`, `tpm`).
     limits: RateLimits,
     max_retries: u32,
@@ -51,7 +52,7 @@ impl Governed {
         Self {
             name: name.to_owned(),
             inner,
-            in_flight: Semaphore::new(spec.max_concurrency.max(1)),
+            in_flight: Limiter::new(name, Concurrency::Fixed(spec.max_concurrency)),
             limits: RateLimits::new(spec.rpm, spec.tpm),
             max_retries: spec.max_retries,
             retry_budget: spec.retry_budget_s.map(Duration::from_secs),
@@ -98,7 +99,7 @@ impl Governed {
         .notify(|error, delay| {
             metrics()
                 .retries
-                .get_or_create(&RetryLabels {
+                .get_or_create(&ClientLabels {
                     model: self.name.clone(),
                 })
                 .inc();
@@ -118,6 +119,7 @@ impl Governed {
                 message,
                 retry_after,
                 unreachable,
+                overloaded,
                 ..
             } => ModelError::Retryable {
                 message: match self.retry_budget {
@@ -129,15 +131,17 @@ impl Governed {
                 },
                 retry_after,
                 unreachable,
+                overloaded,
                 attempts,
             },
             other => other,
         })
     }
 
-    /// One attempt: waits for a slot and the rate limits, runs it, and settles the token charge
-    /// with the reply's usage (with the prompt estimate alone when the attempt failed, with the
-    /// whole estimate when a reply reports no usage).
+    /// One attempt: waits for a slot and the rate limits, runs it, tells the concurrency limit
+    /// how it ended, and settles the token charge with the reply's usage (with the prompt
+    /// estimate alone when the attempt failed, with the whole estimate when a reply reports no
+    /// usage).
     async fn admitted<T, F, Fut>(
         &self,
         prompt_tokens: u64,
@@ -149,14 +153,12 @@ impl Governed {
         F: Fn() -> Fut,
         Fut: Future<Output = Result<T, ModelError>>,
     {
-        let _slot = self
-            .in_flight
-            .acquire()
-            .await
-            .expect("the semaphore is never closed");
+        let slot = self.in_flight.acquire().await;
         let estimate = prompt_tokens + generated;
         let charge = self.limits.admit(estimate).await;
+        let sent = Instant::now();
         let result = attempt().await;
+        slot.finish(Outcome::of(&result, sent.elapsed()));
         charge.settle(match &result {
             Ok(reply) => match usage(reply) {
                 used if used == CallUsage::default() => estimate,
@@ -249,6 +251,7 @@ mod tests {
             message: "HTTP 503".into(),
             retry_after,
             unreachable: false,
+            overloaded: false,
             attempts: 1,
         }
     }

@@ -7,6 +7,7 @@
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
 pub mod client;
+pub mod concurrency;
 pub mod letters;
 pub mod limits;
 pub mod local;
@@ -223,6 +224,8 @@ pub struct Judgment {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ModelError {
     /// Transient (429, 5xx, timeout, connection, a truncated or non-JSON body): retry after a while.
+    /// At most one of `unreachable` and `overloaded` is set; neither for the other transient
+    /// failures (a 500, a cut-off reply), which say nothing about load.
     #[error("{message}")]
     Retryable {
         /// What happened (no secrets).
@@ -231,6 +234,9 @@ pub enum ModelError {
         retry_after: Option<Duration>,
         /// Whether the endpoint could not be reached at all (connection refused, DNS).
         unreachable: bool,
+        /// Whether the server is overloaded: it said so (429, 503) or gave no reply in time. An
+        /// adaptive concurrency limit ([`concurrency`]) cuts on it.
+        overloaded: bool,
         /// Attempts made: 1 from a backend, the total once the client layer gives up.
         attempts: u32,
     },

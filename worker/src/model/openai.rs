@@ -3,7 +3,8 @@
 //!
 //! One [`reqwest::Client`] per model reuses connections (HTTP/2 where the server offers it over
 //! TLS). A call here is one request: this module speaks the wire format and classifies every
-//! failure as [`ModelError::Retryable`] (with the server's `Retry-After`),
+//! failure as [`ModelError::Retryable`] (with the server's `Retry-After`; `overloaded` for a 429,
+//! a 503 and a timeout, `unreachable` when the server cannot be reached),
 //! [`ModelError::SampleFatal`] or [`ModelError::JobFatal`]; the concurrency limit, the `rpm` and
 //! `tpm` pacing and the retries are the client layer's ([`super::client`]), as for every backend.
 //! Neither the API key nor a URL's userinfo ever reaches an error or a log line.
@@ -221,6 +222,7 @@ impl OpenAiModel {
             message: self.scrub(message),
             retry_after: None,
             unreachable,
+            overloaded: error.is_timeout() && !unreachable,
             attempts: 1,
         }
     }
@@ -261,6 +263,7 @@ impl OpenAiModel {
                 ),
                 retry_after: retry_after.filter(|_| code == 429 || code == 503),
                 unreachable: false,
+                overloaded: code == 429 || code == 503,
                 attempts: 1,
             },
             _ => ModelError::SampleFatal(format!(
@@ -279,6 +282,7 @@ impl OpenAiModel {
             )),
             retry_after: None,
             unreachable: false,
+            overloaded: false,
             attempts: 1,
         };
         let value: Value = serde_json::from_str(body)
@@ -621,9 +625,35 @@ mod tests {
             error(502, five),
             ModelError::Retryable {
                 retry_after: None,
+                overloaded: false,
                 ..
             }
         ));
+        for status in [429, 503] {
+            assert!(
+                matches!(
+                    error(status, None),
+                    ModelError::Retryable {
+                        overloaded: true,
+                        unreachable: false,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
+        for status in [408, 409, 425, 500, 504] {
+            assert!(
+                matches!(
+                    error(status, None),
+                    ModelError::Retryable {
+                        overloaded: false,
+                        ..
+                    }
+                ),
+                "{status}"
+            );
+        }
     }
 
     #[test]
