@@ -1,8 +1,10 @@
 //! What the server keeps of the requests it received: the log of [`RecordedCall`]s, the counts
-//! of requests and repeated bodies, and the state every handler shares.
+//! of requests, repeated bodies and requests refused for the server's capacity, the requests in
+//! flight, and the state every handler shares.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +21,8 @@ pub struct RecordedCall {
     pub body: Value,
     /// Whether log-probabilities were requested.
     pub judge: bool,
-    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
+    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`; or
+    /// `"capacity"`: a 429 because [`ServerConfig::capacity`] requests were already in flight.
     pub fault: Option<&'static str>,
 }
 
@@ -40,8 +43,11 @@ impl RecordedCall {
 pub(super) struct Counted {
     /// Requests received.
     pub(super) requests: u64,
-    /// Requests whose body had arrived before.
+    /// Requests whose body had arrived before (a request refused for the capacity is not
+    /// counted as having arrived: it was not served, so its retry is no repeat).
     pub(super) repeats: u64,
+    /// Requests refused with a 429 because the server was at its capacity.
+    pub(super) over_capacity: u64,
     /// The first 16 bytes of SHA-256 of every body seen.
     pub(super) seen: HashSet<[u8; 16]>,
 }
@@ -58,4 +64,41 @@ pub(super) struct Shared {
     pub(super) counted: Mutex<Counted>,
     /// Cancelled when the server stops: ends hanging requests.
     pub(super) stopping: CancellationToken,
+    /// Requests being served now (refused ones not counted).
+    pub(super) in_flight: AtomicUsize,
+}
+
+impl Shared {
+    /// The state of a server that has received nothing yet.
+    pub(super) fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            calls: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(HashMap::new()),
+            counted: Mutex::new(Counted::default()),
+            stopping: CancellationToken::new(),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Counts a request in flight until the returned guard is dropped, unless
+    /// [`ServerConfig::capacity`] requests already are (then `None`).
+    pub(super) fn enter(&self) -> Option<InFlight<'_>> {
+        let capacity = self.config.capacity.unwrap_or(usize::MAX);
+        self.in_flight
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < capacity).then_some(n + 1)
+            })
+            .ok()?;
+        Some(InFlight(&self.in_flight))
+    }
+}
+
+/// One request in flight, counted in [`Shared::in_flight`] while it lives.
+pub(super) struct InFlight<'a>(&'a AtomicUsize);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }

@@ -1,6 +1,6 @@
 //! The two endpoints, `POST /v1/chat/completions` and `POST /v1/completions`: the steps every
-//! request goes through (record, key, latency, body, fault), and the OpenAI-shaped reply to a
-//! well-formed one.
+//! request goes through (capacity, record, key, latency, body, fault), and the OpenAI-shaped
+//! reply to a well-formed one.
 
 use std::sync::{Arc, PoisonError};
 
@@ -54,10 +54,14 @@ pub(super) async fn completions(
     handle(&shared, Api::Completions, &headers, &body).await
 }
 
-/// Every request goes through the same steps, in order: record it (with the fault it draws),
-/// check the key, wait the configured latency, check the body, inject the fault, answer.
+/// Every request goes through the same steps, in order: refuse it if the server is at its
+/// capacity, record it (with the fault it draws), check the key, wait the configured latency,
+/// check the body, inject the fault, answer.
 async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
+    let Some(_in_flight) = shared.enter() else {
+        return over_capacity(shared, api, raw, &parsed);
+    };
     let authorized = shared.config.api_key.as_ref().is_none_or(|key| {
         headers
             .get(AUTHORIZATION)
@@ -84,20 +88,7 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
             counted.repeats += 1;
         }
     }
-    if !shared.config.count_only {
-        shared
-            .calls
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(RecordedCall {
-                endpoint: api.name(),
-                body: parsed
-                    .clone()
-                    .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
-                judge: parsed.as_ref().is_some_and(is_judge),
-                fault: fault.map(Fault::name),
-            });
-    }
+    log_call(shared, api, raw, &parsed, fault.map(Fault::name));
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -167,6 +158,50 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
         Ok(reply) => axum::Json(reply).into_response(),
         Err(message) => error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
     }
+}
+
+/// Records and counts a request refused because the server is at its capacity, and refuses it
+/// with a 429.
+fn over_capacity(shared: &Shared, api: Api, raw: &[u8], parsed: &Option<Value>) -> Response {
+    {
+        let mut counted = shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        counted.requests += 1;
+        counted.over_capacity += 1;
+    }
+    log_call(shared, api, raw, parsed, Some("capacity"));
+    error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "The server is at its capacity; try again later.",
+        "rate_limit_exceeded",
+    )
+}
+
+/// Adds a request to the request log (unless the server keeps none).
+fn log_call(
+    shared: &Shared,
+    api: Api,
+    raw: &[u8],
+    parsed: &Option<Value>,
+    fault: Option<&'static str>,
+) {
+    if shared.config.count_only {
+        return;
+    }
+    shared
+        .calls
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .push(RecordedCall {
+            endpoint: api.name(),
+            body: parsed
+                .clone()
+                .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
+            judge: parsed.as_ref().is_some_and(is_judge),
+            fault,
+        });
 }
 
 /// An OpenAI-style error reply.

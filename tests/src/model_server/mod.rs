@@ -47,6 +47,12 @@
 //! endpoint and the legacy one (`logprobs.top_logprobs[i]`, a token → log-probability map) on the
 //! completions endpoint, unless [`ServerConfig::logprob_format`] forces one.
 //!
+//! # Capacity
+//! With [`ServerConfig::capacity`] = N, a request that arrives while N requests are being
+//! served (from their arrival to their reply, hanging ones included) is answered at once with
+//! a 429 (OpenAI's rate-limit error, no `Retry-After`), recorded with the fault `"capacity"`
+//! and counted by [`ModelServer::over_capacity`]; it draws no fault.
+//!
 //! # Faults
 //! [`ServerConfig::faults`] makes some requests fail, each kind with its probability
 //! ([`Faults`]): a 500, a 429 (with `Retry-After` when [`Faults::retry_after_s`] is set), a hang
@@ -67,16 +73,14 @@
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
 //!   at [`p_first`] and their log-probability layouts.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
 use axum::routing::post;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 mod calls;
 mod faults;
@@ -87,7 +91,7 @@ pub use calls::RecordedCall;
 pub use faults::{Faults, HANG};
 pub use reply::{p_first, reply_for};
 
-use calls::{Counted, Shared};
+use calls::Shared;
 use handler::{chat, completions};
 
 /// How log-probabilities are laid out in a reply.
@@ -125,6 +129,10 @@ pub struct ServerConfig {
     /// alternate user/assistant after an optional leading system message, or that does not end
     /// with a user message (unless it asks to continue the final assistant message).
     pub strict_chat: bool,
+    /// Serve at most this many requests at once: one that arrives while that many are in
+    /// flight is answered at once with a 429 and no `Retry-After`, as an overloaded server
+    /// does (see [`ModelServer::over_capacity`]). `None`: no limit.
+    pub capacity: Option<usize>,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.
@@ -171,13 +179,7 @@ impl ModelServer {
         let addr: SocketAddr = listener
             .local_addr()
             .expect("a bound listener has an address");
-        let shared = Arc::new(Shared {
-            config,
-            calls: Mutex::new(Vec::new()),
-            arrivals: Mutex::new(HashMap::new()),
-            counted: Mutex::new(Counted::default()),
-            stopping: CancellationToken::new(),
-        });
+        let shared = Arc::new(Shared::new(config));
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
@@ -222,6 +224,15 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         (counted.requests, counted.repeats)
+    }
+
+    /// Requests refused with a 429 because [`ServerConfig::capacity`] requests were in flight.
+    pub fn over_capacity(&self) -> u64 {
+        self.shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .over_capacity
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have
@@ -278,16 +289,10 @@ mod tests {
     }
 
     fn shared(faults: Faults) -> Shared {
-        Shared {
-            config: ServerConfig {
-                faults,
-                ..ServerConfig::default()
-            },
-            calls: Mutex::new(Vec::new()),
-            arrivals: Mutex::new(HashMap::new()),
-            counted: Mutex::new(Counted::default()),
-            stopping: CancellationToken::new(),
-        }
+        Shared::new(ServerConfig {
+            faults,
+            ..ServerConfig::default()
+        })
     }
 
     #[test]
