@@ -36,13 +36,7 @@ impl EmbeddedOptions {
     /// Defaults for a plan: one worker with as many samples in flight as the busiest model
     /// allows, so the model, not the runner, is the limit.
     pub fn for_plan(plan: &Plan, workers: usize) -> Self {
-        let concurrency = plan
-            .spec()
-            .models
-            .values()
-            .map(|m| m.policy.max_concurrency)
-            .max()
-            .unwrap_or(1);
+        let concurrency = plan.spec().samples_in_flight();
         let coordinator = CoordinatorOptions::default();
         Self {
             workers: workers.max(1),

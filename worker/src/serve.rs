@@ -26,7 +26,8 @@ use crate::pipeline::JobContext;
 pub struct ServeOptions {
     /// This worker's id in heartbeats.
     pub worker_id: String,
-    /// Samples in flight per job; `None`: the job's largest model `max_concurrency`.
+    /// Samples in flight per job; `None`: the job's largest model `max_concurrency` (for
+    /// `"auto"`, its `max_concurrency_limit`).
     pub concurrency: Option<usize>,
     /// How often the active jobs are looked up.
     pub poll_interval: Duration,
@@ -176,15 +177,9 @@ async fn start_job(
     })?;
     let models =
         Models::build(&descriptor.spec.models).map_err(|e| StartError::Fatal(e.to_string()))?;
-    let concurrency = options.concurrency.unwrap_or_else(|| {
-        descriptor
-            .spec
-            .models
-            .values()
-            .map(|m| m.policy.max_concurrency)
-            .max()
-            .unwrap_or(1)
-    });
+    let concurrency = options
+        .concurrency
+        .unwrap_or_else(|| descriptor.spec.samples_in_flight());
     let ctx = Arc::new(JobContext::new(
         Arc::new(descriptor.spec),
         Arc::new(descriptor.constitution),

@@ -36,6 +36,7 @@ impl JobSpec {
                     "url",
                     "api_key_env",
                     "max_concurrency",
+                    "max_concurrency_limit",
                     "timeout_s",
                     "max_retries",
                     "retry_budget_s",

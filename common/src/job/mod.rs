@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod concurrency;
 mod file;
 mod fingerprint;
 mod input;
 mod models;
 mod pipeline;
 
+pub use concurrency::{Concurrency, DEFAULT_AUTO_LIMIT};
 pub use fingerprint::describe_changes;
 pub use input::{ConversationField, InputSpec, Turns};
 pub use models::{
@@ -176,6 +178,17 @@ impl JobSpec {
     pub fn kind(&self) -> PipelineKind {
         self.pipeline.kind()
     }
+
+    /// The samples a worker keeps in flight unless told otherwise: the most calls in flight any
+    /// of the job's models allows (its `max_concurrency`, or for `"auto"` its
+    /// `max_concurrency_limit`), so the model, not the runner, is the limit.
+    pub fn samples_in_flight(&self) -> usize {
+        self.models
+            .values()
+            .map(|model| model.policy.max_concurrency.most_in_flight())
+            .max()
+            .unwrap_or(1)
+    }
 }
 
 #[cfg(test)]
@@ -271,6 +284,55 @@ api_key_env = "OPENAI_API_KEY"
             &changed.spec.semantic_view("c1"),
         );
         assert_eq!(changes, vec!["critique_revise.revisions: 4 → 2".to_owned()]);
+    }
+
+    #[test]
+    fn max_concurrency_auto_is_operational_and_a_number_serialises_as_before() {
+        let with = |lines: &str| EXAMPLE.replace("api_key_env", &format!("{lines}\napi_key_env"));
+        let fixed = parse(&with("max_concurrency = 16")).unwrap();
+        let json = serde_json::to_value(&fixed.spec).unwrap();
+        let model = json["models"]["policy"].as_object().unwrap();
+        assert_eq!(model["max_concurrency"], 16);
+        assert!(!model.contains_key("max_concurrency_limit"), "{model:?}");
+        let auto = parse(&with(
+            "max_concurrency = \"auto\"\nmax_concurrency_limit = 32",
+        ))
+        .unwrap();
+        let policy = &auto.spec.models["policy"].policy;
+        assert_eq!(policy.max_concurrency, Concurrency::Auto { limit: 32 });
+        assert_eq!(auto.spec.samples_in_flight(), 32);
+        assert_eq!(fixed.spec.samples_in_flight(), 16);
+        let back: JobSpec =
+            serde_json::from_value(serde_json::to_value(&auto.spec).unwrap()).unwrap();
+        assert_eq!(back, auto.spec);
+        let default_limit = parse(&with("max_concurrency = \"auto\"")).unwrap();
+        assert_eq!(
+            default_limit.spec.models["policy"].policy.max_concurrency,
+            Concurrency::Auto {
+                limit: DEFAULT_AUTO_LIMIT
+            }
+        );
+        // Neither key changes what the job computes: the fingerprint is the flat spec's.
+        for job in [&fixed, &auto, &default_limit] {
+            assert_eq!(
+                job.spec.fingerprint("c1"),
+                "f20517ef45f7729d5b198e3a5cf957ba3653ec416e944c0443c41079a09b570a"
+            );
+        }
+        let (field, message) = invalid(&with("max_concurrency = 8\nmax_concurrency_limit = 32"));
+        assert_eq!(field, "models.policy");
+        assert!(message.contains("`max_concurrency_limit`"), "{message}");
+        let (_, message) = invalid(&with(
+            "max_concurrency = \"auto\"\nmax_concurrency_limit = 0",
+        ));
+        assert!(message.contains("`max_concurrency_limit`"), "{message}");
+        let message = parse(&with("max_concurrency = \"fast\""))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("max_concurrency") && message.contains("\"auto\""),
+            "{message}"
+        );
     }
 
     const PAIRWISE: &str = r#"

@@ -12,6 +12,8 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::concurrency::{Concurrency, MaxConcurrency};
+
 /// Which backend serves a model: the `backend` key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,8 +132,8 @@ pub struct Sampling {
 /// cost.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CallPolicy {
-    /// Most calls in flight to this model from one process.
-    pub max_concurrency: usize,
+    /// Most calls in flight to this model from one process: a number, or an adaptive limit.
+    pub max_concurrency: Concurrency,
     /// Per-request timeout in seconds.
     pub timeout_s: u64,
     /// Transient failures retried per call before the sample fails.
@@ -191,7 +193,10 @@ pub(super) struct ModelFile {
     #[serde(default)]
     api_key_env: Option<String>,
     #[serde(default = "default_concurrency")]
-    max_concurrency: usize,
+    max_concurrency: MaxConcurrency,
+    // Left out unless set, so jobs from before the setting keep their JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_concurrency_limit: Option<usize>,
     #[serde(default = "default_temperature")]
     temperature: f32,
     #[serde(default = "default_max_tokens")]
@@ -223,8 +228,8 @@ pub(super) struct ModelFile {
 fn default_endpoint() -> Endpoint {
     Endpoint::Chat
 }
-fn default_concurrency() -> usize {
-    16
+fn default_concurrency() -> MaxConcurrency {
+    MaxConcurrency::Fixed(16)
 }
 fn default_temperature() -> f32 {
     1.0
@@ -252,6 +257,7 @@ impl ModelFile {
             prefill: false,
             api_key_env: None,
             max_concurrency: default_concurrency(),
+            max_concurrency_limit: None,
             temperature: default_temperature(),
             max_tokens: default_max_tokens(),
             timeout_s: default_timeout(),
@@ -289,9 +295,6 @@ impl ModelFile {
     }
 
     fn check_policy(&self) -> Result<(), String> {
-        if self.max_concurrency == 0 {
-            return Err("`max_concurrency` must be at least 1".into());
-        }
         if self.max_tokens == 0 {
             return Err("`max_tokens` must be at least 1".into());
         }
@@ -373,6 +376,8 @@ impl TryFrom<ModelFile> for ModelSpec {
     type Error = String;
 
     fn try_from(file: ModelFile) -> Result<Self, String> {
+        let max_concurrency =
+            Concurrency::from_file(file.max_concurrency, file.max_concurrency_limit)?;
         file.check_policy()?;
         Ok(Self {
             backend: file.backend_spec()?,
@@ -382,7 +387,7 @@ impl TryFrom<ModelFile> for ModelSpec {
                 top_logprobs: file.top_logprobs,
             },
             policy: CallPolicy {
-                max_concurrency: file.max_concurrency,
+                max_concurrency,
                 timeout_s: file.timeout_s,
                 max_retries: file.max_retries,
                 retry_budget_s: file.retry_budget_s,
@@ -402,8 +407,10 @@ impl From<ModelSpec> for ModelFile {
             sampling,
             policy,
         } = spec;
+        let (max_concurrency, max_concurrency_limit) = policy.max_concurrency.to_file();
         let mut file = Self {
-            max_concurrency: policy.max_concurrency,
+            max_concurrency,
+            max_concurrency_limit,
             timeout_s: policy.timeout_s,
             max_retries: policy.max_retries,
             retry_budget_s: policy.retry_budget_s,

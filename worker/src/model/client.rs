@@ -17,7 +17,7 @@ use cai_common::job::ModelSpec;
 use cai_common::telemetry::metrics::{ClientLabels, metrics};
 use tokio::time::Instant;
 
-use super::concurrency::{Concurrency, Limiter, Outcome};
+use super::concurrency::{Limiter, Outcome};
 use super::limits::RateLimits;
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt};
 
@@ -53,7 +53,7 @@ impl Governed {
         Self {
             name: name.to_owned(),
             inner,
-            in_flight: Limiter::new(name, Concurrency::Fixed(policy.max_concurrency)),
+            in_flight: Limiter::new(name, policy.max_concurrency),
             limits: RateLimits::new(policy.rpm, policy.tpm),
             max_retries: policy.max_retries,
             retry_budget: policy.retry_budget_s.map(Duration::from_secs),

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use cai_common::job::Concurrency;
 use cai_common::telemetry::metrics::{ClientLabels, metrics};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -47,18 +48,6 @@ const LATENCY_SMOOTHING: f64 = 0.1;
 /// The `tracing` target of the debug lines logged at every change of an adaptive limit
 /// (`CAI_LOG=info,cai::model::concurrency=debug`), with the fields `model`, `limit` and `why`.
 pub const LIMIT_LOG_TARGET: &str = "cai::model::concurrency";
-
-/// How a model's concurrency is bounded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Concurrency {
-    /// Exactly this many attempts in flight (at least 1).
-    Fixed(usize),
-    /// An adaptive limit, never above this ceiling (at least 1).
-    Auto {
-        /// The most attempts in flight the limit may grow to.
-        ceiling: usize,
-    },
-}
 
 /// How an attempt ended, for the limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,8 +95,8 @@ impl Limiter {
     pub fn new(model: &str, concurrency: Concurrency) -> Self {
         let (initial, kind) = match concurrency {
             Concurrency::Fixed(limit) => (limit.max(1), Kind::Fixed(limit.max(1))),
-            Concurrency::Auto { ceiling } => {
-                let aimd = Aimd::new(ceiling.max(1));
+            Concurrency::Auto { limit } => {
+                let aimd = Aimd::new(limit.max(1));
                 (aimd.limit, Kind::Adaptive(Mutex::new(aimd)))
             }
         };
@@ -352,7 +341,7 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     fn auto(model: &str, ceiling: usize) -> Limiter {
-        Limiter::new(model, Concurrency::Auto { ceiling })
+        Limiter::new(model, Concurrency::Auto { limit: ceiling })
     }
 
     fn success(ms: u32) -> Outcome {

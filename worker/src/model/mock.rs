@@ -20,13 +20,15 @@ pub struct MockModel {
     name: String,
     latency: Duration,
     calls: AtomicU64,
-    /// Bounds calls in flight to `max_concurrency`, as a server's capacity would.
+    /// Bounds calls in flight to the capacity, as a server's would.
     permits: Semaphore,
 }
 
 impl MockModel {
     /// A mock named `name`, honouring `latency_ms`, that serves `capacity` calls at a time (the
-    /// model's `max_concurrency`, as a server sized for it would).
+    /// model's `max_concurrency`, as a server sized for it would; for `max_concurrency =
+    /// "auto"`, its `max_concurrency_limit`: the mock queues and never refuses a call, so an
+    /// adaptive limit climbs to that ceiling and the mock runs as with a fixed one).
     pub fn new(name: &str, spec: &MockSpec, capacity: usize) -> Self {
         Self {
             name: name.to_owned(),

@@ -285,7 +285,7 @@ pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError>
         BackendSpec::Mock(mock) => Arc::new(mock::MockModel::new(
             name,
             mock,
-            spec.policy.max_concurrency,
+            spec.policy.max_concurrency.most_in_flight(),
         )),
         BackendSpec::Openai(openai) => Arc::new(openai::OpenAiModel::new(
             name,
