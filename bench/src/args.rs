@@ -37,9 +37,17 @@ pub(crate) struct Args {
     /// Latency of each model call, ms (the mock's `latency_ms`, or the test server's delay).
     #[arg(long, default_value_t = 0)]
     pub(crate) latency_ms: u64,
-    /// The model's `max_concurrency`, which is also each process's samples in flight.
+    /// The model's `max_concurrency`, which is also each process's samples in flight; with
+    /// `--auto`, the model's `max_concurrency_limit`.
     #[arg(long, default_value_t = 64)]
     pub(crate) concurrency: usize,
+    /// The model's `max_concurrency = "auto"`: an adaptive limit up to `--concurrency`.
+    #[arg(long)]
+    pub(crate) auto: bool,
+    /// With `--model server`: the server serves at most this many requests at once and answers
+    /// a 429 to the rest (the report counts them: `over_capacity`).
+    #[arg(long)]
+    pub(crate) server_capacity: Option<usize>,
     /// Samples in flight per process (`--concurrency` of `cai run` and `cai worker`); default:
     /// `--concurrency`. More than the model's `max_concurrency` keeps the model's slots full
     /// while a task waits for its slowest sample.
@@ -115,7 +123,7 @@ impl Args {
     }
 
     /// Samples per second if the model were the only limit: every process keeps `concurrency`
-    /// calls in flight, each taking the latency.
+    /// calls in flight (no more than the server's capacity), each taking the latency.
     pub(crate) fn ideal_samples_per_s(&self) -> Option<f64> {
         if self.latency_ms == 0 {
             return None;
@@ -124,7 +132,13 @@ impl Args {
             Mode::Embedded => 1,
             Mode::Distributed => self.workers,
         };
-        let calls_per_s = (processes * self.concurrency) as f64 / (self.latency_ms as f64 / 1e3);
+        let slots = match self.server_capacity {
+            Some(capacity) if self.model == ModelKind::Server => {
+                capacity.min(processes * self.concurrency)
+            }
+            _ => processes * self.concurrency,
+        };
+        let calls_per_s = slots as f64 / (self.latency_ms as f64 / 1e3);
         Some(calls_per_s / self.calls_per_sample() as f64)
     }
 }

@@ -95,6 +95,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
                 ModelServer::start(ServerConfig {
                     latency: Duration::from_millis(args.latency_ms),
                     count_only: true,
+                    capacity: args.server_capacity,
                     ..ServerConfig::default()
                 })
                 .await,

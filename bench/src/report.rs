@@ -111,6 +111,9 @@ pub(crate) struct CallCheck {
     pub(crate) repeated: u64,
     /// Calls this phase had to make: samples done × calls per sample.
     pub(crate) expected: u64,
+    /// Calls the server refused with a 429 for its `--server-capacity` (not in `calls`'
+    /// repeats: a refused call was not served).
+    pub(crate) over_capacity: u64,
 }
 
 /// The median, minimum and maximum of one measure over the measured phases.
@@ -254,8 +257,8 @@ pub(crate) fn print_phase(run: usize, phase: &PhaseReport) {
     }
     if let Some(check) = &phase.call_check {
         println!(
-            "    calls ({}): {} made, {} expected, {} repeated",
-            check.source, check.calls, check.expected, check.repeated
+            "    calls ({}): {} made, {} expected, {} repeated, {} refused over capacity",
+            check.source, check.calls, check.expected, check.repeated, check.over_capacity
         );
     }
 }

@@ -69,12 +69,19 @@ impl Bench<'_> {
         let text = format!(
             "name = \"{job}\"\nseed = 1\noutput = \"{out}\"\n\n[input]\npath = \"{corpus}\"\n\
              prompt = \"prompt\"\nid = \"id\"\nlimit = {limit}\n\n[constitution]\npath = \"{constitution}\"\n\
-             few_shot = false\n\n[models.{model_name}]\n{model}max_concurrency = {concurrency}\n\n",
+             few_shot = false\n\n[models.{model_name}]\n{model}{concurrency}\n",
             job = self.job,
             out = self.dir.join("out").display(),
             corpus = self.corpus.display(),
             constitution = constitution.display(),
-            concurrency = args.concurrency,
+            concurrency = if args.auto {
+                format!(
+                    "max_concurrency = \"auto\"\nmax_concurrency_limit = {}\n",
+                    args.concurrency
+                )
+            } else {
+                format!("max_concurrency = {}\n", args.concurrency)
+            },
         );
         // The pipeline section's first line is a top-level key: it must come before any table.
         let (first, rest) = pipeline.split_once('\n').expect("two lines");
@@ -141,7 +148,9 @@ impl Bench<'_> {
         let args = self.args;
         let job_file = self.job_file(lines)?;
         let log_calls = resumed && args.count_calls;
-        let server_before = self.server.map(ModelServer::counts);
+        let server_before = self
+            .server
+            .map(|server| (server.counts().0, server.counts().1, server.over_capacity()));
         let used_before = match services {
             Some(services) => services.used_memory().await?,
             None => 0,
@@ -306,6 +315,7 @@ impl Bench<'_> {
                 calls: calls - before.0,
                 repeated: repeats - before.1,
                 expected,
+                over_capacity: server.over_capacity() - before.2,
             })
         } else if log_calls {
             let mut seeds = std::collections::HashSet::new();
@@ -328,6 +338,7 @@ impl Bench<'_> {
                 calls,
                 repeated: calls - seeds.len() as u64,
                 expected,
+                over_capacity: 0,
             })
         } else {
             None

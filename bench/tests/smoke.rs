@@ -148,3 +148,31 @@ fn model_server_run_reports_efficiency() {
     assert_eq!(check["calls"], 200, "{check:#}");
     assert_eq!(check["repeated"], 0, "{check:#}");
 }
+
+#[test]
+fn an_auto_limit_against_a_server_of_small_capacity_reports_the_refused_calls() {
+    let report = bench(&[
+        "--samples",
+        "200",
+        "--model",
+        "server",
+        "--latency-ms",
+        "5",
+        "--concurrency",
+        "32",
+        "--auto",
+        "--server-capacity",
+        "4",
+        "--workers",
+        "1",
+    ]);
+    let phase = &report["runs"][0]["phases"][0];
+    sane(phase, 200);
+    assert_eq!(number(&phase["ideal_samples_per_s"]), 400.0, "{phase:#}");
+    let check = &phase["call_check"];
+    // The limit starts at 8, over the server's 4: some calls are refused, and retried.
+    let refused = check["over_capacity"].as_u64().unwrap();
+    assert!(refused > 0, "{check:#}");
+    assert_eq!(check["calls"], 400 + refused, "{check:#}");
+    assert_eq!(check["repeated"], 0, "{check:#}");
+}
