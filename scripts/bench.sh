@@ -4,8 +4,8 @@
 # run to stdout. Needs RabbitMQ (127.0.0.1:5672) and Redis (127.0.0.1:6379), as scripts/test.sh
 # sets up; uses Redis database 10.
 #
-#   scripts/bench.sh              # targets 1 to 4 (the million-sample runs take a while)
-#   scripts/bench.sh overhead     # one target: overhead | model-bound | million | resume
+#   scripts/bench.sh              # targets 1 to 4 and 10 (the million-sample runs take a while)
+#   scripts/bench.sh overhead     # one target: overhead | model-bound | million | resume | adaptive
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -p cai -p cai-bench
@@ -37,3 +37,7 @@ run model-bound --pipeline pairwise --samples 40000 --mode embedded --workers 1 
 run million --pipeline critique-revise --revisions 1 --samples 1000000 --mode distributed --workers 2 --latency-ms 20 --concurrency 256
 # 4. Resume a million-sample job at 90 %: first task, and no model call made twice.
 run resume --pipeline critique-revise --revisions 1 --samples 1000000 --mode distributed --workers 2 --concurrency 256 --resume-at 0.9 --count-calls
+# 10. max_concurrency = "auto" against a server that takes 16 calls at once (20 ms a call) and
+#     answers a 429 to the rest: a hand-set max_concurrency = 16, then "auto" with its defaults.
+run adaptive-fixed16 --pipeline pairwise --samples 20000 --mode embedded --workers 1 --model server --latency-ms 20 --server-capacity 16 --concurrency 16 --runs 3
+run adaptive-auto --pipeline pairwise --samples 20000 --mode embedded --workers 1 --model server --latency-ms 20 --server-capacity 16 --auto --concurrency 256 --runs 3

@@ -5,7 +5,7 @@
 //! The adaptive limit is AIMD (additive increase, multiplicative decrease), as TCP and Netflix's
 //! concurrency-limits do it, with a latency check in the style of their gradient limiter:
 //!
-//! - It starts at [`INITIAL_LIMIT`] (or the ceiling, if lower).
+//! - It starts at [`INITIAL_LIMIT`] (or `max_concurrency_limit`, if lower).
 //! - It grows by one for every limit's worth of successes that finished while at least half the
 //!   limit was in use (a limit nobody fills says nothing about the server, so it does not grow).
 //! - It is cut to [`BACKOFF`] × itself (at least 1) on an *overload*: a 429 or 503, or a request
@@ -94,7 +94,7 @@ impl Limiter {
     /// The limit of model `model`.
     pub fn new(model: &str, concurrency: Concurrency) -> Self {
         let (initial, kind) = match concurrency {
-            Concurrency::Fixed(limit) => (limit.max(1), Kind::Fixed(limit.max(1))),
+            Concurrency::Fixed(limit) => (limit.max(1), Kind::Fixed),
             Concurrency::Auto { limit } => {
                 let aimd = Aimd::new(limit.max(1));
                 (aimd.limit, Kind::Adaptive(Mutex::new(aimd)))
@@ -131,10 +131,11 @@ impl Limiter {
         }
     }
 
-    /// The limit now.
-    pub fn limit(&self) -> usize {
+    /// The limit now (the gauge says it to everyone else).
+    #[cfg(test)]
+    fn limit(&self) -> usize {
         match &self.kind {
-            Kind::Fixed(limit) => *limit,
+            Kind::Fixed => self.gauge.get() as usize,
             Kind::Adaptive(aimd) => aimd.lock().unwrap_or_else(PoisonError::into_inner).limit,
         }
     }
@@ -181,9 +182,9 @@ impl Limiter {
     }
 }
 
-/// A fixed limit, or the state of an adaptive one.
+/// A fixed limit (the semaphore's permits), or the state of an adaptive one.
 enum Kind {
-    Fixed(usize),
+    Fixed,
     Adaptive(Mutex<Aimd>),
 }
 
@@ -240,6 +241,7 @@ impl Change {
 struct Aimd {
     /// The limit now, in [1, ceiling].
     limit: usize,
+    /// `max_concurrency_limit`.
     ceiling: usize,
     /// Permits to destroy as attempts end, after a cut below the attempts in flight.
     debt: usize,
@@ -488,7 +490,7 @@ mod tests {
     /// `clients` loops against a server of `capacity` slots (answering the rest at once with an
     /// overload, which the client retries after 100 ms) and 20 ms per call, for 20 s.
     async fn simulate(ceiling: usize, capacity: Option<usize>, clients: usize) -> Run {
-        let limiter = Arc::new(auto("sim", ceiling));
+        let limiter = Arc::new(auto(&format!("sim-{capacity:?}"), ceiling));
         let busy = Arc::new(AtomicUsize::new(0));
         let run = Arc::new(Mutex::new(Run {
             limits: Vec::new(),
