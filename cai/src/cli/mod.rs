@@ -123,7 +123,8 @@ pub struct WorkerArgs {
     /// Redis URL (`redis://host:6379/db`).
     #[arg(long, env = "CAI_STATE")]
     pub state: String,
-    /// Samples in flight per job; default: the job's largest model `max_concurrency`.
+    /// Samples in flight per job; default: the job's largest model `max_concurrency` (for
+    /// `"auto"`, its `max_concurrency_limit`).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Seconds to finish tasks in flight after SIGTERM; unfinished tasks go back to the queue.
@@ -168,7 +169,8 @@ pub struct RunArgs {
     /// In-process workers (embedded mode).
     #[arg(long, default_value_t = 1)]
     pub workers: usize,
-    /// Samples in flight per worker; default: the largest `max_concurrency` of the job's models.
+    /// Samples in flight per worker; default: the largest `max_concurrency` of the job's models
+    /// (for `"auto"`, its `max_concurrency_limit`).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Samples per task.
