@@ -47,9 +47,24 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<Summary, RunError> {
     let job = plan.spec().name.clone();
-    let broker = broker::connect_with_tls(&services.broker, &services.tls).await?;
-    let state = state::connect_with_tls(&services.state, &services.tls).await?;
-    let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
+    // Services that are away at the start are waited for, as in the middle of a run, and a
+    // signal stops that wait at once: nothing has been published yet.
+    let started = async {
+        let broker = through_outage("connecting to the broker", None, || {
+            broker::connect_with_tls(&services.broker, &services.tls)
+        })
+        .await?;
+        let state = through_outage("connecting to the state store", None, || {
+            state::connect_with_tls(&services.state, &services.tls)
+        })
+        .await?;
+        let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
+        Ok::<_, RunError>((broker, state, ledger))
+    };
+    let (broker, state, ledger) = tokio::select! {
+        started = started => started?,
+        () = shutdown.cancelled() => return Err(RunError::Interrupted),
+    };
 
     let stop = shutdown.child_token();
     let watcher = watch_job(plan.clone(), state.clone(), stop.clone());

@@ -20,6 +20,10 @@ pub enum RunError {
         /// The worker's message.
         message: String,
     },
+    /// Stopped (a signal) while it waited for the broker or the state store at the start,
+    /// before anything was published: run the same command again.
+    #[error("stopped before the job was taken over; run the same command again to resume")]
+    Interrupted,
     /// The broker or the state store refused a request or failed for good (an outage is waited
     /// out, not returned): check the service, then run the same command again.
     #[error(transparent)]
@@ -36,6 +40,7 @@ impl RunError {
         match self {
             Self::Refused(_) => 2,
             Self::JobFatal { .. } | Self::Service(_) | Self::Failed(_) => 1,
+            Self::Interrupted => 130,
         }
     }
 }
