@@ -12,6 +12,7 @@ pub mod limits;
 pub mod local;
 pub mod mock;
 pub mod openai;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
