@@ -40,7 +40,7 @@ impl EmbeddedOptions {
             .spec()
             .models
             .values()
-            .map(|m| m.max_concurrency)
+            .map(|m| m.policy.max_concurrency)
             .max()
             .unwrap_or(1);
         let coordinator = CoordinatorOptions::default();

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::time::SystemTime;
 
+use cai_common::job::PipelineKind;
 use serde::Serialize;
 
 use crate::coordinate::Summary;
@@ -38,7 +39,7 @@ struct Manifest<'a> {
 
 /// The label statistics of a pairwise job's output directory, or `None` for another pipeline.
 fn label_stats(plan: &Plan) -> std::io::Result<Option<LabelStats>> {
-    if plan.spec().pairwise.is_none() {
+    if plan.spec().kind() != PipelineKind::Pairwise {
         return Ok(None);
     }
     let view = plan.spec().semantic_view(&plan.constitution.hash);

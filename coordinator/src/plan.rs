@@ -98,7 +98,7 @@ impl Plan {
         let constitution = Constitution::load(&job.spec.constitution.path)?;
         // Each pipeline draws from its own principles; refuse a constitution with none.
         let count = constitution.principles.len();
-        let unsuitable = match job.spec.pipeline {
+        let unsuitable = match job.spec.kind() {
             PipelineKind::Pairwise if constitution.judge_principles().is_empty() => Some(format!(
                 "the pairwise pipeline draws from the principles with a judge question \
                  (`judge`), and none of the {count} principles has one; the HF JSON format has \
@@ -151,7 +151,7 @@ impl Plan {
                     .path
                     .file_name()
                     .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
-                principles: match self.spec().pipeline {
+                principles: match self.spec().kind() {
                     PipelineKind::Pairwise => self.constitution.judge_principles().len(),
                     PipelineKind::CritiqueRevise => self.constitution.critique_principles().len(),
                 },

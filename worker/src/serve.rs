@@ -181,7 +181,7 @@ async fn start_job(
             .spec
             .models
             .values()
-            .map(|m| m.max_concurrency)
+            .map(|m| m.policy.max_concurrency)
             .max()
             .unwrap_or(1)
     });

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use cai_common::job::{Job, JobError, ModelSpec};
+use cai_common::job::{BackendSpec, Job, JobError, ModelSpec};
 use cai_worker::model::letters::probability_of_a;
 use cai_worker::model::local::LocalModel;
 use cai_worker::model::{Model, ModelError, Prompt, Speaker, Turn};
@@ -22,14 +22,24 @@ fn test_model() -> Option<PathBuf> {
     }
 }
 
-fn spec(path: &Path, temperature: f32, max_tokens: u32) -> ModelSpec {
-    serde_json::from_value(serde_json::json!({
+/// The local model of the GGUF file at `path`, as a job file with these settings builds it.
+fn load(
+    name: &str,
+    path: &Path,
+    temperature: f32,
+    max_tokens: u32,
+) -> Result<LocalModel, ModelError> {
+    let spec: ModelSpec = serde_json::from_value(serde_json::json!({
         "backend": "local",
         "path": path,
         "temperature": temperature,
         "max_tokens": max_tokens,
     }))
-    .unwrap()
+    .unwrap();
+    let BackendSpec::Local(local) = &spec.backend else {
+        panic!("a local model: {spec:?}");
+    };
+    LocalModel::new(name, local, &spec.sampling)
 }
 
 fn ask(question: &str) -> Prompt {
@@ -63,11 +73,10 @@ threads = 2
 #[test]
 fn job_file_resolves_the_model_path_and_fingerprints_the_file_not_its_place() {
     let job = Job::parse(JOB, Path::new("jobs/job.toml")).unwrap();
-    let policy = &job.spec.models["policy"];
-    assert_eq!(
-        policy.path.as_deref(),
-        Some(Path::new("jobs/../models/smol.gguf"))
-    );
+    let BackendSpec::Local(policy) = &job.spec.models["policy"].backend else {
+        panic!("a local model");
+    };
+    assert_eq!(policy.path, Path::new("jobs/../models/smol.gguf"));
     assert_eq!(policy.threads, Some(2));
 
     let moved = Job::parse(
@@ -97,10 +106,7 @@ fn job_file_resolves_the_model_path_and_fingerprints_the_file_not_its_place() {
 
 #[test]
 fn a_missing_model_file_is_job_fatal_and_names_the_file() {
-    match LocalModel::new(
-        "policy",
-        &spec(Path::new("/nonexistent/model.gguf"), 0.0, 8),
-    ) {
+    match load("policy", Path::new("/nonexistent/model.gguf"), 0.0, 8) {
         Err(ModelError::JobFatal(message)) => {
             assert!(message.contains("/nonexistent/model.gguf"), "{message}")
         }
@@ -115,7 +121,7 @@ async fn generate_returns_text_with_usage_and_repeats_for_a_seed() {
         return;
     };
     let prompt = ask("What is the capital of France?");
-    let sampled = LocalModel::new("policy", &spec(&path, 0.8, 8)).unwrap();
+    let sampled = load("policy", &path, 0.8, 8).unwrap();
     let first = sampled.generate(&prompt, 7).await.unwrap();
     assert!(!first.text.is_empty());
     assert!(first.usage.tokens_in > 10, "{:?}", first.usage);
@@ -134,7 +140,7 @@ async fn generate_returns_text_with_usage_and_repeats_for_a_seed() {
         "seeds change samples: {others:?}"
     );
 
-    let greedy = LocalModel::new("greedy", &spec(&path, 0.0, 8)).unwrap();
+    let greedy = load("greedy", &path, 0.0, 8).unwrap();
     let reply = greedy.generate(&prompt, 1).await.unwrap();
     assert!(!reply.text.is_empty());
     assert_eq!(greedy.generate(&prompt, 2).await.unwrap(), reply);
@@ -145,7 +151,7 @@ async fn judge_reads_option_probabilities_from_the_next_token_logprobs() {
     let Some(path) = test_model() else {
         return;
     };
-    let judge = LocalModel::new("judge", &spec(&path, 0.0, 16)).unwrap();
+    let judge = load("judge", &path, 0.0, 16).unwrap();
     let prompt = Prompt {
         turns: vec![Turn::new(
             Speaker::Human,
@@ -172,7 +178,7 @@ async fn a_prompt_longer_than_the_context_fails_the_sample() {
     let Some(path) = test_model() else {
         return;
     };
-    let model = LocalModel::new("policy", &spec(&path, 0.0, 8)).unwrap();
+    let model = load("policy", &path, 0.0, 8).unwrap();
     match model.generate(&ask(&"word ".repeat(9000)), 0).await {
         Err(ModelError::SampleFatal(message)) => assert!(message.contains("context"), "{message}"),
         other => panic!("expected SampleFatal, got {other:?}"),

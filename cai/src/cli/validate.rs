@@ -53,7 +53,7 @@ pub(super) async fn validate(job: &Path) -> u8 {
             return 2;
         }
     };
-    println!("job {:?} ({:?})", plan.spec().name, plan.spec().pipeline);
+    println!("job {:?} ({:?})", plan.spec().name, plan.spec().kind());
     println!(
         "constitution: {} principles ({} critique/revision, {} judge), {} demonstrations, {} judge \
          demonstrations, sha256 {}",

@@ -1,12 +1,18 @@
 //! The job file: what to compute. Parsed strictly (unknown keys are errors naming the key),
-//! checked as a whole before anything touches the network, and fingerprinted so a resumed run
-//! can refuse a changed spec and say what changed.
+//! converted into types that hold what was checked ([`JobSpec`]: one [`Pipeline`] variant with
+//! its settings, one backend variant per model) before anything touches the network, and
+//! fingerprinted so a resumed run can refuse a changed spec and say what changed.
+//!
+//! Layout: this file holds the spec and [`Job`] (reading a file, resolving its paths); `file`
+//! the flat form the TOML is read into and the checks of its conversion; `input`, `pipeline`
+//! and `models` the sections; `fingerprint` the semantic view and its hash.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod file;
 mod fingerprint;
 mod input;
 mod models;
@@ -14,8 +20,13 @@ mod pipeline;
 
 pub use fingerprint::describe_changes;
 pub use input::{ConversationField, InputSpec, Turns};
-pub use models::{Backend, Endpoint, ModelSpec};
-pub use pipeline::{CritiqueReviseSpec, GenerateSpec, JudgeMode, PairwiseSpec, SftMode};
+pub use models::{
+    Backend, BackendSpec, CallPolicy, Endpoint, LocalSpec, MockSpec, ModelSpec, OpenaiSpec,
+    Sampling,
+};
+pub use pipeline::{
+    Candidates, CritiqueReviseSpec, JudgeMode, PairwiseSpec, Pipeline, PipelineKind, SftMode,
+};
 
 /// A problem with the job file; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -48,52 +59,45 @@ pub enum JobError {
     },
 }
 
-/// Which of the two CAI pipelines a job runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PipelineKind {
-    /// SL-CAI: initial answer, then rounds of critique and revision.
-    CritiqueRevise,
-    /// RL-CAI: a feedback model labels a pair of answers under a principle.
-    Pairwise,
+/// A value the job file's types allow but the job does not: the field (dotted) and why. A
+/// [`JobError::Invalid`] once the file is known; alone, the error of deserialising a spec from
+/// elsewhere (a registry entry).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("field `{field}`: {message}")]
+pub struct SpecError {
+    /// Dotted path of the offending field.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
 }
 
-/// The whole job file.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A checked job. Deserialising one runs the same checks as reading a job file; serialising
+/// writes the file's flat form, so the JSON is what the file says.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "file::JobFile", into = "file::JobFile")]
 pub struct JobSpec {
     /// Job id, `[a-z0-9-]{1,64}`; names queues, Redis keys and the default output directory.
     pub name: String,
-    /// Which pipeline to run.
-    pub pipeline: PipelineKind,
     /// Root of every random choice (principles, A/B order, sampling seeds).
-    #[serde(default)]
     pub seed: u64,
     /// Output directory; default `out/<name>` under the current directory.
-    #[serde(default)]
     pub output: Option<PathBuf>,
     /// The corpus and how to read it.
     pub input: InputSpec,
     /// The constitution file.
     pub constitution: ConstitutionSpec,
-    /// Settings of the critique-revise pipeline.
-    #[serde(default)]
-    pub critique_revise: Option<CritiqueReviseSpec>,
-    /// Settings of the pairwise pipeline.
-    #[serde(default)]
-    pub pairwise: Option<PairwiseSpec>,
-    /// Models by the name the pipeline sections use.
-    #[serde(default)]
+    /// The pipeline and its settings.
+    pub pipeline: Pipeline,
+    /// Models by the name the pipeline settings use; every name they use is here.
     pub models: BTreeMap<String, ModelSpec>,
     /// The licence of the output dataset, as a Hugging Face licence identifier
     /// (`cc-by-4.0`, `mit`, …); the dataset card says `other` without it. Not part of the
     /// fingerprint: it does not change the rows.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
 }
 
 /// The constitution file and whether to use its demonstrations.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConstitutionSpec {
     /// HF JSON or cai TOML, relative to the job file.
@@ -117,9 +121,9 @@ pub struct Job {
 }
 
 impl Job {
-    /// Reads, parses and checks a job file. Relative `input.path`, `constitution.path`, models'
-    /// `path` and `output` are taken from the job file's directory; the default output is
-    /// `out/<name>`.
+    /// Reads, parses and checks a job file. Relative `input.path`, `constitution.path`, local
+    /// models' `path` and `output` are taken from the job file's directory; the default output
+    /// is `out/<name>`.
     pub fn load(path: &Path) -> Result<Self, JobError> {
         let text = std::fs::read_to_string(path).map_err(|source| JobError::Read {
             path: path.to_owned(),
@@ -130,21 +134,22 @@ impl Job {
 
     /// Parses and checks job-file text; `path` is used for messages and to resolve paths.
     pub fn parse(text: &str, path: &Path) -> Result<Self, JobError> {
-        let mut spec: JobSpec = toml::from_str(text).map_err(|error| JobError::Parse {
+        let file: file::JobFile = toml::from_str(text).map_err(|error| JobError::Parse {
             path: path.to_owned(),
             message: error.to_string().trim_end().to_owned(),
         })?;
-        spec.check().map_err(|(field, message)| JobError::Invalid {
-            path: path.to_owned(),
-            field,
-            message,
-        })?;
+        let mut spec =
+            JobSpec::try_from(file).map_err(|SpecError { field, message }| JobError::Invalid {
+                path: path.to_owned(),
+                field,
+                message,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         spec.input.path = base.join(&spec.input.path);
         spec.constitution.path = base.join(&spec.constitution.path);
         for model in spec.models.values_mut() {
-            if let Some(file) = model.path.take() {
-                model.path = Some(base.join(file));
+            if let BackendSpec::Local(local) = &mut model.backend {
+                local.path = base.join(&local.path);
             }
         }
         spec.output = Some(match spec.output.take() {
@@ -167,170 +172,9 @@ impl Job {
 }
 
 impl JobSpec {
-    /// Checks the values the types alone cannot; the error is (dotted field, message).
-    pub fn check(&self) -> Result<(), (String, String)> {
-        let fail = |field: &str, message: String| Err((field.to_owned(), message));
-        if self.name.is_empty()
-            || self.name.len() > 64
-            || !self
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
-            return fail(
-                "name",
-                format!("{:?} must match [a-z0-9-]{{1,64}}", self.name),
-            );
-        }
-        if let Some(license) = &self.license
-            && (license.is_empty()
-                || !license
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._+".contains(&b)))
-        {
-            return fail(
-                "license",
-                format!(
-                    "{license:?} must be a Hugging Face licence identifier such as \"cc-by-4.0\" \
-                     or \"other\" (lowercase letters, digits, `-`, `.`, `_`, `+`)"
-                ),
-            );
-        }
-        let selectors = [
-            &self.input.prompt,
-            &self.input.messages,
-            &self.input.transcript,
-        ];
-        let pairs_from_corpus = self.pipeline == PipelineKind::Pairwise
-            && self
-                .pairwise
-                .as_ref()
-                .is_some_and(|p| p.candidates.is_some());
-        match selectors.iter().filter(|s| s.is_some()).count() {
-            0 if !pairs_from_corpus => {
-                return fail(
-                    "input",
-                    "set one of `prompt`, `messages`, `transcript` (the conversation field)".into(),
-                );
-            }
-            0 | 1 => {}
-            _ => {
-                return fail(
-                    "input",
-                    "set only one of `prompt`, `messages`, `transcript`".into(),
-                );
-            }
-        }
-        if self.input.turns == Turns::Each {
-            if pairs_from_corpus {
-                return fail(
-                    "input.turns",
-                    "\"each\" cannot be used with `pairwise.candidates`: a candidate pair answers \
-                     the whole conversation, not each human turn (use `turns = \"whole\"`, or \
-                     `pairwise.generate` to sample answers for every turn)"
-                        .into(),
-                );
-            }
-            let initial = self.pipeline == PipelineKind::CritiqueRevise
-                && self
-                    .critique_revise
-                    .as_ref()
-                    .is_some_and(|c| c.initial.is_some());
-            if initial {
-                return fail(
-                    "input.turns",
-                    "\"each\" cannot be used with `critique_revise.initial`: a given first answer \
-                     answers the whole conversation, not each human turn"
-                        .into(),
-                );
-            }
-        }
-        if self.input.limit == Some(0) {
-            return fail("input.limit", "must be at least 1".into());
-        }
-        for (name, model) in &self.models {
-            let field = format!("models.{name}");
-            if let Err(message) = model.check() {
-                return fail(&field, message);
-            }
-        }
-        let model_exists = |field: &str, name: &str| -> Result<(), (String, String)> {
-            if self.models.contains_key(name) {
-                Ok(())
-            } else {
-                let known: Vec<&str> = self.models.keys().map(String::as_str).collect();
-                Err((
-                    field.to_owned(),
-                    format!("no model named {name:?} in [models] (defined: {known:?})"),
-                ))
-            }
-        };
-        match self.pipeline {
-            PipelineKind::CritiqueRevise => {
-                let Some(cr) = &self.critique_revise else {
-                    return fail(
-                        "critique_revise",
-                        "pipeline \"critique-revise\" needs a [critique_revise] section".into(),
-                    );
-                };
-                model_exists("critique_revise.model", &cr.model)?;
-                if !(1..=64).contains(&cr.revisions) {
-                    return fail(
-                        "critique_revise.revisions",
-                        "must be between 1 and 64".into(),
-                    );
-                }
-            }
-            PipelineKind::Pairwise => {
-                let Some(pw) = &self.pairwise else {
-                    return fail(
-                        "pairwise",
-                        "pipeline \"pairwise\" needs a [pairwise] section".into(),
-                    );
-                };
-                model_exists("pairwise.judge", &pw.judge)?;
-                match (&pw.candidates, &pw.generate) {
-                    (Some(_), Some(_)) | (None, None) => {
-                        return fail(
-                            "pairwise",
-                            "set exactly one of `candidates` (two corpus fields) or `generate`"
-                                .into(),
-                        );
-                    }
-                    (Some([x, y]), None) if x == y => {
-                        return fail("pairwise.candidates", "the two fields must differ".into());
-                    }
-                    (None, Some(generate)) => {
-                        model_exists("pairwise.generate.model", &generate.model)?;
-                        if generate.n != 2 {
-                            return fail("pairwise.generate.n", "must be 2".into());
-                        }
-                    }
-                    _ => {}
-                }
-                if !(1..=16).contains(&pw.principles_per_label) {
-                    return fail(
-                        "pairwise.principles_per_label",
-                        "must be between 1 and 16".into(),
-                    );
-                }
-                let [low, high] = pw.clamp;
-                if !(0.0..=0.5).contains(&low) || !(0.5..=1.0).contains(&high) {
-                    return fail(
-                        "pairwise.clamp",
-                        "must be a range around 0.5: [low, high] with 0 <= low <= 0.5 <= high <= 1"
-                            .into(),
-                    );
-                }
-                if !(0.0..1.0).contains(&pw.min_letter_mass) {
-                    return fail(
-                        "pairwise.min_letter_mass",
-                        "must be at least 0 and below 1".into(),
-                    );
-                }
-            }
-        }
-        Ok(())
+    /// Which pipeline the job runs.
+    pub fn kind(&self) -> PipelineKind {
+        self.pipeline.kind()
     }
 }
 
@@ -373,8 +217,11 @@ api_key_env = "OPENAI_API_KEY"
         assert_eq!(job.spec.input.path, Path::new("jobs/prompts.jsonl"));
         assert_eq!(job.output_dir(), Path::new("out/harmless-sl"));
         let model = &job.spec.models["policy"];
-        assert_eq!(model.endpoint, Endpoint::Chat);
-        assert_eq!(model.top_logprobs, 20);
+        let BackendSpec::Openai(openai) = &model.backend else {
+            panic!("an openai model: {model:?}");
+        };
+        assert_eq!(openai.endpoint, Endpoint::Chat);
+        assert_eq!(model.sampling.top_logprobs, 20);
         assert!(job.spec.constitution.few_shot);
     }
 
@@ -444,6 +291,134 @@ candidates = ["chosen", "rejected"]
 [models.feedback]
 backend = "mock"
 "#;
+
+    /// The fingerprints these jobs had while the spec was one flat struct: the types must not
+    /// move them, or every output directory written before would refuse to resume.
+    #[test]
+    fn fingerprints_are_those_of_the_flat_spec() {
+        let generate = PAIRWISE.replace(
+            "candidates = [\"chosen\", \"rejected\"]",
+            "generate = { model = \"feedback\" }",
+        );
+        let fingerprints =
+            [EXAMPLE, PAIRWISE, &generate].map(|text| parse(text).unwrap().spec.fingerprint("c1"));
+        assert_eq!(
+            fingerprints,
+            [
+                "f20517ef45f7729d5b198e3a5cf957ba3653ec416e944c0443c41079a09b570a",
+                "b2cc1432ec4f8484bf9cd76e9d467e559d0e9bcdd12e8fc643e2bc1b1d989119",
+                "771319b43ebdce4977c7398dbbbe6d9bad3886a865245a844220c66a791d2682",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_pipeline_holds_its_section_and_the_candidates_their_source() {
+        let job = parse(EXAMPLE).unwrap();
+        let Pipeline::CritiqueRevise(spec) = &job.spec.pipeline else {
+            panic!("critique-revise: {:?}", job.spec.pipeline);
+        };
+        assert_eq!((spec.model.as_str(), spec.revisions), ("policy", 4));
+        let pairs = parse(PAIRWISE).unwrap();
+        let Pipeline::Pairwise(spec) = &pairs.spec.pipeline else {
+            panic!("pairwise: {:?}", pairs.spec.pipeline);
+        };
+        assert_eq!(
+            spec.candidates,
+            Candidates::Corpus(["chosen".into(), "rejected".into()])
+        );
+        let generate = PAIRWISE.replace(
+            "candidates = [\"chosen\", \"rejected\"]",
+            "generate = { model = \"feedback\", n = 2 }",
+        );
+        let Pipeline::Pairwise(spec) = parse(&generate).unwrap().spec.pipeline else {
+            panic!("pairwise");
+        };
+        assert_eq!(
+            spec.candidates,
+            Candidates::Generate {
+                model: "feedback".into()
+            }
+        );
+        // The section of the other pipeline is refused, as it was ignored before only by luck.
+        let both = format!(
+            "{EXAMPLE}\n[pairwise]\njudge = \"policy\"\ngenerate = {{ model = \"policy\" }}\n"
+        );
+        let (field, message) = invalid(&both);
+        assert_eq!(field, "pairwise");
+        assert!(message.contains("critique-revise"), "{message}");
+    }
+
+    #[test]
+    fn a_setting_of_another_backend_is_refused_by_name() {
+        let cases = [
+            (
+                PAIRWISE.replace(
+                    "backend = \"mock\"",
+                    "backend = \"mock\"\nurl = \"http://x/v1\"",
+                ),
+                "`url`",
+                "\"openai\"",
+            ),
+            (
+                PAIRWISE.replace(
+                    "backend = \"mock\"",
+                    "backend = \"mock\"\npath = \"m.gguf\"",
+                ),
+                "`path`",
+                "\"local\"",
+            ),
+            (
+                EXAMPLE.replace("api_key_env", "latency_ms = 5\napi_key_env"),
+                "`latency_ms`",
+                "\"mock\"",
+            ),
+            (
+                PAIRWISE.replace(
+                    "backend = \"mock\"",
+                    "backend = \"local\"\npath = \"m.gguf\"\nendpoint = \"completions\"",
+                ),
+                "`endpoint`",
+                "\"openai\"",
+            ),
+        ];
+        for (text, key, owner) in cases {
+            let (field, message) = invalid(&text);
+            assert!(field.starts_with("models."), "{key}: {field}");
+            assert!(
+                message.contains(key) && message.contains(owner),
+                "{key}: {message}"
+            );
+        }
+        // Their defaults, as every serialised spec writes them, are not "set".
+        let defaults = PAIRWISE.replace(
+            "backend = \"mock\"",
+            "backend = \"mock\"\nendpoint = \"chat\"\nlatency_ms = 0\nprefill = false",
+        );
+        assert!(parse(&defaults).is_ok());
+    }
+
+    #[test]
+    fn a_spec_deserialises_through_the_same_checks_and_serialises_as_written() {
+        for text in [EXAMPLE, PAIRWISE] {
+            let spec = parse(text).unwrap().spec;
+            let json = serde_json::to_value(&spec).unwrap();
+            let back: JobSpec = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(back, spec);
+            let file: file::JobFile = toml::from_str(text).unwrap();
+            let mut flat = serde_json::to_value(file).unwrap();
+            flat["input"]["path"] = json["input"]["path"].clone();
+            flat["constitution"]["path"] = json["constitution"]["path"].clone();
+            flat["output"] = json["output"].clone();
+            assert_eq!(json, flat, "the JSON of a spec is the JSON of its file");
+        }
+        let mut json = serde_json::to_value(parse(EXAMPLE).unwrap().spec).unwrap();
+        json["critique_revise"] = serde_json::Value::Null;
+        let error = serde_json::from_value::<JobSpec>(json)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[critique_revise]"), "{error}");
+    }
 
     fn invalid(text: &str) -> (String, String) {
         match parse(text) {

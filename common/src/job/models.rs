@@ -1,11 +1,18 @@
-//! A job's models: which backend serves each, how it is reached, and the call policy (limits,
-//! retries, prices) the client layer applies to it.
+//! A job's models: which backend serves each and how it is reached ([`BackendSpec`], one variant
+//! per backend with only that backend's settings), how it samples ([`Sampling`]), and the call
+//! policy the client layer applies to every backend alike ([`CallPolicy`]).
+//!
+//! The TOML is one flat table per model (`[models.policy]` with `backend = "openai"`, `url`,
+//! `max_concurrency`, …). It is read into [`ModelFile`], which holds every key of every backend
+//! (so unknown keys are refused with the parser's message, line and column), then converted into
+//! a [`ModelSpec`], which refuses a setting of another backend. A spec serialises back through
+//! [`ModelFile`], so its JSON (fingerprints, registry entries) is what it was before the types.
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Which backend serves a model.
+/// Which backend serves a model: the `backend` key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
@@ -15,6 +22,17 @@ pub enum Backend {
     Mock,
     /// A GGUF model run in-process on the CPU.
     Local,
+}
+
+impl Backend {
+    /// The name the job file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::Mock => "mock",
+            Self::Local => "local",
+        }
+    }
 }
 
 /// Which OpenAI-compatible endpoint to call.
@@ -27,74 +45,179 @@ pub enum Endpoint {
     Completions,
 }
 
-/// One model.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// One model of a job: each part is read by one layer (the backend, the request, the client
+/// layer), so a backend cannot see a setting that is not its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "ModelFile", into = "ModelFile")]
 pub struct ModelSpec {
-    /// Which backend serves it.
-    pub backend: Backend,
-    /// Base URL of an OpenAI-compatible API, e.g. `http://127.0.0.1:8000/v1`.
-    #[serde(default)]
-    pub url: Option<String>,
+    /// Which backend serves it, with that backend's settings.
+    pub backend: BackendSpec,
+    /// How it samples.
+    pub sampling: Sampling,
+    /// The limits, retries and prices the client layer applies to its calls.
+    pub policy: CallPolicy,
+}
+
+/// A backend and the settings only it has. A new backend is a new variant: the compiler then
+/// names every place that must handle it (building, the endpoint shown in spans, preflight).
+#[derive(Clone, Debug, PartialEq)]
+pub enum BackendSpec {
+    /// An OpenAI-compatible HTTP server.
+    Openai(OpenaiSpec),
+    /// A GGUF model run in this process.
+    Local(LocalSpec),
+    /// The deterministic mock.
+    Mock(MockSpec),
+}
+
+impl BackendSpec {
+    /// Which backend this is.
+    pub fn kind(&self) -> Backend {
+        match self {
+            Self::Openai(_) => Backend::Openai,
+            Self::Local(_) => Backend::Local,
+            Self::Mock(_) => Backend::Mock,
+        }
+    }
+}
+
+/// How an OpenAI-compatible server is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OpenaiSpec {
+    /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
+    pub url: String,
     /// The model name the server knows.
-    #[serde(default)]
-    pub model: Option<String>,
+    pub model: String,
     /// Chat or completions endpoint.
-    #[serde(default = "default_endpoint")]
     pub endpoint: Endpoint,
     /// Chat endpoints only: the server continues a final assistant message (vLLM's
     /// `continue_final_message`, llama.cpp's server), so a judge's answer can be started with
-    /// ` (` and the next token is the letter. Left out of the spec when off, so jobs from
-    /// before the setting keep their fingerprint.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    /// ` (` and the next token is the letter.
     pub prefill: bool,
     /// Name of the environment variable holding the API key (the key itself is never stored).
-    #[serde(default)]
     pub api_key_env: Option<String>,
-    /// Most calls in flight to this model from one process.
-    #[serde(default = "default_concurrency")]
-    pub max_concurrency: usize,
-    /// Sampling temperature.
-    #[serde(default = "default_temperature")]
+}
+
+/// A GGUF model run in-process on the CPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LocalSpec {
+    /// The GGUF file (relative to the job file as written; resolved by [`super::Job::parse`]).
+    pub path: PathBuf,
+    /// CPU threads for inference (default: every physical core).
+    pub threads: Option<usize>,
+}
+
+/// The mock's one setting.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MockSpec {
+    /// Simulated latency per call in milliseconds.
+    pub latency_ms: u64,
+}
+
+/// How a model samples, whatever serves it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    /// Sampling temperature, 0 to 2.
     pub temperature: f32,
     /// Most tokens generated per call.
-    #[serde(default = "default_max_tokens")]
     pub max_tokens: u32,
-    /// Per-request timeout in seconds.
-    #[serde(default = "default_timeout")]
-    pub timeout_s: u64,
     /// How many top log-probabilities to request when judging (20 is OpenAI's cap).
-    #[serde(default = "default_top_logprobs")]
     pub top_logprobs: u32,
+}
+
+/// The call policy of the client layer (`cai_worker::model::client`), the same for every
+/// backend: how many calls are in flight, how fast they go, how they are retried and what they
+/// cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CallPolicy {
+    /// Most calls in flight to this model from one process.
+    pub max_concurrency: usize,
+    /// Per-request timeout in seconds.
+    pub timeout_s: u64,
     /// Transient failures retried per call before the sample fails.
-    #[serde(default = "default_max_retries")]
     pub max_retries: u32,
     /// The most time one call may take across its retries, in seconds: no retry starts whose
-    /// wait would end past it (so a call ends within `retry_budget_s + timeout_s`). Unset: only
-    /// `max_retries` bounds a call.
-    #[serde(default)]
+    /// wait would end past it. Unset: only `max_retries` bounds a call.
     pub retry_budget_s: Option<u64>,
     /// Most requests a minute sent to this model from one process (retries included).
-    #[serde(default)]
     pub rpm: Option<u32>,
     /// Most tokens (prompt and completion) a minute sent to this model from one process.
-    #[serde(default)]
     pub tpm: Option<u64>,
     /// Price of a million prompt tokens in USD, for cost accounting.
-    #[serde(default)]
     pub price_in: Option<f64>,
     /// Price of a million generated tokens in USD, for cost accounting.
-    #[serde(default)]
     pub price_out: Option<f64>,
-    /// Mock only: simulated latency per call in milliseconds.
+}
+
+impl ModelSpec {
+    /// The model of an OpenAI-compatible server at `url` with every other setting at its default
+    /// (tests, embedding callers).
+    pub fn openai(url: &str, model: &str) -> Self {
+        Self {
+            backend: BackendSpec::Openai(OpenaiSpec {
+                url: url.to_owned(),
+                model: model.to_owned(),
+                endpoint: Endpoint::Chat,
+                prefill: false,
+                api_key_env: None,
+            }),
+            ..Self::mock()
+        }
+    }
+
+    /// The mock with every setting at its default.
+    pub fn mock() -> Self {
+        ModelFile::default_for(Backend::Mock)
+            .try_into()
+            .expect("the defaults are a valid mock")
+    }
+}
+
+/// A model's table as the job file writes it: every key of every backend, flat. Only
+/// [`ModelSpec`]'s conversions see it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ModelFile {
+    backend: Backend,
     #[serde(default)]
-    pub latency_ms: u64,
-    /// Local only: the GGUF file, relative to the job file.
+    url: Option<String>,
     #[serde(default)]
-    pub path: Option<PathBuf>,
-    /// Local only: CPU threads for inference (default: every physical core).
+    model: Option<String>,
+    #[serde(default = "default_endpoint")]
+    endpoint: Endpoint,
+    // Left out when off, so jobs from before the setting keep their fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    prefill: bool,
     #[serde(default)]
-    pub threads: Option<usize>,
+    api_key_env: Option<String>,
+    #[serde(default = "default_concurrency")]
+    max_concurrency: usize,
+    #[serde(default = "default_temperature")]
+    temperature: f32,
+    #[serde(default = "default_max_tokens")]
+    max_tokens: u32,
+    #[serde(default = "default_timeout")]
+    timeout_s: u64,
+    #[serde(default = "default_top_logprobs")]
+    top_logprobs: u32,
+    #[serde(default = "default_max_retries")]
+    max_retries: u32,
+    #[serde(default)]
+    retry_budget_s: Option<u64>,
+    #[serde(default)]
+    rpm: Option<u32>,
+    #[serde(default)]
+    tpm: Option<u64>,
+    #[serde(default)]
+    price_in: Option<f64>,
+    #[serde(default)]
+    price_out: Option<f64>,
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    path: Option<PathBuf>,
+    #[serde(default)]
+    threads: Option<usize>,
 }
 
 fn default_endpoint() -> Endpoint {
@@ -119,8 +242,53 @@ fn default_max_retries() -> u32 {
     4
 }
 
-impl ModelSpec {
-    pub(super) fn check(&self) -> Result<(), String> {
+impl ModelFile {
+    fn default_for(backend: Backend) -> Self {
+        Self {
+            backend,
+            url: None,
+            model: None,
+            endpoint: default_endpoint(),
+            prefill: false,
+            api_key_env: None,
+            max_concurrency: default_concurrency(),
+            temperature: default_temperature(),
+            max_tokens: default_max_tokens(),
+            timeout_s: default_timeout(),
+            top_logprobs: default_top_logprobs(),
+            max_retries: default_max_retries(),
+            retry_budget_s: None,
+            rpm: None,
+            tpm: None,
+            price_in: None,
+            price_out: None,
+            latency_ms: 0,
+            path: None,
+            threads: None,
+        }
+    }
+
+    /// The keys set (to other than their default) that belong to a backend other than this
+    /// model's: a job that sets `url` on a mock means something the mock would silently ignore.
+    fn foreign_keys(&self) -> Vec<(&'static str, Backend)> {
+        let owned = [
+            (self.url.is_some(), "url", Backend::Openai),
+            (self.model.is_some(), "model", Backend::Openai),
+            (self.endpoint != Endpoint::Chat, "endpoint", Backend::Openai),
+            (self.prefill, "prefill", Backend::Openai),
+            (self.api_key_env.is_some(), "api_key_env", Backend::Openai),
+            (self.path.is_some(), "path", Backend::Local),
+            (self.threads.is_some(), "threads", Backend::Local),
+            (self.latency_ms != 0, "latency_ms", Backend::Mock),
+        ];
+        owned
+            .into_iter()
+            .filter(|&(set, _, owner)| set && owner != self.backend)
+            .map(|(_, key, owner)| (key, owner))
+            .collect()
+    }
+
+    fn check_policy(&self) -> Result<(), String> {
         if self.max_concurrency == 0 {
             return Err("`max_concurrency` must be at least 1".into());
         }
@@ -149,26 +317,119 @@ impl ModelSpec {
                 ));
             }
         }
-        if self.backend == Backend::Openai {
-            let url = self
-                .url
-                .as_deref()
-                .ok_or("`url` is required for backend \"openai\"")?;
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err("`url` must start with http:// or https://".into());
-            }
-            if self.model.is_none() {
-                return Err("`model` is required for backend \"openai\"".into());
-            }
-        }
-        if self.backend == Backend::Local {
-            if self.path.is_none() {
-                return Err("`path` (the GGUF file) is required for backend \"local\"".into());
-            }
-            if self.threads == Some(0) {
-                return Err("`threads` must be at least 1".into());
-            }
-        }
         Ok(())
+    }
+
+    fn backend_spec(&self) -> Result<BackendSpec, String> {
+        if let Some((key, owner)) = self.foreign_keys().first() {
+            return Err(format!(
+                "`{key}` is a setting of backend {:?}, not of {:?}: remove it",
+                owner.name(),
+                self.backend.name()
+            ));
+        }
+        Ok(match self.backend {
+            Backend::Openai => {
+                let url = self
+                    .url
+                    .clone()
+                    .ok_or("`url` is required for backend \"openai\"")?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err("`url` must start with http:// or https://".into());
+                }
+                let model = self
+                    .model
+                    .clone()
+                    .ok_or("`model` is required for backend \"openai\"")?;
+                BackendSpec::Openai(OpenaiSpec {
+                    url,
+                    model,
+                    endpoint: self.endpoint,
+                    prefill: self.prefill,
+                    api_key_env: self.api_key_env.clone(),
+                })
+            }
+            Backend::Local => {
+                let path = self
+                    .path
+                    .clone()
+                    .ok_or("`path` (the GGUF file) is required for backend \"local\"")?;
+                if self.threads == Some(0) {
+                    return Err("`threads` must be at least 1".into());
+                }
+                BackendSpec::Local(LocalSpec {
+                    path,
+                    threads: self.threads,
+                })
+            }
+            Backend::Mock => BackendSpec::Mock(MockSpec {
+                latency_ms: self.latency_ms,
+            }),
+        })
+    }
+}
+
+impl TryFrom<ModelFile> for ModelSpec {
+    type Error = String;
+
+    fn try_from(file: ModelFile) -> Result<Self, String> {
+        file.check_policy()?;
+        Ok(Self {
+            backend: file.backend_spec()?,
+            sampling: Sampling {
+                temperature: file.temperature,
+                max_tokens: file.max_tokens,
+                top_logprobs: file.top_logprobs,
+            },
+            policy: CallPolicy {
+                max_concurrency: file.max_concurrency,
+                timeout_s: file.timeout_s,
+                max_retries: file.max_retries,
+                retry_budget_s: file.retry_budget_s,
+                rpm: file.rpm,
+                tpm: file.tpm,
+                price_in: file.price_in,
+                price_out: file.price_out,
+            },
+        })
+    }
+}
+
+impl From<ModelSpec> for ModelFile {
+    fn from(spec: ModelSpec) -> Self {
+        let ModelSpec {
+            backend,
+            sampling,
+            policy,
+        } = spec;
+        let mut file = Self {
+            max_concurrency: policy.max_concurrency,
+            timeout_s: policy.timeout_s,
+            max_retries: policy.max_retries,
+            retry_budget_s: policy.retry_budget_s,
+            rpm: policy.rpm,
+            tpm: policy.tpm,
+            price_in: policy.price_in,
+            price_out: policy.price_out,
+            temperature: sampling.temperature,
+            max_tokens: sampling.max_tokens,
+            top_logprobs: sampling.top_logprobs,
+            ..Self::default_for(backend.kind())
+        };
+        match backend {
+            BackendSpec::Openai(openai) => {
+                file.url = Some(openai.url);
+                file.model = Some(openai.model);
+                file.endpoint = openai.endpoint;
+                file.prefill = openai.prefill;
+                file.api_key_env = openai.api_key_env;
+            }
+            BackendSpec::Local(local) => {
+                file.path = Some(local.path);
+                file.threads = local.threads;
+            }
+            BackendSpec::Mock(mock) => file.latency_ms = mock.latency_ms,
+        }
+        file
     }
 }

@@ -1,8 +1,42 @@
-//! The settings of the two pipelines: critique → revise and pairwise feedback.
+//! The settings of the two pipelines: critique → revise and pairwise feedback, as a
+//! [`Pipeline`] with one variant per pipeline. The job file writes `pipeline = "…"` and a section
+//! per pipeline; [`super::JobSpec`]'s conversion keeps the one section the pipeline reads and
+//! refuses the rest, so a pipeline's code never finds its section missing.
 
 use serde::{Deserialize, Serialize};
 
 use super::default_true;
+
+/// The pipeline a job runs, with its settings. A new pipeline is a new variant: the compiler
+/// then names every place that must handle it (the worker's steps, the corpus reader, the plan's
+/// principle set, the output files).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Pipeline {
+    /// SL-CAI: initial answer, then rounds of critique and revision.
+    CritiqueRevise(CritiqueReviseSpec),
+    /// RL-CAI: a feedback model labels a pair of answers under a principle.
+    Pairwise(PairwiseSpec),
+}
+
+impl Pipeline {
+    /// Which pipeline this is (the `pipeline` key).
+    pub fn kind(&self) -> PipelineKind {
+        match self {
+            Self::CritiqueRevise(_) => PipelineKind::CritiqueRevise,
+            Self::Pairwise(_) => PipelineKind::Pairwise,
+        }
+    }
+}
+
+/// Which of the two CAI pipelines a job runs: the `pipeline` key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PipelineKind {
+    /// SL-CAI: initial answer, then rounds of critique and revision.
+    CritiqueRevise,
+    /// RL-CAI: a feedback model labels a pair of answers under a principle.
+    Pairwise,
+}
 
 /// Which revisions become SFT rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,8 +48,8 @@ pub enum SftMode {
     Every,
 }
 
-/// Settings of the critique-revise pipeline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Settings of the critique-revise pipeline (the `[critique_revise]` section as written).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CritiqueReviseSpec {
     /// The model that answers, critiques and revises.
@@ -50,46 +84,76 @@ pub enum JudgeMode {
     Cot,
 }
 
-/// Where the two candidate answers come from: two models samples.
+/// `pairwise.generate` as written: the model that samples the two candidates.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GenerateSpec {
-    /// The policy model that samples the candidates.
-    pub model: String,
-    /// How many candidates; must be 2.
+pub(super) struct GenerateFile {
+    pub(super) model: String,
+    /// Must be 2; kept as a key so that a job file says what it asks.
     #[serde(default = "default_two")]
-    pub n: u32,
+    pub(super) n: u32,
+}
+
+/// Where the two answers a judge compares come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Candidates {
+    /// Two corpus fields holding the candidates: strings, HH transcripts sharing the prompt, or
+    /// one-message lists `[{"role": "assistant", "content": …}]` (TRL preference rows).
+    Corpus([String; 2]),
+    /// Two answers sampled from this model of `[models]`.
+    Generate {
+        /// The policy model that samples the candidates.
+        model: String,
+    },
 }
 
 /// Settings of the pairwise pipeline.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct PairwiseSpec {
     /// The feedback model.
     pub judge: String,
-    /// Two corpus fields holding the candidates: strings, HH transcripts sharing the prompt, or
-    /// one-message lists `[{"role": "assistant", "content": …}]` (TRL preference rows).
-    #[serde(default)]
-    pub candidates: Option<[String; 2]>,
-    /// Or: sample the two candidates from a model.
-    #[serde(default)]
-    pub generate: Option<GenerateSpec>,
+    /// Where the two candidates come from.
+    pub candidates: Candidates,
     /// Principles drawn per label; their readings are averaged.
-    #[serde(default = "default_one")]
     pub principles_per_label: u32,
     /// Judge both orders and average the order-corrected readings.
-    #[serde(default = "default_true")]
     pub swap: bool,
     /// How the answer is read.
-    #[serde(default = "default_mode")]
     pub mode: JudgeMode,
     /// Clamp for `cot` labels, `[low, high]`.
-    #[serde(default = "default_clamp")]
     pub clamp: [f64; 2],
     /// Least probability the letters (A) and (B) must hold at the position read for the
     /// reading to be trusted; below it the reading is retried once, then the sample fails.
-    #[serde(default = "default_min_letter_mass")]
     pub min_letter_mass: f64,
+}
+
+/// The `[pairwise]` section as written: `candidates` or `generate`, which the conversion to
+/// [`PairwiseSpec`] turns into one [`Candidates`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PairwiseFile {
+    /// The feedback model.
+    pub(super) judge: String,
+    #[serde(default)]
+    pub(super) candidates: Option<[String; 2]>,
+    #[serde(default)]
+    pub(super) generate: Option<GenerateFile>,
+    /// Principles drawn per label; their readings are averaged.
+    #[serde(default = "default_one")]
+    pub(super) principles_per_label: u32,
+    /// Judge both orders and average the order-corrected readings.
+    #[serde(default = "default_true")]
+    pub(super) swap: bool,
+    /// How the answer is read.
+    #[serde(default = "default_mode")]
+    pub(super) mode: JudgeMode,
+    /// Clamp for `cot` labels, `[low, high]`.
+    #[serde(default = "default_clamp")]
+    pub(super) clamp: [f64; 2],
+    /// Least probability the letters (A) and (B) must hold at the position read for the
+    /// reading to be trusted; below it the reading is retried once, then the sample fails.
+    #[serde(default = "default_min_letter_mass")]
+    pub(super) min_letter_mass: f64,
 }
 
 fn default_one() -> u32 {

@@ -1,7 +1,7 @@
 //! A line's object turned into samples: its size, encoding and JSON checked, then the fields the
 //! job reads taken from it; and the [`Bad`] every reader of a field returns.
 
-use cai_common::job::{ConversationField, JobSpec, PipelineKind, Turns};
+use cai_common::job::{Candidates, ConversationField, JobSpec, Pipeline, Turns};
 use cai_common::sample::Sample;
 use serde_json::{Map, Value};
 
@@ -93,16 +93,12 @@ pub(super) struct LineSamples {
 impl Fields {
     /// The fields of a job: candidates only for a pairwise job, `initial` only for critique-revise.
     pub(super) fn of(spec: &JobSpec) -> Self {
-        let candidates = match spec.pipeline {
-            PipelineKind::Pairwise => spec.pairwise.as_ref().and_then(|p| p.candidates.clone()),
-            PipelineKind::CritiqueRevise => None,
-        };
-        let initial = match spec.pipeline {
-            PipelineKind::CritiqueRevise => spec
-                .critique_revise
-                .as_ref()
-                .and_then(|c| c.initial.clone()),
-            PipelineKind::Pairwise => None,
+        let (candidates, initial) = match &spec.pipeline {
+            Pipeline::Pairwise(pairwise) => match &pairwise.candidates {
+                Candidates::Corpus(fields) => (Some(fields.clone()), None),
+                Candidates::Generate { .. } => (None, None),
+            },
+            Pipeline::CritiqueRevise(critique_revise) => (None, critique_revise.initial.clone()),
         };
         let conversation = spec.input.conversation_field();
         let whole = candidates.is_some()

@@ -227,10 +227,15 @@ mod tests {
             "pipeline": "critique-revise",
             "constitution": {"path": "c.json"},
             "input": input,
+            "critique_revise": {"model": "m"},
+            "models": {"m": {"backend": "mock"}},
         });
         job["input"]["path"] = json!(path);
         for (key, value) in rest.as_object().expect("object") {
             job[key] = value.clone();
+        }
+        if job["pipeline"] == "pairwise" {
+            job["critique_revise"] = Value::Null;
         }
         serde_json::from_value(job).expect("job spec")
     }
@@ -1112,7 +1117,7 @@ mod tests {
         ];
         for pipeline in [
             json!({}),
-            json!({"pipeline": "pairwise", "pairwise": {"judge": "m", "generate": {"model": "p"}}}),
+            json!({"pipeline": "pairwise", "pairwise": {"judge": "m", "generate": {"model": "m"}}}),
         ] {
             let input = json!({"messages": "m", "turns": "each"});
             let items = read_lines(|path| spec(path, input.clone(), pipeline.clone()), &objects);

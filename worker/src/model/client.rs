@@ -48,14 +48,15 @@ pub struct Governed {
 impl Governed {
     /// `inner` under the policy of `spec`.
     pub fn new(name: &str, spec: &ModelSpec, inner: Arc<dyn Model>) -> Self {
+        let policy = &spec.policy;
         Self {
             name: name.to_owned(),
             inner,
-            in_flight: Semaphore::new(spec.max_concurrency.max(1)),
-            limits: RateLimits::new(spec.rpm, spec.tpm),
-            max_retries: spec.max_retries,
-            retry_budget: spec.retry_budget_s.map(Duration::from_secs),
-            max_tokens: u64::from(spec.max_tokens),
+            in_flight: Semaphore::new(policy.max_concurrency.max(1)),
+            limits: RateLimits::new(policy.rpm, policy.tpm),
+            max_retries: policy.max_retries,
+            retry_budget: policy.retry_budget_s.map(Duration::from_secs),
+            max_tokens: u64::from(spec.sampling.max_tokens),
         }
     }
 
@@ -287,13 +288,15 @@ mod tests {
         let (model, inner) = governed(
             vec![Err(retryable(None)), Err(retryable(None)), ok()],
             |spec| {
-                spec.max_retries = 3;
+                spec.policy.max_retries = 3;
             },
         );
         assert_eq!(model.generate(&prompt(), 1).await.unwrap().text, "hello");
         assert_eq!(inner.attempts.load(Ordering::SeqCst), 3);
 
-        let (model, inner) = governed(vec![Err(retryable(None)); 3], |spec| spec.max_retries = 2);
+        let (model, inner) = governed(vec![Err(retryable(None)); 3], |spec| {
+            spec.policy.max_retries = 2
+        });
         match model.generate(&prompt(), 1).await {
             Err(ModelError::Retryable { attempts, .. }) => assert_eq!(attempts, 3),
             other => panic!("{other:?}"),
@@ -305,7 +308,7 @@ mod tests {
     async fn a_failure_for_good_is_not_retried() {
         let (model, inner) = governed(
             vec![Err(ModelError::SampleFatal("HTTP 400".into())), ok()],
-            |spec| spec.max_retries = 5,
+            |spec| spec.policy.max_retries = 5,
         );
         assert!(matches!(
             model.generate(&prompt(), 1).await,
@@ -319,7 +322,7 @@ mod tests {
         let (model, _) = governed(
             vec![Err(retryable(Some(Duration::from_secs(20)))), ok()],
             |spec| {
-                spec.max_retries = 3;
+                spec.policy.max_retries = 3;
             },
         );
         let started = Instant::now();
@@ -333,8 +336,8 @@ mod tests {
         let (model, inner) = governed(
             vec![Err(retryable(Some(Duration::from_secs(20)))), ok()],
             |spec| {
-                spec.max_retries = 3;
-                spec.retry_budget_s = Some(10);
+                spec.policy.max_retries = 3;
+                spec.policy.retry_budget_s = Some(10);
             },
         );
         match model.generate(&prompt(), 1).await {

@@ -306,7 +306,7 @@ model = "m"
         let limited =
             parse("rpm = 500\ntpm = 90000\nretry_budget_s = 600\nprice_in = 0.15\nprice_out = 0.6")
                 .unwrap();
-        let policy = &limited.spec.models["policy"];
+        let policy = &limited.spec.models["policy"].policy;
         assert_eq!(
             (policy.rpm, policy.tpm, policy.retry_budget_s),
             (Some(500), Some(90_000), Some(600))

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cai_common::job::ModelSpec;
+use cai_common::job::MockSpec;
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
@@ -25,13 +25,14 @@ pub struct MockModel {
 }
 
 impl MockModel {
-    /// A mock named `name`, honouring `latency_ms`.
-    pub fn new(name: &str, spec: &ModelSpec) -> Self {
+    /// A mock named `name`, honouring `latency_ms`, that serves `capacity` calls at a time (the
+    /// model's `max_concurrency`, as a server sized for it would).
+    pub fn new(name: &str, spec: &MockSpec, capacity: usize) -> Self {
         Self {
             name: name.to_owned(),
             latency: Duration::from_millis(spec.latency_ms),
             calls: AtomicU64::new(0),
-            permits: Semaphore::new(spec.max_concurrency),
+            permits: Semaphore::new(capacity),
         }
     }
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cai_common::job::{Backend, ModelSpec};
+use cai_common::job::{BackendSpec, ModelSpec};
 use cai_common::message::Role;
 use serde::{Deserialize, Serialize};
 
@@ -266,26 +266,29 @@ pub struct Models {
 /// Where a model's calls go, for spans: the server URL without secrets, or the backend and
 /// the model file.
 pub fn endpoint(spec: &ModelSpec) -> String {
-    match spec.backend {
-        Backend::Openai => spec.url.as_deref().map(openai::redact).unwrap_or_default(),
-        Backend::Mock => "mock".into(),
-        Backend::Local => format!(
-            "local:{}",
-            spec.path
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""))
-                .display()
-        ),
+    match &spec.backend {
+        BackendSpec::Openai(openai) => openai::redact(&openai.url),
+        BackendSpec::Mock(_) => "mock".into(),
+        BackendSpec::Local(local) => format!("local:{}", local.path.display()),
     }
 }
 
 /// Builds model `name` of a job: its backend, behind the client layer of its spec
 /// ([`client::Governed`]). Fails (job-fatal) on a missing API key variable or model file.
 pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError> {
-    let backend: Arc<dyn Model> = match spec.backend {
-        Backend::Mock => Arc::new(mock::MockModel::new(name, spec)),
-        Backend::Openai => Arc::new(openai::OpenAiModel::new(name, spec)?),
-        Backend::Local => Arc::new(local::LocalModel::new(name, spec)?),
+    let backend: Arc<dyn Model> = match &spec.backend {
+        BackendSpec::Mock(mock) => Arc::new(mock::MockModel::new(
+            name,
+            mock,
+            spec.policy.max_concurrency,
+        )),
+        BackendSpec::Openai(openai) => Arc::new(openai::OpenAiModel::new(
+            name,
+            openai,
+            &spec.sampling,
+            Duration::from_secs(spec.policy.timeout_s),
+        )?),
+        BackendSpec::Local(local) => Arc::new(local::LocalModel::new(name, local, &spec.sampling)?),
     };
     Ok(Arc::new(client::Governed::new(name, spec, backend)))
 }
@@ -308,24 +311,24 @@ impl Models {
     pub fn preflight(specs: &BTreeMap<String, ModelSpec>) -> Vec<String> {
         let mut notes = Vec::new();
         for (name, spec) in specs {
-            match spec.backend {
-                Backend::Local => {
-                    if let Some(path) = spec.path.as_deref().filter(|path| !path.is_file()) {
+            match &spec.backend {
+                BackendSpec::Local(local) => {
+                    if !local.path.is_file() {
                         notes.push(format!(
                             "model {name:?}: {} is not on this machine; the workers that run the job need it",
-                            path.display()
+                            local.path.display()
                         ));
                     }
                 }
-                Backend::Openai => {
+                BackendSpec::Openai(openai) => {
                     let unset = |var: &String| std::env::var_os(var).is_none_or(|v| v.is_empty());
-                    if let Some(var) = spec.api_key_env.as_ref().filter(|var| unset(var)) {
+                    if let Some(var) = openai.api_key_env.as_ref().filter(|var| unset(var)) {
                         notes.push(format!(
                             "model {name:?}: ${var} is not set here; the workers that run the job need it"
                         ));
                     }
                 }
-                Backend::Mock => {}
+                BackendSpec::Mock(_) => {}
             }
         }
         notes
@@ -336,12 +339,14 @@ impl Models {
         self.models.insert(name.to_owned(), model);
     }
 
-    /// The model of that name; the job spec was checked, so it exists.
-    pub fn get(&self, name: &str) -> Arc<dyn Model> {
-        self.models
-            .get(name)
-            .unwrap_or_else(|| panic!("model {name:?} checked in the job spec"))
-            .clone()
+    /// The model of that name. Every name a checked spec uses is one of its models, so a
+    /// miss means models built for another spec were given: the job cannot run (job-fatal).
+    pub fn get(&self, name: &str) -> Result<Arc<dyn Model>, ModelError> {
+        self.models.get(name).cloned().ok_or_else(|| {
+            ModelError::JobFatal(format!(
+                "model {name:?} is not among the models built for this job"
+            ))
+        })
     }
 }
 

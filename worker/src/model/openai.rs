@@ -19,7 +19,7 @@ use std::error::Error as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cai_common::job::{Endpoint, ModelSpec};
+use cai_common::job::{Endpoint, OpenaiSpec, Sampling};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
@@ -70,19 +70,17 @@ struct Reply {
 }
 
 impl OpenAiModel {
-    /// Builds the client of model `name`. Fails (job-fatal) when the spec lacks `url` or `model`,
-    /// or when the variable named by `api_key_env` is unset or empty.
-    pub fn new(name: &str, spec: &ModelSpec) -> Result<Self, ModelError> {
+    /// Builds the client of model `name`, each request timing out after `timeout`. Fails
+    /// (job-fatal) when the variable named by `api_key_env` is unset or empty.
+    pub fn new(
+        name: &str,
+        spec: &OpenaiSpec,
+        sampling: &Sampling,
+        timeout: Duration,
+    ) -> Result<Self, ModelError> {
         let fatal = |what: String| ModelError::JobFatal(format!("model {name}: {what}"));
-        let base = spec
-            .url
-            .clone()
-            .ok_or_else(|| fatal("backend \"openai\" needs `url`".into()))?;
-        let urls = vec![base];
-        let model = spec
-            .model
-            .clone()
-            .ok_or_else(|| fatal("backend \"openai\" needs `model`".into()))?;
+        let urls = vec![spec.url.clone()];
+        let model = spec.model.clone();
         let api_key = match &spec.api_key_env {
             None => None,
             Some(var) => match std::env::var(var) {
@@ -94,7 +92,6 @@ impl OpenAiModel {
                 }
             },
         };
-        let timeout = Duration::from_secs(spec.timeout_s);
         let path = match spec.endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
@@ -117,10 +114,10 @@ impl OpenAiModel {
             api_key_env: spec.api_key_env.clone(),
             api_key,
             secrets,
-            temperature: spec.temperature,
-            max_tokens: spec.max_tokens,
+            temperature: sampling.temperature,
+            max_tokens: sampling.max_tokens,
             timeout,
-            top_logprobs: spec.top_logprobs,
+            top_logprobs: sampling.top_logprobs,
         })
     }
 
@@ -528,6 +525,8 @@ fn legacy_position(map: &Value) -> Vec<TokenLogprob> {
 
 #[cfg(test)]
 mod tests {
+    use cai_common::job::{BackendSpec, ModelSpec};
+
     use super::*;
     use crate::model::letters::probability_of_a;
 
@@ -541,8 +540,25 @@ mod tests {
         .unwrap()
     }
 
+    /// The OpenAI backend of `spec`, as `model::build` makes it.
+    fn backend(name: &str, spec: &ModelSpec) -> Result<OpenAiModel, ModelError> {
+        let BackendSpec::Openai(openai) = &spec.backend else {
+            panic!("an openai model: {spec:?}");
+        };
+        let timeout = Duration::from_secs(spec.policy.timeout_s);
+        OpenAiModel::new(name, openai, &spec.sampling, timeout)
+    }
+
+    /// `spec`'s OpenAI settings, to edit.
+    fn openai(spec: &mut ModelSpec) -> &mut OpenaiSpec {
+        match &mut spec.backend {
+            BackendSpec::Openai(openai) => openai,
+            other => panic!("an openai model: {other:?}"),
+        }
+    }
+
     fn model() -> OpenAiModel {
-        OpenAiModel::new("judge", &spec("http://alice:hunter2@127.0.0.1:8000/v1/")).unwrap()
+        backend("judge", &spec("http://alice:hunter2@127.0.0.1:8000/v1/")).unwrap()
     }
 
     #[test]
@@ -707,8 +723,8 @@ mod tests {
         // 11 characters (not 13 bytes) → 3 tokens.
         assert_eq!(model().prompt_tokens(&prompt), 3);
         let mut completions = spec("http://127.0.0.1:8000/v1");
-        completions.endpoint = Endpoint::Completions;
-        let model = OpenAiModel::new("policy", &completions).unwrap();
+        openai(&mut completions).endpoint = Endpoint::Completions;
+        let model = backend("policy", &completions).unwrap();
         // "\n\nHuman: héllo wörld\n\nAssistant:" is 32 characters → 8 tokens.
         assert_eq!(model.prompt_tokens(&prompt), 8);
     }
@@ -757,9 +773,9 @@ mod tests {
         );
 
         let mut completions = spec("http://127.0.0.1:8000/v1");
-        completions.endpoint = Endpoint::Completions;
-        completions.temperature = 0.7;
-        let model = OpenAiModel::new("policy", &completions).unwrap();
+        openai(&mut completions).endpoint = Endpoint::Completions;
+        completions.sampling.temperature = 0.7;
+        let model = backend("policy", &completions).unwrap();
         assert_eq!(model.path, "completions");
         let body = model.body(&prompt, 7, false);
         assert_eq!(body["prompt"], json!("\n\nHuman: hi\n\nAssistant:"));
@@ -771,8 +787,8 @@ mod tests {
     #[test]
     fn a_missing_key_variable_is_job_fatal_and_names_the_variable() {
         let mut spec = spec("http://127.0.0.1:8000/v1");
-        spec.api_key_env = Some("CAI_TEST_UNSET_KEY_VARIABLE".into());
-        match OpenAiModel::new("policy", &spec) {
+        openai(&mut spec).api_key_env = Some("CAI_TEST_UNSET_KEY_VARIABLE".into());
+        match backend("policy", &spec) {
             Err(ModelError::JobFatal(message)) => {
                 assert!(message.contains("CAI_TEST_UNSET_KEY_VARIABLE"), "{message}")
             }

@@ -4,7 +4,7 @@
 //! and the latest revision, so the context does not grow with the rounds.
 
 use cai_common::constitution::Demonstration;
-use cai_common::job::SftMode;
+use cai_common::job::{CritiqueReviseSpec, SftMode};
 use cai_common::message::Message;
 use cai_common::result::{Output, RevisionPreferenceRow, SftRow};
 
@@ -12,13 +12,10 @@ use super::{SampleRun, StepError, StepInfo, conversation_turns};
 use crate::model::{Prompt, Speaker, Turn};
 
 /// The steps of a sample, in order: `initial` (unless given), then `critique-r`, `revision-r`.
-pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
-    let spec = run
-        .ctx
-        .spec
-        .critique_revise
-        .as_ref()
-        .expect("checked: critique-revise job has its section");
+pub(super) async fn run(
+    run: &mut SampleRun<'_>,
+    spec: &CritiqueReviseSpec,
+) -> Result<Output, StepError> {
     let model = spec.model.as_str();
     let conversation = conversation_turns(&run.sample.messages);
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cai_common::constitution::{Constitution, Principle};
-use cai_common::job::{JobSpec, PipelineKind};
+use cai_common::job::{JobSpec, Pipeline};
 use cai_common::message::Message;
 use cai_common::result::{Outcome, SampleResult, TraceStep, Usage};
 use cai_common::sample::Sample;
@@ -127,9 +127,9 @@ impl JobContext {
             usage: Usage::default(),
             reused: Usage::default(),
         };
-        let outcome = match self.spec.pipeline {
-            PipelineKind::CritiqueRevise => critique_revise::run(&mut run).await,
-            PipelineKind::Pairwise => pairwise::run(&mut run).await,
+        let outcome = match &self.spec.pipeline {
+            Pipeline::CritiqueRevise(spec) => critique_revise::run(&mut run, spec).await,
+            Pipeline::Pairwise(spec) => pairwise::run(&mut run, spec).await,
         };
         let outcome = match outcome {
             Ok(output) => Outcome::Done { output },
@@ -173,8 +173,8 @@ impl SampleRun<'_> {
     /// is not empty).
     fn draw_principle(&self, decision: &str) -> &Principle {
         let principles = match self.ctx.spec.pipeline {
-            PipelineKind::CritiqueRevise => self.ctx.constitution.critique_principles(),
-            PipelineKind::Pairwise => self.ctx.constitution.judge_principles(),
+            Pipeline::CritiqueRevise(_) => self.ctx.constitution.critique_principles(),
+            Pipeline::Pairwise(_) => self.ctx.constitution.judge_principles(),
         };
         let mut rng = seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision);
         principles[rng.random_range(0..principles.len())]
@@ -186,7 +186,11 @@ impl SampleRun<'_> {
     }
 
     async fn generate(&mut self, info: StepInfo<'_>, prompt: &Prompt) -> Result<String, StepError> {
-        let model = self.ctx.models.get(info.model);
+        let model = self
+            .ctx
+            .models
+            .get(info.model)
+            .map_err(|error| StepError::Job(error.to_string()))?;
         let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
         let generation: Generation = self
             .cached_call(
@@ -204,7 +208,11 @@ impl SampleRun<'_> {
         prompt: &Prompt,
         describe: impl Fn(&Judgment) -> String,
     ) -> Result<Judgment, StepError> {
-        let model = self.ctx.models.get(info.model);
+        let model = self
+            .ctx
+            .models
+            .get(info.model)
+            .map_err(|error| StepError::Job(error.to_string()))?;
         let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
         self.cached_call(&info, describe, || async {
             model.judge(prompt, seed).await
@@ -284,8 +292,8 @@ impl SampleRun<'_> {
         account.tokens_in += traced.tokens_in;
         account.tokens_out += traced.tokens_out;
         account.calls += 1;
-        account.cost_micro_usd +=
-            cost(spec.price_in, traced.tokens_in) + cost(spec.price_out, traced.tokens_out);
+        account.cost_micro_usd += cost(spec.policy.price_in, traced.tokens_in)
+            + cost(spec.policy.price_out, traced.tokens_out);
         self.steps.push(TraceStep {
             step: info.name.clone(),
             principle_id: info.principle.map(|p| p.id.clone()),

@@ -9,7 +9,7 @@
 //! log-probabilities is retried once, then the sample fails: a label is never guessed.
 
 use cai_common::constitution::Principle;
-use cai_common::job::{Backend, Endpoint, JudgeMode, ModelSpec, PairwiseSpec};
+use cai_common::job::{BackendSpec, Candidates, Endpoint, JudgeMode, ModelSpec, PairwiseSpec};
 use cai_common::message::{Message, Role};
 use cai_common::result::{Output, PreferenceRow, Reading};
 
@@ -22,21 +22,16 @@ const COT_OPENING: &str = "Let's think step-by-step:";
 /// Asked of a chat judge whose reply cannot be opened with [`COT_OPENING`].
 const COT_REQUEST: &str = "Let's think step-by-step, then say which option is better, (A) or (B).";
 
-pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
-    let spec = run
-        .ctx
-        .spec
-        .pairwise
-        .as_ref()
-        .expect("checked: pairwise job has its section")
-        .clone();
-    let [x, y] = match &run.sample.candidates {
-        Some(candidates) => candidates.clone(),
-        None => {
-            let generate = spec
-                .generate
-                .as_ref()
-                .expect("checked: candidates or generate");
+pub(super) async fn run(run: &mut SampleRun<'_>, spec: &PairwiseSpec) -> Result<Output, StepError> {
+    let [x, y] = match (&run.sample.candidates, &spec.candidates) {
+        (Some(candidates), _) => candidates.clone(),
+        (None, Candidates::Corpus(fields)) => {
+            return Err(StepError::Job(format!(
+                "sample {} has no candidates although the job reads them from {fields:?}",
+                run.sample.key
+            )));
+        }
+        (None, Candidates::Generate { model }) => {
             let prompt = Prompt {
                 turns: conversation_turns(&run.sample.messages),
                 reply_as: Some(Speaker::Assistant),
@@ -46,7 +41,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
             for name in ["candidate-x", "candidate-y"] {
                 let info = StepInfo {
                     name: name.into(),
-                    model: &generate.model,
+                    model,
                     principle: None,
                     request: "",
                 };
@@ -74,7 +69,7 @@ pub(super) async fn run(run: &mut SampleRun<'_>) -> Result<Output, StepError> {
                 ("yx", &y, &x)
             };
             let step = format!("judge-{label}-{order}");
-            let reading = read_option(run, &spec, &step, &principle, a, b).await?;
+            let reading = read_option(run, spec, &step, &principle, a, b).await?;
             let p_first = reading.p_a;
             let mut p_x = if x_first { p_first } else { 1.0 - p_first };
             if spec.mode == JudgeMode::Cot {
@@ -205,7 +200,10 @@ fn cot_templates(run: &SampleRun<'_>, step: &str) -> Vec<Turn> {
 /// Whether the model's reply can be started for it (a completions transcript, the in-process
 /// model, or a chat server set to continue an assistant message).
 fn continues_reply(spec: &ModelSpec) -> bool {
-    spec.backend != Backend::Openai || spec.endpoint == Endpoint::Completions || spec.prefill
+    match &spec.backend {
+        BackendSpec::Openai(openai) => openai.endpoint == Endpoint::Completions || openai.prefill,
+        BackendSpec::Local(_) | BackendSpec::Mock(_) => true,
+    }
 }
 
 /// One reading of the first-shown option, retried once when the letters are missing from the

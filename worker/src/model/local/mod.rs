@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Instant;
 
 use async_trait::async_trait;
-use cai_common::job::ModelSpec;
+use cai_common::job::{LocalSpec, Sampling};
 use candle_core::quantized::gguf_file;
 use tokio::sync::Semaphore;
 
@@ -76,12 +76,8 @@ impl LocalModel {
     /// Loads the model's GGUF file (`spec.path`), or shares it if this process already has.
     /// Blocks while reading the file. Fails job-fatally on a missing, unreadable or
     /// unsupported file.
-    pub fn new(name: &str, spec: &ModelSpec) -> Result<Self, ModelError> {
-        let path = spec.path.as_deref().ok_or_else(|| {
-            ModelError::JobFatal(format!(
-                "model {name:?}: `path` (the GGUF file) is required"
-            ))
-        })?;
+    pub fn new(name: &str, spec: &LocalSpec, sampling: &Sampling) -> Result<Self, ModelError> {
+        let path = spec.path.as_path();
         let engine = Engine::shared(path).map_err(|message| {
             ModelError::JobFatal(format!("model {name:?}: {}: {message}", path.display()))
         })?;
@@ -100,9 +96,9 @@ impl LocalModel {
         Ok(Self {
             name: name.to_owned(),
             engine,
-            temperature: f64::from(spec.temperature),
-            max_tokens: spec.max_tokens as usize,
-            top_logprobs: spec.top_logprobs as usize,
+            temperature: f64::from(sampling.temperature),
+            max_tokens: sampling.max_tokens as usize,
+            top_logprobs: sampling.top_logprobs as usize,
         })
     }
 

@@ -1,0 +1,315 @@
+//! The job file as written ([`JobFile`]: flat, every section optional, unknown keys refused by
+//! the parser) and its conversion into a [`JobSpec`], which is where a job is checked: what the
+//! conversion accepts, the types hold (a pipeline has its section, a model reference names a
+//! model, a backend has its settings). A spec serialises back through [`JobFile`], so its JSON
+//! is the file's, as fingerprints and registry entries need.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::models::ModelFile;
+use super::pipeline::{GenerateFile, PairwiseFile};
+use super::{
+    Candidates, ConstitutionSpec, CritiqueReviseSpec, InputSpec, JobSpec, PairwiseSpec, Pipeline,
+    PipelineKind, SpecError, Turns,
+};
+
+/// The whole job file, as written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct JobFile {
+    pub(super) name: String,
+    pub(super) pipeline: PipelineKind,
+    #[serde(default)]
+    pub(super) seed: u64,
+    #[serde(default)]
+    pub(super) output: Option<PathBuf>,
+    pub(super) input: InputSpec,
+    pub(super) constitution: ConstitutionSpec,
+    #[serde(default)]
+    pub(super) critique_revise: Option<CritiqueReviseSpec>,
+    #[serde(default)]
+    pub(super) pairwise: Option<PairwiseFile>,
+    #[serde(default)]
+    pub(super) models: BTreeMap<String, ModelFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) license: Option<String>,
+}
+
+fn fail<T>(field: &str, message: impl Into<String>) -> Result<T, SpecError> {
+    Err(SpecError {
+        field: field.to_owned(),
+        message: message.into(),
+    })
+}
+
+impl TryFrom<JobFile> for JobSpec {
+    type Error = SpecError;
+
+    fn try_from(file: JobFile) -> Result<Self, SpecError> {
+        check_name(&file.name)?;
+        if let Some(license) = &file.license {
+            check_license(license)?;
+        }
+        let mut models = BTreeMap::new();
+        for (name, model) in file.models {
+            let model = model
+                .try_into()
+                .or_else(|message| fail(&format!("models.{name}"), message))?;
+            models.insert(name, model);
+        }
+        let pipeline = pipeline(
+            file.pipeline,
+            file.critique_revise,
+            file.pairwise,
+            &|field, name| model_exists(&models, field, name),
+        )?;
+        check_input(&file.input, &pipeline)?;
+        Ok(Self {
+            name: file.name,
+            seed: file.seed,
+            output: file.output,
+            input: file.input,
+            constitution: file.constitution,
+            pipeline,
+            models,
+            license: file.license,
+        })
+    }
+}
+
+impl From<JobSpec> for JobFile {
+    fn from(spec: JobSpec) -> Self {
+        let kind = spec.pipeline.kind();
+        let (critique_revise, pairwise) = match spec.pipeline {
+            Pipeline::CritiqueRevise(critique_revise) => (Some(critique_revise), None),
+            Pipeline::Pairwise(pairwise) => (None, Some(pairwise.into())),
+        };
+        Self {
+            name: spec.name,
+            pipeline: kind,
+            seed: spec.seed,
+            output: spec.output,
+            input: spec.input,
+            constitution: spec.constitution,
+            critique_revise,
+            pairwise,
+            models: spec
+                .models
+                .into_iter()
+                .map(|(name, model)| (name, model.into()))
+                .collect(),
+            license: spec.license,
+        }
+    }
+}
+
+impl From<PairwiseSpec> for PairwiseFile {
+    fn from(spec: PairwiseSpec) -> Self {
+        let (candidates, generate) = match spec.candidates {
+            Candidates::Corpus(fields) => (Some(fields), None),
+            Candidates::Generate { model } => (None, Some(GenerateFile { model, n: 2 })),
+        };
+        Self {
+            judge: spec.judge,
+            candidates,
+            generate,
+            principles_per_label: spec.principles_per_label,
+            swap: spec.swap,
+            mode: spec.mode,
+            clamp: spec.clamp,
+            min_letter_mass: spec.min_letter_mass,
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), SpecError> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(allowed) {
+        return fail("name", format!("{name:?} must match [a-z0-9-]{{1,64}}"));
+    }
+    Ok(())
+}
+
+fn check_license(license: &str) -> Result<(), SpecError> {
+    let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._+".contains(&b);
+    if license.is_empty() || !license.bytes().all(allowed) {
+        return fail(
+            "license",
+            format!(
+                "{license:?} must be a Hugging Face licence identifier such as \"cc-by-4.0\" \
+                 or \"other\" (lowercase letters, digits, `-`, `.`, `_`, `+`)"
+            ),
+        );
+    }
+    Ok(())
+}
+
+fn model_exists(
+    models: &BTreeMap<String, super::ModelSpec>,
+    field: &str,
+    name: &str,
+) -> Result<(), SpecError> {
+    if models.contains_key(name) {
+        return Ok(());
+    }
+    let known: Vec<&str> = models.keys().map(String::as_str).collect();
+    fail(
+        field,
+        format!("no model named {name:?} in [models] (defined: {known:?})"),
+    )
+}
+
+/// The pipeline of `kind` from its section; a missing section is an error naming it.
+fn pipeline(
+    kind: PipelineKind,
+    critique_revise: Option<CritiqueReviseSpec>,
+    pairwise: Option<PairwiseFile>,
+    model_exists: &dyn Fn(&str, &str) -> Result<(), SpecError>,
+) -> Result<Pipeline, SpecError> {
+    let other = match kind {
+        PipelineKind::CritiqueRevise => pairwise.is_some().then_some("pairwise"),
+        PipelineKind::Pairwise => critique_revise.is_some().then_some("critique_revise"),
+    };
+    if let Some(section) = other {
+        let pipeline = match kind {
+            PipelineKind::CritiqueRevise => "critique-revise",
+            PipelineKind::Pairwise => "pairwise",
+        };
+        return fail(
+            section,
+            format!(
+                "pipeline \"{pipeline}\" does not read a [{section}] section: remove it, or \
+                 run it as a job of its own"
+            ),
+        );
+    }
+    match kind {
+        PipelineKind::CritiqueRevise => {
+            let Some(section) = critique_revise else {
+                return fail(
+                    "critique_revise",
+                    "pipeline \"critique-revise\" needs a [critique_revise] section",
+                );
+            };
+            model_exists("critique_revise.model", &section.model)?;
+            if !(1..=64).contains(&section.revisions) {
+                return fail("critique_revise.revisions", "must be between 1 and 64");
+            }
+            Ok(Pipeline::CritiqueRevise(section))
+        }
+        PipelineKind::Pairwise => {
+            let Some(section) = pairwise else {
+                return fail(
+                    "pairwise",
+                    "pipeline \"pairwise\" needs a [pairwise] section",
+                );
+            };
+            Ok(Pipeline::Pairwise(pairwise_spec(section, model_exists)?))
+        }
+    }
+}
+
+fn pairwise_spec(
+    section: PairwiseFile,
+    model_exists: &dyn Fn(&str, &str) -> Result<(), SpecError>,
+) -> Result<PairwiseSpec, SpecError> {
+    model_exists("pairwise.judge", &section.judge)?;
+    let candidates = match (section.candidates, section.generate) {
+        (Some(_), Some(_)) | (None, None) => {
+            return fail(
+                "pairwise",
+                "set exactly one of `candidates` (two corpus fields) or `generate`",
+            );
+        }
+        (Some([x, y]), None) if x == y => {
+            return fail("pairwise.candidates", "the two fields must differ");
+        }
+        (Some(fields), None) => Candidates::Corpus(fields),
+        (None, Some(generate)) => {
+            model_exists("pairwise.generate.model", &generate.model)?;
+            if generate.n != 2 {
+                return fail("pairwise.generate.n", "must be 2");
+            }
+            Candidates::Generate {
+                model: generate.model,
+            }
+        }
+    };
+    if !(1..=16).contains(&section.principles_per_label) {
+        return fail("pairwise.principles_per_label", "must be between 1 and 16");
+    }
+    let [low, high] = section.clamp;
+    if !(0.0..=0.5).contains(&low) || !(0.5..=1.0).contains(&high) {
+        return fail(
+            "pairwise.clamp",
+            "must be a range around 0.5: [low, high] with 0 <= low <= 0.5 <= high <= 1",
+        );
+    }
+    if !(0.0..1.0).contains(&section.min_letter_mass) {
+        return fail("pairwise.min_letter_mass", "must be at least 0 and below 1");
+    }
+    Ok(PairwiseSpec {
+        judge: section.judge,
+        candidates,
+        principles_per_label: section.principles_per_label,
+        swap: section.swap,
+        mode: section.mode,
+        clamp: section.clamp,
+        min_letter_mass: section.min_letter_mass,
+    })
+}
+
+/// The input settings that depend on the pipeline: which conversation field is needed, and
+/// where `turns = "each"` cannot be honoured.
+fn check_input(input: &InputSpec, pipeline: &Pipeline) -> Result<(), SpecError> {
+    let pairs_from_corpus = matches!(
+        pipeline,
+        Pipeline::Pairwise(PairwiseSpec {
+            candidates: Candidates::Corpus(_),
+            ..
+        })
+    );
+    let selectors = [&input.prompt, &input.messages, &input.transcript];
+    match selectors.iter().filter(|s| s.is_some()).count() {
+        0 if !pairs_from_corpus => {
+            return fail(
+                "input",
+                "set one of `prompt`, `messages`, `transcript` (the conversation field)",
+            );
+        }
+        0 | 1 => {}
+        _ => {
+            return fail(
+                "input",
+                "set only one of `prompt`, `messages`, `transcript`",
+            );
+        }
+    }
+    if input.turns == Turns::Each {
+        if pairs_from_corpus {
+            return fail(
+                "input.turns",
+                "\"each\" cannot be used with `pairwise.candidates`: a candidate pair answers \
+                 the whole conversation, not each human turn (use `turns = \"whole\"`, or \
+                 `pairwise.generate` to sample answers for every turn)",
+            );
+        }
+        if let Pipeline::CritiqueRevise(CritiqueReviseSpec {
+            initial: Some(_), ..
+        }) = pipeline
+        {
+            return fail(
+                "input.turns",
+                "\"each\" cannot be used with `critique_revise.initial`: a given first answer \
+                 answers the whole conversation, not each human turn",
+            );
+        }
+    }
+    if input.limit == Some(0) {
+        return fail("input.limit", "must be at least 1");
+    }
+    Ok(())
+}
