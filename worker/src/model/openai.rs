@@ -24,7 +24,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 
-use super::replicas::{Connect, Discovery, Health, Replicas, Target};
+use super::replicas::{Connect, Discovery, Health, Replicas, Resolver, Target, system_resolver};
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
 /// How long establishing a connection may take.
@@ -78,8 +78,21 @@ impl OpenAiModel {
         sampling: &Sampling,
         timeout: Duration,
     ) -> Result<Self, ModelError> {
+        Self::with_resolver(name, spec, sampling, timeout, system_resolver())
+    }
+
+    /// As [`OpenAiModel::new`], with the names of DNS replicas (`replicas_from_dns`) looked up
+    /// by `resolver` instead of the system's: a test serves a made-up name from addresses of
+    /// its own.
+    pub fn with_resolver(
+        name: &str,
+        spec: &OpenaiSpec,
+        sampling: &Sampling,
+        timeout: Duration,
+        resolver: Resolver,
+    ) -> Result<Self, ModelError> {
         let fatal = |what: String| ModelError::JobFatal(format!("model {name}: {what}"));
-        let urls = vec![spec.url.clone()];
+        let urls = spec.urls.clone();
         let model = spec.model.clone();
         let api_key = match &spec.api_key_env {
             None => None,
@@ -102,7 +115,13 @@ impl OpenAiModel {
                 .ok()
                 .and_then(|u| u.password().map(str::to_owned))
         }));
-        let discovery = Discovery::Urls;
+        let discovery = match spec.dns_refresh_s {
+            Some(refresh) => Discovery::Dns {
+                refresh: Duration::from_secs(refresh),
+                resolver,
+            },
+            None => Discovery::Urls,
+        };
         let replicas = Replicas::new(name, urls, discovery, connect(timeout)).map_err(fatal)?;
         Ok(Self {
             name: name.to_owned(),
@@ -648,6 +667,32 @@ mod tests {
             let text = error.to_string();
             assert!(!text.contains(&key) && !text.contains("hunter2"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_replica_is_called_in_turn_and_none_of_their_passwords_reaches_an_error() {
+        let mut spec = spec("http://127.0.0.1:8000/v1");
+        openai(&mut spec).urls = vec![
+            "http://alice:hunter2@10.0.0.1:8000/v1".into(),
+            "http://bob:swordfish@10.0.0.2:8000/v1/".into(),
+        ];
+        let model = backend("judge", &spec).unwrap();
+        let mut shown = Vec::new();
+        for _ in 0..2 {
+            shown.push(model.replicas.pick().await.unwrap().shown().to_owned());
+        }
+        assert_eq!(
+            shown,
+            ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1/"]
+        );
+        let body = r#"{"error": {"message": "hunter2 and swordfish"}}"#;
+        let error = model.status_error(StatusCode::BAD_GATEWAY, None, body, &shown[1]);
+        let text = error.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
+        assert!(text.contains("http://10.0.0.2:8000/v1/"), "{text}");
     }
 
     #[test]
