@@ -308,7 +308,7 @@ impl<C: Clone> Replicas<C> {
         let count = set.replicas.len();
         let turn = set.turn;
         let chosen = (0..count)
-            .map(|k| (k + turn) % count.max(1))
+            .map(|k| (k + turn) % count)
             .filter(|&index| !self.ejects || set.replicas[index].available(now))
             .min_by_key(|&index| set.replicas[index].outstanding);
         let Some(index) = chosen else {
@@ -589,7 +589,7 @@ mod tests {
         .unwrap()
     }
 
-    /// The base URL the next lease goes to, the lease held.
+    /// The next lease, held until the caller drops or settles it.
     async fn lease(replicas: &Replicas<Target>) -> Lease<'_, Target> {
         replicas.pick().await.unwrap()
     }
@@ -640,7 +640,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_streak_of_failures_ejects_a_replica_and_an_answer_breaks_the_streak() {
         let replicas = fixed("streak", 2);
-        // Replica 1 fails twice, answers, fails twice: never three in a row.
+        // Replica 1 fails twice, answers, and fails once more: never three in a row.
         let mut fails = 0;
         while fails < 4 {
             let lease = lease(&replicas).await;
