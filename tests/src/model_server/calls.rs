@@ -21,6 +21,8 @@ pub struct RecordedCall {
     pub judge: bool,
     /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
     pub fault: Option<&'static str>,
+    /// The request's `Host` header: the name a client connected to an address by asked for.
+    pub host: Option<String>,
 }
 
 impl RecordedCall {

@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -96,6 +96,10 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
                     .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
                 judge: parsed.as_ref().is_some_and(is_judge),
                 fault: fault.map(Fault::name),
+                host: headers
+                    .get(HOST)
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned),
             });
     }
     if !authorized {
