@@ -125,6 +125,49 @@ async fn a_coordinator_waits_for_redis_at_start_and_one_interrupt_stops_it() {
     assert_eq!(run.committed(), 0, "nothing ran");
 }
 
+/// A worker started while Redis is away waits for it instead of exiting, starts serving once it
+/// answers, and stops at SIGTERM as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_redis_at_start_and_serves_once_it_answers() {
+    let mut redis = PrivateRedis::start();
+    redis.stop();
+    let mut cluster = cai_tests::cluster::Cluster::unique();
+    cluster.state = redis.url();
+    let dir = cai_tests::harness::JobDir::new();
+    let log = dir.path("worker.log");
+    let mut worker = cluster.worker("w1", &log, &[]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    cai_tests::harness::wait_until(
+        Duration::from_secs(30),
+        "the worker pauses for the state store",
+        || read().contains("service unavailable; pausing until it answers"),
+    )
+    .await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker waits instead of exiting:\n{}",
+        read()
+    );
+    redis.start_again();
+    cai_tests::harness::wait_until(Duration::from_secs(60), "the worker starts", || {
+        read().contains("worker started")
+    })
+    .await;
+    let pid = worker.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops within 30 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read());
+}
+
 /// A Redis restarted with a large data set answers `LOADING` to every command until it has read
 /// it; a transaction (a step's write) then fails with `EXECABORT` around those. Both are an
 /// outage to wait out, not a rejected request (the chaos soak found workers giving a job up on
