@@ -21,6 +21,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
+use crate::error::RunError;
 use crate::ledger::{self, Ledger};
 use crate::observe;
 use crate::plan::Plan;
@@ -44,11 +45,26 @@ pub async fn run(
     options: &CoordinatorOptions,
     progress: Arc<Progress>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, RunError> {
     let job = plan.spec().name.clone();
-    let broker = broker::connect_with_tls(&services.broker, &services.tls).await?;
-    let state = state::connect_with_tls(&services.state, &services.tls).await?;
-    let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
+    // Services that are away at the start are waited for, as in the middle of a run, and a
+    // signal stops that wait at once: nothing has been published yet.
+    let started = async {
+        let broker = through_outage("connecting to the broker", None, || {
+            broker::connect_with_tls(&services.broker, &services.tls)
+        })
+        .await?;
+        let state = through_outage("connecting to the state store", None, || {
+            state::connect_with_tls(&services.state, &services.tls)
+        })
+        .await?;
+        let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
+        Ok::<_, RunError>((broker, state, ledger))
+    };
+    let (broker, state, ledger) = tokio::select! {
+        started = started => started?,
+        () = shutdown.cancelled() => return Err(RunError::Interrupted),
+    };
 
     let stop = shutdown.child_token();
     let watcher = watch_job(plan.clone(), state.clone(), stop.clone());
@@ -92,7 +108,7 @@ pub async fn run(
     let fatal = through_outage("reading the job's fatal error", None, || state.fatal(&job)).await;
     if let Ok(Some(message)) = fatal {
         retire(state.as_ref(), &job).await?;
-        anyhow::bail!("job {job:?} stopped: a worker reported: {message}");
+        return Err(RunError::JobFatal { job, message });
     }
     let summary = outcome?;
     if summary.complete {
@@ -113,7 +129,7 @@ async fn take_over(
     plan: &Plan,
     broker: &dyn Broker,
     state: &dyn StateStore,
-) -> anyhow::Result<Ledger> {
+) -> Result<Ledger, RunError> {
     let job = &plan.spec().name;
     // Opening the ledger repairs what a crash of the previous coordinator left.
     let ledger = Ledger::open(plan.job.output_dir()).context("opening the output directory")?;
@@ -125,11 +141,10 @@ async fn take_over(
         .and_then(|(json, _)| format_version_of(json))
         .filter(|version| *version > FORMAT_VERSION)
     {
-        return Err(Refused(format!(
+        return Err(RunError::Refused(format!(
             "job {job:?} was registered by a newer cai (message format version {version}; this \
              build writes {FORMAT_VERSION}): run it with that version"
-        ))
-        .into());
+        )));
     }
     for queue in [Queue::Tasks, Queue::Results] {
         refuse_newer_messages(job, broker, queue).await?;
@@ -162,16 +177,14 @@ async fn take_over(
     Ok(ledger)
 }
 
-/// Why a coordinator will not take a job over: the services hold it in a shape this build
-/// would misread or destroy. The command line exits 2 for it, as for a changed spec.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Refused(String);
-
 /// Refuses the job if the first ready message of `queue` is of a newer format version than
 /// this build's: a newer coordinator or newer workers ran it, and taking it over would purge
 /// their tasks or dead-letter their results. The message is put back.
-async fn refuse_newer_messages(job: &str, broker: &dyn Broker, queue: Queue) -> anyhow::Result<()> {
+async fn refuse_newer_messages(
+    job: &str,
+    broker: &dyn Broker,
+    queue: Queue,
+) -> Result<(), RunError> {
     if through_outage("reading a queue's depth", None, || broker.depth(job, queue)).await? == 0 {
         return Ok(());
     }
@@ -183,11 +196,10 @@ async fn refuse_newer_messages(job: &str, broker: &dyn Broker, queue: Queue) -> 
     let version = envelope::version_of(&delivery.payload);
     delivery.acker.requeue().await?;
     match version {
-        Some(version) if version > FORMAT_VERSION => Err(Refused(format!(
+        Some(version) if version > FORMAT_VERSION => Err(RunError::Refused(format!(
             "the {queue:?} queue of job {job:?} holds messages of format version {version}, \
              newer than this build's {FORMAT_VERSION}: run the job with the cai that wrote them"
-        ))
-        .into()),
+        ))),
         _ => Ok(()),
     }
 }

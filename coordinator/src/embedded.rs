@@ -12,11 +12,12 @@ use cai_common::state::embedded::EmbeddedState;
 use cai_common::state::step_log::StepLog;
 use cai_worker::consume::{self, WorkerOptions};
 use cai_worker::model::Models;
-use cai_worker::pipeline::JobContext;
+use cai_worker::pipeline::{JobContext, JobFatal};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::coordinate::{CoordinatorOptions, Run, Stop, Summary};
+use crate::error::RunError;
 use crate::ledger::Ledger;
 use crate::plan::Plan;
 use crate::progress::Progress;
@@ -53,7 +54,7 @@ pub async fn run(
     options: &EmbeddedOptions,
     progress: Arc<Progress>,
     shutdown: CancellationToken,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, RunError> {
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::default());
     // Opening the ledger repairs what a crash left; the step log then keeps the steps of the
     // samples it has not committed, so a killed run's finished calls are not paid again.
@@ -105,10 +106,14 @@ pub async fn run(
     // a job-fatal error, which ends the run at once.
     let supervise = async {
         while let Some(joined) = workers.join_next().await {
-            joined.context("a worker panicked")??;
+            let worked = joined.context("a worker panicked")?;
+            worked.map_err(|JobFatal(message)| RunError::JobFatal {
+                job: plan.spec().name.clone(),
+                message,
+            })?;
         }
         workers_stopped.cancel();
-        anyhow::Ok(())
+        Ok::<(), RunError>(())
     };
     let coordinated = async {
         let run = Run {
@@ -124,7 +129,7 @@ pub async fn run(
         };
         let summary = run.coordinate(ledger, stop).await;
         workers_stop.cancel();
-        summary
+        summary.map_err(RunError::from)
     };
     let outcome = tokio::try_join!(coordinated, supervise);
     watcher.abort();

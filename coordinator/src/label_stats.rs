@@ -9,7 +9,7 @@ use std::path::Path;
 use cai_common::result::Reading;
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::DATA_FILES;
+use crate::ledger::DataFile;
 use crate::rows::for_each_row;
 
 /// What a pairwise job's labels look like as a whole.
@@ -63,7 +63,7 @@ impl LabelStats {
         let (mut consistent, mut swapped) = (0u64, 0u64);
         let (mut mass_sum, mut masses) = (0.0f64, 0u64);
         let (mut p_sum, mut agree) = (0.0f64, 0u64);
-        for_each_row(&dir.join(DATA_FILES[1]), |row: LabelRow| {
+        for_each_row(&dir.join(DataFile::Preferences.name()), |row: LabelRow| {
             stats.labels += 1;
             p_sum += row.p_chosen;
             if let Some(same) = row.position_consistent {
@@ -77,7 +77,7 @@ impl LabelStats {
             }
             agree += u64::from(prefers_first(&row));
         })?;
-        for_each_row(&dir.join(DATA_FILES[3]), |row: FailedReason| {
+        for_each_row(&dir.join(DataFile::Failed.name()), |row: FailedReason| {
             if row.reason.contains("min_letter_mass") {
                 stats.failed_low_letter_mass += 1;
             } else if row.reason.contains("neither (A) nor (B)") {

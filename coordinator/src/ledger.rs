@@ -22,14 +22,49 @@ use crate::compact::CompactMap;
 use cai_common::sample::SampleKey;
 use serde::{Deserialize, Serialize};
 
-/// The data files a ledger keeps, in commit order.
-pub const DATA_FILES: [&str; 5] = [
-    "sft.jsonl",
-    "preferences.jsonl",
-    "traces.jsonl",
-    "failed.jsonl",
-    "rejected.jsonl",
-];
+/// A data file of the output directory. Rows are addressed by this, not by a position, so a
+/// new file is a new variant (added at the end of [`DataFile::ALL`]: ledger lines key offsets by
+/// file name and a missing name reads as 0, so old ledgers still open).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFile {
+    /// SFT rows.
+    Sft,
+    /// Preference labels (pairwise) or revision-over-initial pairs (critique-revise).
+    Preferences,
+    /// One trace row per finished sample.
+    Traces,
+    /// Samples that failed, with the reason.
+    Failed,
+    /// Corpus lines refused, with the field.
+    Rejected,
+}
+
+impl DataFile {
+    /// Every data file, in commit order.
+    pub const ALL: [DataFile; 5] = [
+        Self::Sft,
+        Self::Preferences,
+        Self::Traces,
+        Self::Failed,
+        Self::Rejected,
+    ];
+
+    /// The file's name in the output directory.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sft => "sft.jsonl",
+            Self::Preferences => "preferences.jsonl",
+            Self::Traces => "traces.jsonl",
+            Self::Failed => "failed.jsonl",
+            Self::Rejected => "rejected.jsonl",
+        }
+    }
+
+    /// Its place in the ledger's per-file vectors.
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 /// The commit log.
 pub const LEDGER_FILE: &str = "ledger.jsonl";
 
@@ -158,7 +193,7 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
         done: CompactMap::default(),
         rejected: HashSet::new(),
         usage: Usage::default(),
-        offsets: vec![0; DATA_FILES.len()],
+        offsets: vec![0; DataFile::ALL.len()],
         good_len: 0,
         timeline: Vec::new(),
     };
@@ -186,8 +221,8 @@ fn read_log(log: impl std::io::Read) -> std::io::Result<LogState> {
             done.push((sample.key, sample.status));
         }
         state.rejected.extend(commit.rejected);
-        for (index, name) in DATA_FILES.iter().enumerate() {
-            state.offsets[index] = commit.offsets.get(*name).copied().unwrap_or(0);
+        for file in DataFile::ALL {
+            state.offsets[file.index()] = commit.offsets.get(file.name()).copied().unwrap_or(0);
         }
     }
     state.done = CompactMap::from_entries(done);
@@ -297,8 +332,8 @@ impl Ledger {
         log.set_len(good_len).map_err(io(&log_path))?;
         log.seek(SeekFrom::End(0)).map_err(io(&log_path))?;
 
-        let mut writers = Vec::with_capacity(DATA_FILES.len());
-        for (name, offset) in DATA_FILES.iter().zip(&offsets) {
+        let mut writers = Vec::with_capacity(DataFile::ALL.len());
+        for (name, offset) in DataFile::ALL.map(DataFile::name).iter().zip(&offsets) {
             let path = dir.join(name);
             let file = OpenOptions::new()
                 .write(true)
@@ -372,22 +407,22 @@ impl Ledger {
                 output: Output::Sft { rows, preference },
             } => {
                 for row in rows {
-                    self.append(0, row)?;
+                    self.append(DataFile::Sft, row)?;
                 }
                 if let Some(preference) = preference {
-                    self.append(1, preference)?;
+                    self.append(DataFile::Preferences, preference)?;
                 }
                 Status::Done
             }
             Outcome::Done {
                 output: Output::Preference { row },
             } => {
-                self.append(1, row)?;
+                self.append(DataFile::Preferences, row)?;
                 Status::Done
             }
             Outcome::Failed { reason, attempts } => {
                 self.append(
-                    3,
+                    DataFile::Failed,
                     &FailedRow {
                         id: &result.id,
                         key: &result.key,
@@ -399,7 +434,7 @@ impl Ledger {
             }
         };
         self.append(
-            2,
+            DataFile::Traces,
             &TraceRow {
                 id: &result.id,
                 key: &result.key,
@@ -427,7 +462,7 @@ impl Ledger {
         if self.rejected.contains(&row.line) || self.pending_rejected.contains(&row.line) {
             return Ok(false);
         }
-        self.append(4, row)?;
+        self.append(DataFile::Rejected, row)?;
         self.pending_rejected.push(row.line);
         Ok(true)
     }
@@ -442,7 +477,8 @@ impl Ledger {
         if !self.has_pending() {
             return Ok(Vec::new());
         }
-        for (index, (writer, name)) in self.writers.iter_mut().zip(DATA_FILES).enumerate() {
+        let names = DataFile::ALL.map(DataFile::name);
+        for (index, (writer, name)) in self.writers.iter_mut().zip(names).enumerate() {
             if self.synced[index] == self.offsets[index] {
                 continue;
             }
@@ -459,7 +495,8 @@ impl Ledger {
             .map_or(0, |since| since.as_millis() as u64);
         let commit = Commit {
             at_ms: Some(at_ms),
-            offsets: DATA_FILES
+            offsets: DataFile::ALL
+                .map(DataFile::name)
                 .iter()
                 .zip(&self.offsets)
                 .map(|(name, offset)| ((*name).to_owned(), *offset))
@@ -485,16 +522,14 @@ impl Ledger {
         Ok(keys)
     }
 
-    fn append<T: Serialize>(&mut self, file: usize, row: &T) -> Result<(), LedgerError> {
+    fn append<T: Serialize>(&mut self, file: DataFile, row: &T) -> Result<(), LedgerError> {
         let mut line = serde_json::to_vec(row).expect("rows serialise");
         line.push(b'\n');
+        let name = file.name();
+        let file = file.index();
         let pending = self.offsets[file] - self.synced[file];
         self.writers[file].write_all(&line).map_err(|source| {
-            write_error(
-                self.dir.join(DATA_FILES[file]),
-                source,
-                pending + line.len() as u64,
-            )
+            write_error(self.dir.join(name), source, pending + line.len() as u64)
         })?;
         self.offsets[file] += line.len() as u64;
         Ok(())

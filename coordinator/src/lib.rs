@@ -8,6 +8,7 @@
 //! - [`compact`]: the compact map behind the per-sample indexes of a million-sample corpus.
 //! - [`coordinate`]: publish tasks with back-pressure, collect results into the ledger.
 //! - [`outage`]: waiting out a broker or state-store outage instead of failing the run.
+//! - [`error`]: why a run could not go on, by what to do next (the exit code's source).
 //! - [`embedded`]: the whole job in one process (in-process broker, state and workers).
 //! - [`distributed`]: the coordinator of a distributed job (RabbitMQ, Redis).
 //! - [`progress`]: counters, progress bar, plain progress lines.
@@ -24,6 +25,7 @@ pub mod coordinate;
 pub mod corpus;
 pub mod distributed;
 pub mod embedded;
+pub mod error;
 pub mod label_stats;
 pub mod ledger;
 pub mod manifest;

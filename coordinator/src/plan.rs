@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::card::{CARD_FILE, is_generated};
-use crate::ledger::{DATA_FILES, LEDGER_FILE};
+use crate::ledger::{DataFile, LEDGER_FILE};
 use crate::report::REPORT_FILE;
 
 /// The identity file of an output directory.
@@ -171,7 +171,8 @@ impl Plan {
             // The dataset card goes only if cai wrote it: a README.md of the user's stays.
             let card = dir.join(CARD_FILE);
             let card = is_generated(&card).then_some(CARD_FILE);
-            for name in DATA_FILES
+            for name in DataFile::ALL
+                .map(DataFile::name)
                 .iter()
                 .chain(&[
                     LEDGER_FILE,

@@ -1,6 +1,7 @@
 //! A distributed run through a 30 s outage of Redis (a private `redis-server`, stopped and
 //! started again on the same port with its data): workers and the coordinator pause instead of
 //! failing the job, and the run completes with every sample exactly once and nothing failed.
+//! A coordinator started while Redis is away waits too, and a signal ends that wait.
 
 use std::time::Duration;
 
@@ -73,6 +74,98 @@ async fn a_run_pauses_through_a_redis_outage_and_completes() {
     }
     w1.start_kill().unwrap();
     w2.start_kill().unwrap();
+}
+
+/// A coordinator started while Redis is away waits for it (instead of exiting), as it would in
+/// the middle of a run, and one Ctrl-C (SIGINT) ends that wait: exit 130, nothing published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_waits_for_redis_at_start_and_one_interrupt_stops_it() {
+    let mut redis = PrivateRedis::start();
+    redis.stop();
+    let mut run = Scenario::critique_revise(
+        ServerConfig::default(),
+        Size {
+            lines: 10,
+            revisions: 1,
+            concurrency: 2,
+        },
+    )
+    .await;
+    run.cluster.state = redis.url();
+    let log = run.dir.path("coordinator.log");
+    let mut coordinator = run.coordinator("coordinator.log");
+    cai_tests::harness::wait_until(
+        Duration::from_secs(30),
+        "the coordinator pauses for the state store",
+        || {
+            std::fs::read_to_string(&log)
+                .is_ok_and(|text| text.contains("service unavailable; pausing until it answers"))
+        },
+    )
+    .await;
+    assert!(
+        coordinator.try_wait().unwrap().is_none(),
+        "the coordinator waits instead of exiting"
+    );
+    let pid = coordinator.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), coordinator.wait())
+        .await
+        .expect("one SIGINT ends the wait within 30 s")
+        .unwrap();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(130), "{text}");
+    assert!(text.contains("run the same command again"), "{text}");
+    assert_eq!(run.committed(), 0, "nothing ran");
+}
+
+/// A worker started while Redis is away waits for it instead of exiting, starts serving once it
+/// answers, and stops at SIGTERM as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_for_redis_at_start_and_serves_once_it_answers() {
+    let mut redis = PrivateRedis::start();
+    redis.stop();
+    let mut cluster = cai_tests::cluster::Cluster::unique();
+    cluster.state = redis.url();
+    let dir = cai_tests::harness::JobDir::new();
+    let log = dir.path("worker.log");
+    let mut worker = cluster.worker("w1", &log, &[]);
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    cai_tests::harness::wait_until(
+        Duration::from_secs(30),
+        "the worker pauses for the state store",
+        || read().contains("service unavailable; pausing until it answers"),
+    )
+    .await;
+    assert!(
+        worker.try_wait().unwrap().is_none(),
+        "the worker waits instead of exiting:\n{}",
+        read()
+    );
+    redis.start_again();
+    cai_tests::harness::wait_until(Duration::from_secs(60), "the worker starts", || {
+        read().contains("worker started")
+    })
+    .await;
+    let pid = worker.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
+        .await
+        .expect("the worker stops within 30 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", read());
 }
 
 /// A Redis restarted with a large data set answers `LOADING` to every command until it has read

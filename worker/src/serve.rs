@@ -3,8 +3,9 @@
 //! heartbeats, and drains on shutdown.
 //!
 //! Invariant: a job that fails fatally on this worker (bad API key, unknown model) is reported
-//! to the state store and not served again by this worker, so the coordinator can stop the job
-//! instead of the corpus burning through failures.
+//! to the state store and not served again by this worker while its registry entry stays the
+//! same, so the coordinator can stop the job instead of the corpus burning through failures. A
+//! job registered again with another entry (the job file fixed and run again) is tried again.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,8 +45,8 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: CancellationToken,
 ) {
-    let mut serving: HashMap<String, CancellationToken> = HashMap::new();
-    let mut given_up: HashMap<String, String> = HashMap::new();
+    let mut serving: HashMap<String, Serving> = HashMap::new();
+    let mut given_up: HashMap<String, Serving> = HashMap::new();
     let mut consumers: JoinSet<(String, Result<(), String>)> = JoinSet::new();
     let started = Instant::now();
     let mut poll = tokio::time::interval(options.poll_interval);
@@ -72,54 +73,70 @@ pub async fn serve(
                         continue;
                     }
                 };
-                serving.retain(|job, token| {
+                serving.retain(|job, serving| {
                     let keep = active.contains(job);
                     if !keep {
                         tracing::info!(job, "job no longer active; stopping");
-                        token.cancel();
+                        serving.token.cancel();
                     }
                     keep
                 });
                 for job in active {
-                    if serving.contains_key(&job) || given_up.contains_key(&job) {
+                    if serving.contains_key(&job) {
                         continue;
                     }
-                    match start_job(&job, &broker, &state, &options, &shutdown).await {
+                    let entry = match state.get_job(&job).await {
+                        Ok(Some((json, _))) => json,
+                        Ok(None) => {
+                            tracing::warn!(job, "job is active but not registered yet; retrying");
+                            continue;
+                        }
+                        Err(error) => {
+                            tracing::warn!(job, %error, "cannot read this job's spec yet; retrying");
+                            continue;
+                        }
+                    };
+                    if given_up.get(&job).is_some_and(|gave_up| gave_up.entry == entry) {
+                        continue;
+                    }
+                    if given_up.remove(&job).is_some() {
+                        tracing::info!(job, "job registered again with another spec; trying it again");
+                    }
+                    match start_job(&job, &entry, &broker, &state, &options, &shutdown) {
                         Ok((token, consumer)) => {
                             tracing::info!(job, "serving job");
-                            serving.insert(job.clone(), token);
+                            serving.insert(job.clone(), Serving { token, entry });
                             consumers.spawn(async move { (job, consumer.await) });
-                        }
-                        Err(StartError::Unavailable(error)) => {
-                            tracing::warn!(job, %error, "cannot read this job's spec yet; retrying");
                         }
                         Err(StartError::Unreadable(error)) => {
                             // Written by a newer coordinator: another worker may serve it.
                             tracing::error!(job, %error, "cannot read this job's spec; not serving it");
-                            given_up.insert(job, error);
+                            given_up.insert(job, Serving::given_up(entry));
                         }
                         Err(StartError::Fatal(error)) => {
                             tracing::error!(job, %error, "cannot serve job");
                             report_fatal(&state, &job, &error).await;
-                            given_up.insert(job, error);
+                            given_up.insert(job, Serving::given_up(entry));
                         }
                     }
                 }
             }
             Some(joined) = consumers.join_next(), if !consumers.is_empty() => {
                 let Ok((job, outcome)) = joined else { continue };
-                serving.remove(&job);
+                let served = serving.remove(&job);
                 if let Err(error) = outcome {
                     tracing::error!(job, %error, "job failed fatally on this worker");
                     report_fatal(&state, &job, &error).await;
-                    given_up.insert(job, error);
+                    if let Some(served) = served {
+                        given_up.insert(job, Serving::given_up(served.entry));
+                    }
                 }
             }
         }
     }
     tracing::info!(grace = ?options.grace, "draining: finishing tasks in flight");
-    for token in serving.values() {
-        token.cancel();
+    for served in serving.values() {
+        served.token.cancel();
     }
     let drained = tokio::time::timeout(options.grace, async {
         while consumers.join_next().await.is_some() {}
@@ -133,10 +150,25 @@ pub async fn serve(
 
 type Consumer = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
+/// A job this worker serves, or gave up on, with the registry entry it read: a job given up
+/// is tried again only once its entry changes.
+struct Serving {
+    /// Stops serving it (a cancelled token for a job given up).
+    token: CancellationToken,
+    /// The registry entry (descriptor JSON) the job was started from.
+    entry: String,
+}
+
+impl Serving {
+    fn given_up(entry: String) -> Self {
+        let token = CancellationToken::new();
+        token.cancel();
+        Self { token, entry }
+    }
+}
+
 /// Why a job could not be started on this worker.
 enum StartError {
-    /// The state store is away: try again at the next poll.
-    Unavailable(String),
     /// The registry entry does not decode (a newer format): this worker skips the job, newer
     /// workers can serve it, so the job itself is not stopped.
     Unreadable(String),
@@ -144,35 +176,23 @@ enum StartError {
     Fatal(String),
 }
 
-/// Builds a job's context from the registry and starts consuming its tasks.
-async fn start_job(
+/// Builds a job's context from its registry entry `json` and starts consuming its tasks.
+fn start_job(
     job: &str,
+    json: &str,
     broker: &Arc<dyn Broker>,
     state: &Arc<dyn StateStore>,
     options: &ServeOptions,
     shutdown: &CancellationToken,
 ) -> Result<(CancellationToken, Consumer), StartError> {
-    let (json, _) = state
-        .get_job(job)
-        .await
-        .map_err(|e| {
-            if e.is_unavailable() {
-                StartError::Unavailable(e.to_string())
-            } else {
-                StartError::Unreadable(e.to_string())
-            }
-        })?
-        .ok_or_else(|| {
-            StartError::Unreadable(format!("job {job:?} is active but not registered"))
-        })?;
-    if let Some(version) = format_version_of(&json).filter(|v| *v != FORMAT_VERSION) {
+    if let Some(version) = format_version_of(json).filter(|v| *v != FORMAT_VERSION) {
         return Err(StartError::Unreadable(format!(
             "job {job:?} is registered with message format version {version}; this worker (cai \
              {}) speaks version {FORMAT_VERSION}, so it leaves the job to workers that do",
             env!("CARGO_PKG_VERSION")
         )));
     }
-    let descriptor = JobDescriptor::from_json(&json).map_err(|e| {
+    let descriptor = JobDescriptor::from_json(json).map_err(|e| {
         StartError::Unreadable(format!("job {job:?}: unreadable registry entry: {e}"))
     })?;
     let models =

@@ -229,9 +229,11 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 /// Prints an error with its chain of causes, one per line.
-fn report(error: &anyhow::Error) {
+fn report(error: &(dyn std::error::Error + 'static)) {
     eprintln!("error: {error}");
-    for cause in error.chain().skip(1) {
-        eprintln!("  caused by: {cause}");
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        eprintln!("  caused by: {error}");
+        cause = error.source();
     }
 }

@@ -17,7 +17,7 @@ pub(super) fn report(dir: &Path, out: Option<&Path>) -> u8 {
     match report::write(dir, out) {
         Ok(path) => println!("report: {}", path.display()),
         Err(error) => {
-            super::report(&error);
+            super::report(error.as_ref());
             return 1;
         }
     }
@@ -33,7 +33,7 @@ pub(super) fn report(dir: &Path, out: Option<&Path>) -> u8 {
             )
         }
         Err(error) => {
-            super::report(&error);
+            super::report(error.as_ref());
             return 1;
         }
     }

@@ -105,13 +105,7 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         Ok(summary) => summary,
         Err(error) => {
             report(&error);
-            // Refusing a job the services hold in a newer format is like refusing a changed
-            // spec: the command line, not the run, must change.
-            return if error.downcast_ref::<distributed::Refused>().is_some() {
-                2
-            } else {
-                1
-            };
+            return error.exit_code();
         }
     };
     let labels = match manifest::write(&plan, &summary, started_at) {

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use cai_common::service_error::{ServiceError, through_outage};
 use cai_worker::serve::{self, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -13,19 +14,33 @@ use crate::telemetry::listener::{self, Readiness};
 const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([0, 0, 0, 0], 9090);
 
 pub(super) async fn worker(args: WorkerArgs) -> u8 {
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone());
+    // Services that are away when the worker starts are waited for, as while it serves; a
+    // signal ends the wait.
     let tls = args.tls.files();
-    let broker = match cai_common::broker::connect_with_tls(&args.broker, &tls).await {
-        Ok(broker) => broker,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 1;
-        }
+    let connected = async {
+        let broker = through_outage("connecting to the broker", None, || {
+            cai_common::broker::connect_with_tls(&args.broker, &tls)
+        })
+        .await?;
+        let state = through_outage("connecting to the state store", None, || {
+            cai_common::state::connect_with_tls(&args.state, &tls)
+        })
+        .await?;
+        Ok::<_, ServiceError>((broker, state))
     };
-    let state = match cai_common::state::connect_with_tls(&args.state, &tls).await {
-        Ok(state) => state,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 1;
+    let (broker, state) = tokio::select! {
+        connected = connected => match connected {
+            Ok(services) => services,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return 1;
+            }
+        },
+        () = shutdown.cancelled() => {
+            tracing::info!("worker stopped before the services answered");
+            return 0;
         }
     };
     let worker_id = args.id.unwrap_or_else(|| {
@@ -40,7 +55,6 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
         heartbeat_ttl: Duration::from_secs(15),
         grace: Duration::from_secs(args.grace_s),
     };
-    let shutdown = CancellationToken::new();
     let readiness = Readiness {
         draining: shutdown.clone(),
         broker: Some(broker.clone()),
@@ -63,21 +77,22 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
             }
         },
     };
-    {
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let mut terminate =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler installs");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            shutdown.cancel();
-        });
-    }
     tracing::info!(worker = options.worker_id, "worker started");
     serve::serve(broker, state, options, shutdown).await;
     tracing::info!("worker stopped");
     0
+}
+
+/// Cancels `shutdown` at the first SIGTERM or Ctrl-C: the worker then drains.
+fn watch_signals(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        shutdown.cancel();
+    });
 }

@@ -11,7 +11,7 @@ use super::JobSpec;
 
 impl JobSpec {
     /// The settings that decide what a job computes, as JSON: everything but how this run is
-    /// operated and published (output place, licence, `limit`, endpoints' URLs, concurrency, timeouts, latency, retries,
+    /// operated and published (output place, licence, `limit`, endpoints' URLs and replicas, concurrency, timeouts, latency, retries,
     /// rate limits, prices). Two specs with the same view (and the same constitution) produce the
     /// same rows.
     pub fn semantic_view(&self, constitution_hash: &str) -> Value {
@@ -34,6 +34,8 @@ impl JobSpec {
             for model in models.values_mut().filter_map(Value::as_object_mut) {
                 for operational in [
                     "url",
+                    "replicas_from_dns",
+                    "dns_refresh_s",
                     "api_key_env",
                     "max_concurrency",
                     "max_concurrency_limit",

@@ -588,4 +588,115 @@ backend = "mock"
         assert_eq!(field, "license");
         assert!(message.contains("cc-by-4.0"), "{message}");
     }
+
+    #[test]
+    fn url_takes_a_list_of_replicas_and_one_url_is_written_as_before() {
+        let one = parse(EXAMPLE).unwrap();
+        let json = serde_json::to_value(&one.spec).unwrap();
+        assert_eq!(json["models"]["policy"]["url"], "http://127.0.0.1:8000/v1");
+        let policy = json["models"]["policy"].as_object().unwrap();
+        assert!(!policy.contains_key("replicas_from_dns") && !policy.contains_key("dns_refresh_s"));
+        // A list of one is the same job as the string.
+        let listed = EXAMPLE.replace(
+            "url = \"http://127.0.0.1:8000/v1\"",
+            "url = [\"http://127.0.0.1:8000/v1\"]",
+        );
+        assert_eq!(parse(&listed).unwrap().spec, one.spec);
+
+        let three = EXAMPLE.replace(
+            "url = \"http://127.0.0.1:8000/v1\"",
+            "url = [\"http://10.0.0.1:8000/v1\", \"http://10.0.0.2:8000/v1\", \"https://b/v1\"]",
+        );
+        let replicas = parse(&three).unwrap();
+        let BackendSpec::Openai(openai) = &replicas.spec.models["policy"].backend else {
+            panic!("an openai model");
+        };
+        assert_eq!(openai.urls.len(), 3);
+        assert_eq!(openai.dns_refresh_s, None);
+        let json = serde_json::to_value(&replicas.spec).unwrap();
+        assert_eq!(json["models"]["policy"]["url"][2], "https://b/v1");
+        let back: JobSpec = serde_json::from_value(json).unwrap();
+        assert_eq!(back, replicas.spec);
+        assert_eq!(
+            replicas.spec.fingerprint("c1"),
+            one.spec.fingerprint("c1"),
+            "where the replicas are does not change what is computed"
+        );
+    }
+
+    #[test]
+    fn a_bad_list_of_urls_is_refused_naming_the_key_and_no_url() {
+        let with = |urls: &str| {
+            EXAMPLE.replace(
+                "url = \"http://127.0.0.1:8000/v1\"",
+                &format!("url = {urls}"),
+            )
+        };
+        for (urls, expected) in [
+            ("[]", "at least one"),
+            (
+                "[\"http://alice:hunter2@a/v1\", \"ftp://alice:hunter2@b/v1\"]",
+                "URL 2 of the list must start with http:// or https://",
+            ),
+            (
+                "[\"http://alice:hunter2@a/v1\", \"http://b/v1\", \"http://alice:hunter2@a/v1/\"]",
+                "URLs 1 and 3 of the list are the same",
+            ),
+        ] {
+            let (field, message) = invalid(&with(urls));
+            assert_eq!(field, "models.policy", "{urls}");
+            assert!(
+                message.contains("`url`") && message.contains(expected),
+                "{message}"
+            );
+            assert!(!message.contains("hunter2"), "{message}");
+        }
+        match parse(&with("7")) {
+            Err(JobError::Parse { message, .. }) => {
+                assert!(message.contains("a URL or a list of URLs"), "{message}")
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replicas_from_dns_is_operational_and_its_refresh_defaults_to_30_s() {
+        let one = parse(EXAMPLE).unwrap();
+        let dns = |lines: &str| EXAMPLE.replace("api_key_env", &format!("{lines}\napi_key_env"));
+        let refresh = |text: &str| match &parse(text).unwrap().spec.models["policy"].backend {
+            BackendSpec::Openai(openai) => openai.dns_refresh_s,
+            other => panic!("an openai model: {other:?}"),
+        };
+        assert_eq!(refresh(EXAMPLE), None);
+        assert_eq!(refresh(&dns("replicas_from_dns = true")), Some(30));
+        let every_5 = dns("replicas_from_dns = true\ndns_refresh_s = 5");
+        assert_eq!(refresh(&every_5), Some(5));
+        for text in [dns("replicas_from_dns = true"), every_5] {
+            let spec = parse(&text).unwrap().spec;
+            assert_eq!(spec.fingerprint("c1"), one.spec.fingerprint("c1"));
+            let back: JobSpec =
+                serde_json::from_value(serde_json::to_value(&spec).unwrap()).unwrap();
+            assert_eq!(back, spec);
+        }
+        for (lines, expected) in [
+            ("dns_refresh_s = 5", "needs `replicas_from_dns = true`"),
+            ("replicas_from_dns = true\ndns_refresh_s = 0", "at least 1"),
+        ] {
+            let (field, message) = invalid(&dns(lines));
+            assert_eq!(field, "models.policy");
+            assert!(
+                message.contains("`dns_refresh_s`") && message.contains(expected),
+                "{message}"
+            );
+        }
+        let mock = PAIRWISE.replace(
+            "backend = \"mock\"",
+            "backend = \"mock\"\nreplicas_from_dns = true",
+        );
+        let (_, message) = invalid(&mock);
+        assert!(
+            message.contains("`replicas_from_dns`") && message.contains("\"openai\""),
+            "{message}"
+        );
+    }
 }

@@ -86,8 +86,13 @@ impl BackendSpec {
 /// How an OpenAI-compatible server is reached.
 #[derive(Clone, Debug, PartialEq)]
 pub struct OpenaiSpec {
-    /// Base URL, e.g. `http://127.0.0.1:8000/v1`.
-    pub url: String,
+    /// Base URLs of the servers, e.g. `http://127.0.0.1:8000/v1`: one, or one per replica (at
+    /// least one, no two alike). The job file writes one as a string, several as a list.
+    pub urls: Vec<String>,
+    /// Set (`replicas_from_dns = true`): every address the URLs' host names resolve to is a
+    /// replica, looked up again every this many seconds (`dns_refresh_s`). Unset: each URL is
+    /// one server, reached as its host resolves.
+    pub dns_refresh_s: Option<u64>,
     /// The model name the server knows.
     pub model: String,
     /// Chat or completions endpoint.
@@ -157,7 +162,8 @@ impl ModelSpec {
     pub fn openai(url: &str, model: &str) -> Self {
         Self {
             backend: BackendSpec::Openai(OpenaiSpec {
-                url: url.to_owned(),
+                urls: vec![url.to_owned()],
+                dns_refresh_s: None,
                 model: model.to_owned(),
                 endpoint: Endpoint::Chat,
                 prefill: false,
@@ -182,7 +188,12 @@ impl ModelSpec {
 pub(super) struct ModelFile {
     backend: Backend,
     #[serde(default)]
-    url: Option<String>,
+    url: Option<Urls>,
+    // Both left out when off, so jobs from before the settings serialise as they did.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    replicas_from_dns: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dns_refresh_s: Option<u64>,
     #[serde(default)]
     model: Option<String>,
     #[serde(default = "default_endpoint")]
@@ -225,6 +236,17 @@ pub(super) struct ModelFile {
     threads: Option<usize>,
 }
 
+/// `url` as a job file writes it: one URL (a string, as before replicas), or a list of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(untagged, expecting = "a URL or a list of URLs")]
+enum Urls {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// How often DNS replicas are looked up again when `dns_refresh_s` is left out.
+const DEFAULT_DNS_REFRESH_S: u64 = 30;
+
 fn default_endpoint() -> Endpoint {
     Endpoint::Chat
 }
@@ -252,6 +274,8 @@ impl ModelFile {
         Self {
             backend,
             url: None,
+            replicas_from_dns: false,
+            dns_refresh_s: None,
             model: None,
             endpoint: default_endpoint(),
             prefill: false,
@@ -279,6 +303,12 @@ impl ModelFile {
     fn foreign_keys(&self) -> Vec<(&'static str, Backend)> {
         let owned = [
             (self.url.is_some(), "url", Backend::Openai),
+            (self.replicas_from_dns, "replicas_from_dns", Backend::Openai),
+            (
+                self.dns_refresh_s.is_some(),
+                "dns_refresh_s",
+                Backend::Openai,
+            ),
             (self.model.is_some(), "model", Backend::Openai),
             (self.endpoint != Endpoint::Chat, "endpoint", Backend::Openai),
             (self.prefill, "prefill", Backend::Openai),
@@ -333,19 +363,14 @@ impl ModelFile {
         }
         Ok(match self.backend {
             Backend::Openai => {
-                let url = self
-                    .url
-                    .clone()
-                    .ok_or("`url` is required for backend \"openai\"")?;
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err("`url` must start with http:// or https://".into());
-                }
+                let urls = self.urls()?;
                 let model = self
                     .model
                     .clone()
                     .ok_or("`model` is required for backend \"openai\"")?;
                 BackendSpec::Openai(OpenaiSpec {
-                    url,
+                    urls,
+                    dns_refresh_s: self.dns_refresh()?,
                     model,
                     endpoint: self.endpoint,
                     prefill: self.prefill,
@@ -369,6 +394,53 @@ impl ModelFile {
                 latency_ms: self.latency_ms,
             }),
         })
+    }
+}
+
+impl ModelFile {
+    /// The URLs of an `openai` model: at least one, each `http://` or `https://`, no two alike
+    /// (up to a trailing slash). Messages name positions, not URLs, which may hold a password.
+    fn urls(&self) -> Result<Vec<String>, String> {
+        let urls = match self.url.clone() {
+            None => return Err("`url` is required for backend \"openai\"".into()),
+            Some(Urls::One(url)) => vec![url],
+            Some(Urls::Many(urls)) => urls,
+        };
+        if urls.is_empty() {
+            return Err("`url` must list at least one URL".into());
+        }
+        for (index, url) in urls.iter().enumerate() {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(match self.url {
+                    Some(Urls::Many(_)) => format!(
+                        "`url`: URL {} of the list must start with http:// or https://",
+                        index + 1
+                    ),
+                    _ => "`url` must start with http:// or https://".into(),
+                });
+            }
+            if let Some(first) = urls[..index]
+                .iter()
+                .position(|earlier| earlier.trim_end_matches('/') == url.trim_end_matches('/'))
+            {
+                return Err(format!(
+                    "`url`: URLs {} and {} of the list are the same",
+                    first + 1,
+                    index + 1
+                ));
+            }
+        }
+        Ok(urls)
+    }
+
+    /// `dns_refresh_s` when `replicas_from_dns` is on (default [`DEFAULT_DNS_REFRESH_S`]).
+    fn dns_refresh(&self) -> Result<Option<u64>, String> {
+        match (self.replicas_from_dns, self.dns_refresh_s) {
+            (_, Some(0)) => Err("`dns_refresh_s` must be at least 1".into()),
+            (false, Some(_)) => Err("`dns_refresh_s` needs `replicas_from_dns = true`".into()),
+            (false, None) => Ok(None),
+            (true, refresh) => Ok(Some(refresh.unwrap_or(DEFAULT_DNS_REFRESH_S))),
+        }
     }
 }
 
@@ -425,7 +497,16 @@ impl From<ModelSpec> for ModelFile {
         };
         match backend {
             BackendSpec::Openai(openai) => {
-                file.url = Some(openai.url);
+                let mut urls = openai.urls;
+                // One URL is written as a string, as before lists: the same JSON, the same job.
+                file.url = Some(match urls.len() {
+                    1 => Urls::One(urls.remove(0)),
+                    _ => Urls::Many(urls),
+                });
+                file.replicas_from_dns = openai.dns_refresh_s.is_some();
+                file.dns_refresh_s = openai
+                    .dns_refresh_s
+                    .filter(|&refresh| refresh != DEFAULT_DNS_REFRESH_S);
                 file.model = Some(openai.model);
                 file.endpoint = openai.endpoint;
                 file.prefill = openai.prefill;

@@ -69,6 +69,29 @@ pub struct ClientLabels {
     pub model: String,
 }
 
+/// Labels of a per-replica series. Like [`ClientLabels`], without the job: a model's replicas
+/// serve every job that names the model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaLabels {
+    /// The model's name in the job file.
+    pub model: String,
+    /// The replica's base URL without secrets (`openai::redact`); a replica found by DNS shows
+    /// its address in place of the name.
+    pub replica: String,
+}
+
+/// Labels of a per-replica call counter: `outcome` is `answered`, `failed` (a 5xx, a timeout, a
+/// cut-off reply) or `refused` (no connection).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReplicaCallLabels {
+    /// The model's name in the job file.
+    pub model: String,
+    /// As in [`ReplicaLabels`].
+    pub replica: String,
+    /// `answered`, `failed` or `refused`.
+    pub outcome: &'static str,
+}
+
 /// Labels of a queue gauge: `queue` is `tasks`, `results` or `dead`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
@@ -149,6 +172,14 @@ pub struct Metrics {
     /// `cai_model_concurrency_limit{model}`: attempts a model may have in flight from this
     /// process now (a fixed `max_concurrency`, or where `"auto"` has taken it).
     pub concurrency_limit: Family<ClientLabels, Gauge>,
+    /// `cai_replica_calls_total{model,replica,outcome}`: attempts per replica of an `openai`
+    /// model, by how they went.
+    pub replica_calls: Family<ReplicaCallLabels, Counter>,
+    /// `cai_replica_call_duration_seconds{model,replica}`: latency of the attempts a replica
+    /// answered or failed (not of refused connections).
+    pub replica_latency: HistogramFamily<ReplicaLabels>,
+    /// `cai_replica_ejections_total{model,replica}`: times a replica was ejected after failing.
+    pub replica_ejections: Family<ReplicaLabels, Counter>,
     /// `cai_worker_pauses_total{job}`: pauses after finding a model endpoint unreachable.
     pub pauses: Family<JobLabels, Counter>,
     /// `cai_tasks_in_flight{job}`: tasks a worker of this process is running.
@@ -172,6 +203,11 @@ impl Metrics {
             tokens: Family::default(),
             retries: Family::default(),
             concurrency_limit: Family::default(),
+            replica_calls: Family::default(),
+            replica_latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 18))
+            }),
+            replica_ejections: Family::default(),
             pauses: Family::default(),
             tasks_in_flight: Family::default(),
             queue_depth: Family::default(),
@@ -208,6 +244,21 @@ impl Metrics {
             "model_concurrency_limit",
             "Attempts a model may have in flight from this process",
             metrics.concurrency_limit.clone(),
+        );
+        metrics.registry.register(
+            "replica_calls",
+            "Attempts per replica of a model, by how they went",
+            metrics.replica_calls.clone(),
+        );
+        metrics.registry.register(
+            "replica_call_duration_seconds",
+            "Latency of the attempts a replica answered or failed",
+            metrics.replica_latency.clone(),
+        );
+        metrics.registry.register(
+            "replica_ejections",
+            "Times a replica was ejected after failing",
+            metrics.replica_ejections.clone(),
         );
         metrics.registry.register(
             "worker_pauses",

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Serialize;
 
-use crate::ledger::DATA_FILES;
+use crate::ledger::DataFile;
 use crate::report::headline::{Figure, Headline};
 use crate::report::write_atomically;
 use crate::rows::count_lines;
@@ -73,9 +73,9 @@ pub fn render(dir: &Path) -> anyhow::Result<Option<String>> {
     let pairwise = headline.pipeline == "pairwise";
     let mut configs = Vec::new();
     for (name, file) in [
-        ("sft", DATA_FILES[0]),
-        ("preferences", DATA_FILES[1]),
-        ("traces", DATA_FILES[2]),
+        ("sft", DataFile::Sft.name()),
+        ("preferences", DataFile::Preferences.name()),
+        ("traces", DataFile::Traces.name()),
     ] {
         let rows = count_lines(&dir.join(file))
             .with_context(|| format!("{}: cannot read {file}", dir.display()))?;

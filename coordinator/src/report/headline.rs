@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::label_stats::{self, LabelStats};
-use crate::ledger::{self, CommitPoint, DATA_FILES};
+use crate::ledger::{self, CommitPoint, DataFile};
 use crate::manifest;
 use crate::plan::{ConstitutionSummary, read_identity};
 use crate::rows::for_each_row;
@@ -405,7 +405,7 @@ fn failures(dir: &Path) -> std::io::Result<Vec<FailureKind>> {
         reason: String,
     }
     let mut kinds: BTreeMap<String, u64> = BTreeMap::new();
-    for_each_row(&dir.join(DATA_FILES[3]), |row: Failed| {
+    for_each_row(&dir.join(DataFile::Failed.name()), |row: Failed| {
         *kinds.entry(reason_kind(&row.reason)).or_default() += 1;
     })?;
     let mut kinds: Vec<FailureKind> = kinds

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::plots;
 use crate::label_stats::LabelStats;
-use crate::ledger::DATA_FILES;
+use crate::ledger::DataFile;
 use crate::rows::for_each_row;
 
 /// The fields of a preference row this section reads.
@@ -60,7 +60,7 @@ pub fn read(dir: &Path, labels: LabelStats) -> std::io::Result<PairwiseSection> 
     let mut by_order: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut masses = Vec::new();
     let mut principles: BTreeMap<String, (f64, u64)> = BTreeMap::new();
-    for_each_row(&dir.join(DATA_FILES[1]), |row: Row| {
+    for_each_row(&dir.join(DataFile::Preferences.name()), |row: Row| {
         p_chosen.push(row.p_chosen);
         for reading in row.readings {
             let p_x = if reading.order == "xy" {

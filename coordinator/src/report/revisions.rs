@@ -8,7 +8,7 @@ use cai_common::result::TraceStep;
 use serde::{Deserialize, Serialize};
 
 use super::plots;
-use crate::ledger::DATA_FILES;
+use crate::ledger::DataFile;
 use crate::rows::for_each_row;
 
 /// The fields of a trace row this section reads.
@@ -58,7 +58,7 @@ struct Round {
 pub fn read(dir: &Path) -> std::io::Result<RevisionSection> {
     let mut principles: BTreeMap<String, f64> = BTreeMap::new();
     let mut rounds: BTreeMap<u32, Round> = BTreeMap::new();
-    for_each_row(&dir.join(DATA_FILES[2]), |trace: Trace| {
+    for_each_row(&dir.join(DataFile::Traces.name()), |trace: Trace| {
         let mut previous: Option<&str> = None;
         for step in &trace.steps {
             let round = if step.step == "initial" {

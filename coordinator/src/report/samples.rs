@@ -10,7 +10,7 @@ use cai_common::message::Message;
 use cai_common::result::{Reading, TraceStep};
 use serde::{Deserialize, Serialize};
 
-use crate::ledger::DATA_FILES;
+use crate::ledger::DataFile;
 use crate::rows::for_each_row;
 
 /// Texts longer than this are cut in the browser, so a page of long answers stays small.
@@ -111,7 +111,7 @@ struct Failed {
 /// revision-over-initial rows, whose prompt is read from `sft.jsonl`).
 pub fn read(dir: &Path, n: usize, pairwise: bool) -> std::io::Result<Vec<SampleView>> {
     let mut picked: Vec<Trace> = Vec::new();
-    for_each_row(&dir.join(DATA_FILES[2]), |trace: Trace| {
+    for_each_row(&dir.join(DataFile::Traces.name()), |trace: Trace| {
         picked.push(trace);
         if picked.len() >= 2 * n.max(1) {
             picked.sort_by(|a, b| a.key.cmp(&b.key));
@@ -152,20 +152,23 @@ pub fn read(dir: &Path, n: usize, pairwise: bool) -> std::io::Result<Vec<SampleV
         .map(|(i, view)| (view.id.clone(), i))
         .collect();
     if pairwise {
-        for_each_row(&dir.join(DATA_FILES[1]), |row: Preference| {
-            if let Some(view) = index.get(&row.id).map(|&i| &mut views[i]) {
-                view.prompt = turns(row.prompt);
-                view.pair = Some(PairView {
-                    chosen: cut(text(row.chosen)),
-                    rejected: cut(text(row.rejected)),
-                    p_chosen: row.p_chosen.unwrap_or(f64::NAN),
-                    position_consistent: row.position_consistent,
-                    readings: row.readings,
-                });
-            }
-        })?;
+        for_each_row(
+            &dir.join(DataFile::Preferences.name()),
+            |row: Preference| {
+                if let Some(view) = index.get(&row.id).map(|&i| &mut views[i]) {
+                    view.prompt = turns(row.prompt);
+                    view.pair = Some(PairView {
+                        chosen: cut(text(row.chosen)),
+                        rejected: cut(text(row.rejected)),
+                        p_chosen: row.p_chosen.unwrap_or(f64::NAN),
+                        position_consistent: row.position_consistent,
+                        readings: row.readings,
+                    });
+                }
+            },
+        )?;
     } else {
-        for_each_row(&dir.join(DATA_FILES[0]), |mut row: Sft| {
+        for_each_row(&dir.join(DataFile::Sft.name()), |mut row: Sft| {
             if let Some(view) = index.get(&row.id).map(|&i| &mut views[i]) {
                 if view.prompt.is_empty() {
                     row.messages.pop();
@@ -174,7 +177,7 @@ pub fn read(dir: &Path, n: usize, pairwise: bool) -> std::io::Result<Vec<SampleV
             }
         })?;
     }
-    for_each_row(&dir.join(DATA_FILES[3]), |row: Failed| {
+    for_each_row(&dir.join(DataFile::Failed.name()), |row: Failed| {
         if let Some(view) = index.get(&row.id).map(|&i| &mut views[i]) {
             view.failure = Some(cut(row.reason));
         }

@@ -24,6 +24,8 @@ pub struct RecordedCall {
     /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`; or
     /// `"capacity"`: a 429 because [`ServerConfig::capacity`] requests were already in flight.
     pub fault: Option<&'static str>,
+    /// The request's `Host` header: the name a client connected to an address by asked for.
+    pub host: Option<String>,
 }
 
 impl RecordedCall {

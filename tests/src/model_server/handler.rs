@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, HOST, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -60,7 +60,7 @@ pub(super) async fn completions(
 async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
     let Some(_in_flight) = shared.enter() else {
-        return over_capacity(shared, api, raw, &parsed);
+        return over_capacity(shared, api, headers, raw, &parsed);
     };
     let authorized = shared.config.api_key.as_ref().is_none_or(|key| {
         headers
@@ -88,7 +88,7 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
             counted.repeats += 1;
         }
     }
-    log_call(shared, api, raw, &parsed, fault.map(Fault::name));
+    log_call(shared, api, headers, raw, &parsed, fault.map(Fault::name));
     if !authorized {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -162,7 +162,13 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
 
 /// Records and counts a request refused because the server is at its capacity, and refuses it
 /// with a 429.
-fn over_capacity(shared: &Shared, api: Api, raw: &[u8], parsed: &Option<Value>) -> Response {
+fn over_capacity(
+    shared: &Shared,
+    api: Api,
+    headers: &HeaderMap,
+    raw: &[u8],
+    parsed: &Option<Value>,
+) -> Response {
     {
         let mut counted = shared
             .counted
@@ -171,7 +177,7 @@ fn over_capacity(shared: &Shared, api: Api, raw: &[u8], parsed: &Option<Value>) 
         counted.requests += 1;
         counted.over_capacity += 1;
     }
-    log_call(shared, api, raw, parsed, Some("capacity"));
+    log_call(shared, api, headers, raw, parsed, Some("capacity"));
     error(
         StatusCode::TOO_MANY_REQUESTS,
         "The server is at its capacity; try again later.",
@@ -183,6 +189,7 @@ fn over_capacity(shared: &Shared, api: Api, raw: &[u8], parsed: &Option<Value>) 
 fn log_call(
     shared: &Shared,
     api: Api,
+    headers: &HeaderMap,
     raw: &[u8],
     parsed: &Option<Value>,
     fault: Option<&'static str>,
@@ -201,6 +208,10 @@ fn log_call(
                 .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
             judge: parsed.as_ref().is_some_and(is_judge),
             fault,
+            host: headers
+                .get(HOST)
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
         });
 }
 

@@ -13,6 +13,7 @@ pub mod limits;
 pub mod local;
 pub mod mock;
 pub mod openai;
+pub mod replicas;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -268,11 +269,16 @@ pub struct Models {
     models: BTreeMap<String, Arc<dyn Model>>,
 }
 
-/// Where a model's calls go, for spans: the server URL without secrets, or the backend and
-/// the model file.
+/// Where a model's calls go, for spans: the server URLs without secrets (comma-separated when
+/// the model has replicas), or the backend and the model file.
 pub fn endpoint(spec: &ModelSpec) -> String {
     match &spec.backend {
-        BackendSpec::Openai(openai) => openai::redact(&openai.url),
+        BackendSpec::Openai(openai) => openai
+            .urls
+            .iter()
+            .map(|url| openai::redact(url))
+            .collect::<Vec<_>>()
+            .join(", "),
         BackendSpec::Mock(_) => "mock".into(),
         BackendSpec::Local(local) => format!("local:{}", local.path.display()),
     }

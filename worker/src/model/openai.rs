@@ -1,7 +1,9 @@
 //! The `openai` backend: any OpenAI-compatible HTTP server (vLLM, SGLang, TGI, llama.cpp server,
 //! Ollama, hosted APIs), on its chat or its completions endpoint.
 //!
-//! One [`reqwest::Client`] per model reuses connections (HTTP/2 where the server offers it over
+//! A model may be served by several replicas ([`super::replicas`]): each attempt goes to the
+//! one with the fewest attempts outstanding, so a retry may go to another. One
+//! [`reqwest::Client`] per replica reuses connections (HTTP/2 where the server offers it over
 //! TLS). A call here is one request: this module speaks the wire format and classifies every
 //! failure as [`ModelError::Retryable`] (with the server's `Retry-After`; `overloaded` for a 429,
 //! a 503 and a timeout, `unreachable` when the server cannot be reached),
@@ -23,6 +25,7 @@ use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::{Value, json};
 
+use super::replicas::{Connect, Discovery, Health, Replicas, Resolver, Target, system_resolver};
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
 /// How long establishing a connection may take.
@@ -42,17 +45,16 @@ pub struct OpenAiModel {
     endpoint: Endpoint,
     /// Whether the server continues a final assistant message (a prompt's `prefill`).
     prefill: bool,
-    /// The full endpoint URL requests go to.
-    url: String,
-    /// The endpoint URL with userinfo and query removed, for messages.
-    shown_url: String,
+    /// The endpoint's path below a replica's base URL.
+    path: &'static str,
+    /// The servers requests go to, each with its client.
+    replicas: Replicas<reqwest::Client>,
     /// The variable the key came from, for messages.
     api_key_env: Option<String>,
     /// The API key, sent as a bearer token.
     api_key: Option<String>,
-    /// Strings that must never appear in an error: the key and the URL's password.
+    /// Strings that must never appear in an error: the key and the URLs' passwords.
     secrets: Vec<String>,
-    client: reqwest::Client,
     temperature: f32,
     max_tokens: u32,
     timeout: Duration,
@@ -77,8 +79,21 @@ impl OpenAiModel {
         sampling: &Sampling,
         timeout: Duration,
     ) -> Result<Self, ModelError> {
+        Self::with_resolver(name, spec, sampling, timeout, system_resolver())
+    }
+
+    /// As [`OpenAiModel::new`], with the names of DNS replicas (`replicas_from_dns`) looked up
+    /// by `resolver` instead of the system's: a test serves a made-up name from addresses of
+    /// its own.
+    pub fn with_resolver(
+        name: &str,
+        spec: &OpenaiSpec,
+        sampling: &Sampling,
+        timeout: Duration,
+        resolver: Resolver,
+    ) -> Result<Self, ModelError> {
         let fatal = |what: String| ModelError::JobFatal(format!("model {name}: {what}"));
-        let base = spec.url.as_str();
+        let urls = spec.urls.clone();
         let model = spec.model.clone();
         let api_key = match &spec.api_key_env {
             None => None,
@@ -91,34 +106,34 @@ impl OpenAiModel {
                 }
             },
         };
-        let client = reqwest::Client::builder()
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(timeout)
-            .build()
-            .map_err(|e| fatal(format!("cannot build the HTTP client: {e}")))?;
         let path = match spec.endpoint {
             Endpoint::Chat => "chat/completions",
             Endpoint::Completions => "completions",
         };
-        let url = format!("{}/{path}", base.trim_end_matches('/'));
         let mut secrets: Vec<String> = api_key.iter().cloned().collect();
-        if let Some(password) = reqwest::Url::parse(base)
-            .ok()
-            .and_then(|u| u.password().map(str::to_owned))
-        {
-            secrets.push(password);
-        }
+        secrets.extend(urls.iter().filter_map(|url| {
+            reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.password().map(str::to_owned))
+        }));
+        let discovery = match spec.dns_refresh_s {
+            Some(refresh) => Discovery::Dns {
+                refresh: Duration::from_secs(refresh),
+                resolver,
+            },
+            None => Discovery::Urls,
+        };
+        let replicas = Replicas::new(name, urls, discovery, connect(timeout)).map_err(fatal)?;
         Ok(Self {
             name: name.to_owned(),
             model,
             endpoint: spec.endpoint,
             prefill: spec.prefill,
-            shown_url: redact(&url),
-            url,
+            path,
+            replicas,
             api_key_env: spec.api_key_env.clone(),
             api_key,
             secrets,
-            client,
             temperature: sampling.temperature,
             max_tokens: sampling.max_tokens,
             timeout,
@@ -175,24 +190,68 @@ impl OpenAiModel {
         body
     }
 
-    /// Sends one request and reads its reply.
+    /// Sends one request to the replica whose turn it is and reads its reply.
     async fn send(&self, body: &Value) -> Result<Reply, ModelError> {
-        let mut request = self.client.post(&self.url).json(body);
+        let lease = self.replicas.pick().await?;
+        let (health, reply) = self
+            .attempt(lease.client(), lease.target(), lease.shown(), body)
+            .await;
+        lease.settle(health);
+        reply
+    }
+
+    /// One request to the replica at `target` (`shown` without secrets), and how it went for
+    /// the replica's health: a refused connection, a 5xx, a timeout or a cut-off or unreadable
+    /// reply count against it; any other reply, an error status included, shows it alive.
+    async fn attempt(
+        &self,
+        client: &reqwest::Client,
+        target: &Target,
+        shown: &str,
+        body: &Value,
+    ) -> (Health, Result<Reply, ModelError>) {
+        let url = format!("{}/{}", target.base.trim_end_matches('/'), self.path);
+        let shown = format!("{}/{}", shown.trim_end_matches('/'), self.path);
+        let mut request = client.post(url).json(body);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(e))?;
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(error) => {
+                let health = if error.is_connect() {
+                    Health::Refused
+                } else {
+                    Health::Failed
+                };
+                return (health, Err(self.transport_error(error, &shown)));
+            }
+        };
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(|e| self.transport_error(e))?;
+        let text = match response.text().await {
+            Ok(text) => text,
+            Err(error) => return (Health::Failed, Err(self.transport_error(error, &shown))),
+        };
         if !status.is_success() {
-            return Err(self.status_error(status, retry_after, &text));
+            let health = if status.is_server_error() {
+                Health::Failed
+            } else {
+                Health::Answered
+            };
+            return (
+                health,
+                Err(self.status_error(status, retry_after, &text, &shown)),
+            );
         }
-        self.parse_reply(&text)
+        match self.parse_reply(&text, &shown) {
+            Ok(reply) => (Health::Answered, Ok(reply)),
+            Err(error) => (Health::Failed, Err(error)),
+        }
     }
 
-    /// A failure to send the request or to read the reply: always retryable.
-    fn transport_error(&self, error: reqwest::Error) -> ModelError {
+    /// A failure to send the request to `shown` or to read the reply: always retryable.
+    fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
         let error = error.without_url();
         let unreachable = error.is_connect();
         let what = if unreachable {
@@ -210,12 +269,7 @@ impl OpenAiModel {
             causes.push(cause.to_string());
             source = cause.source();
         }
-        let message = format!(
-            "model {}: {what} {}: {}",
-            self.name,
-            self.shown_url,
-            causes.join(": ")
-        );
+        let message = format!("model {}: {what} {shown}: {}", self.name, causes.join(": "));
         ModelError::Retryable {
             message: self.scrub(message),
             retry_after: None,
@@ -225,12 +279,13 @@ impl OpenAiModel {
         }
     }
 
-    /// A reply with a non-success status.
+    /// A reply with a non-success status from `shown`.
     fn status_error(
         &self,
         status: StatusCode,
         retry_after: Option<Duration>,
         body: &str,
+        shown: &str,
     ) -> ModelError {
         let code = status.as_u16();
         let name = &self.name;
@@ -250,33 +305,29 @@ impl OpenAiModel {
                 ),
             }),
             404 => ModelError::JobFatal(format!(
-                "model {name}: the server at {} does not know the model {:?} or the endpoint \
-                 (HTTP 404): {server}",
-                self.shown_url, self.model
+                "model {name}: the server at {shown} does not know the model {:?} or the \
+                 endpoint (HTTP 404): {server}",
+                self.model
             )),
             408 | 409 | 425 | 429 | 500..=599 => ModelError::Retryable {
-                message: format!(
-                    "model {name}: HTTP {code} from {}: {server}",
-                    self.shown_url
-                ),
+                message: format!("model {name}: HTTP {code} from {shown}: {server}"),
                 retry_after: retry_after.filter(|_| code == 429 || code == 503),
                 unreachable: false,
                 overloaded: code == 429 || code == 503,
                 attempts: 1,
             },
             _ => ModelError::SampleFatal(format!(
-                "model {name}: unexpected HTTP {code} from {}: {server}",
-                self.shown_url
+                "model {name}: unexpected HTTP {code} from {shown}: {server}"
             )),
         }
     }
 
-    /// Reads a 2xx body; a body that is not JSON or has no choice is retryable.
-    fn parse_reply(&self, body: &str) -> Result<Reply, ModelError> {
+    /// Reads a 2xx body from `shown`; a body that is not JSON or has no choice is retryable.
+    fn parse_reply(&self, body: &str, shown: &str) -> Result<Reply, ModelError> {
         let retryable = |what: String| ModelError::Retryable {
             message: self.scrub(format!(
-                "model {}: the reply from {} {what}",
-                self.name, self.shown_url
+                "model {}: the reply from {shown} {what}",
+                self.name
             )),
             retry_after: None,
             unreachable: false,
@@ -371,6 +422,22 @@ impl Model for OpenAiModel {
         };
         (chars as u64).div_ceil(4)
     }
+}
+
+/// Builds a replica's client: connect and request timeouts, and for a replica found by DNS the
+/// name resolved to its address, so that the Host header and TLS keep the name.
+fn connect(timeout: Duration) -> Connect<reqwest::Client> {
+    Box::new(move |target: &Target| {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout);
+        if let Some((name, address)) = target.pinned_name() {
+            builder = builder.resolve(&name, address);
+        }
+        builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    })
 }
 
 /// `url` without userinfo, query or fragment, safe to show in errors and logs.
@@ -590,17 +657,46 @@ mod tests {
         assert_eq!(redact("not a url with s3cret"), "<unparseable URL>");
     }
 
-    #[test]
-    fn no_secret_reaches_an_error() {
+    #[tokio::test]
+    async fn no_secret_reaches_an_error() {
         let model = model();
-        assert_eq!(model.shown_url, "http://127.0.0.1:8000/v1/chat/completions");
+        let lease = model.replicas.pick().await.unwrap();
+        assert_eq!(lease.shown(), "http://127.0.0.1:8000/v1/");
+        let shown = format!("{}/{}", lease.shown(), model.path);
         let key = std::env::var("PATH").unwrap();
         let body = format!(r#"{{"error": {{"message": "bad key {key} for alice:hunter2"}}}}"#);
         for status in [400, 401, 404, 429, 500, 418] {
-            let error = model.status_error(StatusCode::from_u16(status).unwrap(), None, &body);
+            let status = StatusCode::from_u16(status).unwrap();
+            let error = model.status_error(status, None, &body, &shown);
             let text = error.to_string();
             assert!(!text.contains(&key) && !text.contains("hunter2"), "{text}");
         }
+    }
+
+    #[tokio::test]
+    async fn every_replica_is_called_in_turn_and_none_of_their_passwords_reaches_an_error() {
+        let mut spec = spec("http://127.0.0.1:8000/v1");
+        openai(&mut spec).urls = vec![
+            "http://alice:hunter2@10.0.0.1:8000/v1".into(),
+            "http://bob:swordfish@10.0.0.2:8000/v1/".into(),
+        ];
+        let model = backend("judge", &spec).unwrap();
+        let mut shown = Vec::new();
+        for _ in 0..2 {
+            shown.push(model.replicas.pick().await.unwrap().shown().to_owned());
+        }
+        assert_eq!(
+            shown,
+            ["http://10.0.0.1:8000/v1", "http://10.0.0.2:8000/v1/"]
+        );
+        let body = r#"{"error": {"message": "hunter2 and swordfish"}}"#;
+        let error = model.status_error(StatusCode::BAD_GATEWAY, None, body, &shown[1]);
+        let text = error.to_string();
+        assert!(
+            !text.contains("hunter2") && !text.contains("swordfish"),
+            "{text}"
+        );
+        assert!(text.contains("http://10.0.0.2:8000/v1/"), "{text}");
     }
 
     #[test]
@@ -608,7 +704,13 @@ mod tests {
         let model = model();
         let body = r#"{"error": {"message": "maximum context length is 4096 tokens"}}"#;
         let error = |status: u16, retry_after: Option<Duration>| {
-            model.status_error(StatusCode::from_u16(status).unwrap(), retry_after, body)
+            let status = StatusCode::from_u16(status).unwrap();
+            model.status_error(
+                status,
+                retry_after,
+                body,
+                "http://127.0.0.1:8000/v1/chat/completions",
+            )
         };
         match error(400, None) {
             ModelError::SampleFatal(message) => {
@@ -749,7 +851,7 @@ mod tests {
         openai(&mut completions).endpoint = Endpoint::Completions;
         completions.sampling.temperature = 0.7;
         let model = backend("policy", &completions).unwrap();
-        assert_eq!(model.url, "http://127.0.0.1:8000/v1/completions");
+        assert_eq!(model.path, "completions");
         let body = model.body(&prompt, 7, false);
         assert_eq!(body["prompt"], json!("\n\nHuman: hi\n\nAssistant:"));
         assert_eq!(body["stop"], json!(Prompt::transcript_stops()));
