@@ -2,9 +2,10 @@
 //! of requests and repeated bodies, and the state every handler shares.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::ServerConfig;
@@ -19,8 +20,11 @@ pub struct RecordedCall {
     pub body: Value,
     /// Whether log-probabilities were requested.
     pub judge: bool,
-    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`.
+    /// The fault injected into the reply: `"500"`, `"429"`, `"hang"` or `"truncated"`; for a
+    /// batch line, `"500"` when it was answered with an error in the batch's error file.
     pub fault: Option<&'static str>,
+    /// Whether it came as a line of a batch (the Batch API) rather than as a direct call.
+    pub batch: bool,
 }
 
 impl RecordedCall {
@@ -44,6 +48,44 @@ pub(super) struct Counted {
     pub(super) repeats: u64,
     /// The first 16 bytes of SHA-256 of every body seen.
     pub(super) seen: HashSet<[u8; 16]>,
+    /// Requests (direct or batch lines) whose body had been answered successfully before: a
+    /// model call paid twice, where a failed one retried is not.
+    pub(super) repeated_answers: u64,
+    /// The first 16 bytes of SHA-256 of every body answered successfully.
+    pub(super) answered: HashSet<[u8; 16]>,
+}
+
+/// The first 16 bytes of SHA-256 of a body.
+fn digest(raw: &[u8]) -> [u8; 16] {
+    Sha256::digest(raw)[..16].try_into().expect("16 bytes")
+}
+
+impl Shared {
+    /// Counts a request of body `raw` (and whether that body came before) and logs it unless
+    /// `count_only`.
+    pub(super) fn record(&self, raw: &[u8], call: RecordedCall) {
+        {
+            let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+            counted.requests += 1;
+            if !counted.seen.insert(digest(raw)) {
+                counted.repeats += 1;
+            }
+        }
+        if !self.config.count_only {
+            self.calls
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(call);
+        }
+    }
+
+    /// Counts a successful answer to `raw`, and whether that body had been answered before.
+    pub(super) fn answered(&self, raw: &[u8]) {
+        let mut counted = self.counted.lock().unwrap_or_else(PoisonError::into_inner);
+        if !counted.answered.insert(digest(raw)) {
+            counted.repeated_answers += 1;
+        }
+    }
 }
 
 /// State shared by the handlers and the [`ModelServer`](super::ModelServer).
@@ -56,6 +98,8 @@ pub(super) struct Shared {
     pub(super) arrivals: Mutex<HashMap<[u8; 32], u64>>,
     /// Requests and repeated bodies.
     pub(super) counted: Mutex<Counted>,
+    /// The Batch API's files and batches.
+    pub(super) batches: Mutex<super::batch::Batches>,
     /// Cancelled when the server stops: ends hanging requests.
     pub(super) stopping: CancellationToken,
 }

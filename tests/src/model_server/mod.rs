@@ -2,7 +2,9 @@
 //!
 //! [`ModelServer::start`] binds `127.0.0.1:0`, serves `POST /v1/chat/completions` and
 //! `POST /v1/completions` from a tokio task, and records every request ([`ModelServer::calls`]).
-//! The same request body always gets the same reply.
+//! The same request body always gets the same reply. It serves the Batch API too (see
+//! [`BatchConfig`] and the `batch` module): every line of a batch is answered as a direct call
+//! of its body would be, and recorded as a request of its own.
 //!
 //! # Prompt text
 //! Replies are derived from the request's *prompt text*: on the chat endpoint the `content` of
@@ -64,6 +66,8 @@
 //!   handlers share;
 //! - `faults`: the injected faults ([`Faults`]) and their deterministic draw;
 //! - `handler`: the two endpoints: the steps every request goes through, and the reply;
+//! - `batch`: the Batch API (files, batches), answering each line through `handler`'s reply,
+//!   with `multipart` reading the file uploads;
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
 //!   at [`p_first`] and their log-probability layouts.
 
@@ -73,20 +77,24 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::post;
+use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod batch;
 mod calls;
 mod faults;
 mod handler;
+mod multipart;
 mod reply;
 
+pub use batch::BatchConfig;
 pub use calls::RecordedCall;
 pub use faults::{Faults, HANG};
 pub use reply::{p_first, reply_for};
 
+use batch::Batches;
 use calls::{Counted, Shared};
 use handler::{chat, completions};
 
@@ -125,6 +133,8 @@ pub struct ServerConfig {
     /// alternate user/assistant after an optional leading system message, or that does not end
     /// with a user message (unless it asks to continue the final assistant message).
     pub strict_chat: bool,
+    /// How batches of the Batch API behave (how long they take, their faults).
+    pub batch: BatchConfig,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.
@@ -176,11 +186,17 @@ impl ModelServer {
             calls: Mutex::new(Vec::new()),
             arrivals: Mutex::new(HashMap::new()),
             counted: Mutex::new(Counted::default()),
+            batches: Mutex::new(Batches::default()),
             stopping: CancellationToken::new(),
         });
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/files", post(batch::upload))
+            .route("/v1/files/{id}/content", get(batch::content))
+            .route("/v1/batches", post(batch::create).get(batch::list))
+            .route("/v1/batches/{id}", get(batch::get))
+            .route("/v1/batches/{id}/cancel", post(batch::cancel))
             .with_state(shared.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -222,6 +238,26 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         (counted.requests, counted.repeats)
+    }
+
+    /// Requests (direct calls or batch lines) whose body had been answered successfully
+    /// before: model calls paid twice (a failed call sent again is not one).
+    pub fn repeated_answers(&self) -> u64 {
+        self.shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .repeated_answers
+    }
+
+    /// `(batches created, batches in progress)` so far.
+    pub fn batches(&self) -> (usize, usize) {
+        let batches = self
+            .shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (batches.created(), batches.in_progress())
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have
@@ -286,6 +322,7 @@ mod tests {
             calls: Mutex::new(Vec::new()),
             arrivals: Mutex::new(HashMap::new()),
             counted: Mutex::new(Counted::default()),
+            batches: Mutex::new(Batches::default()),
             stopping: CancellationToken::new(),
         }
     }
