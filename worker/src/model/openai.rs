@@ -59,7 +59,8 @@ pub struct OpenAiModel {
 }
 
 /// The useful part of a successful reply.
-struct Reply {
+#[derive(Clone)]
+pub(super) struct Reply {
     /// `choices[0]`.
     choice: Value,
     /// The generated text (`message.content` or `text`).
@@ -125,8 +126,9 @@ impl OpenAiModel {
         })
     }
 
-    /// The request body of a generation (`judge == false`) or a judgment.
-    fn body(&self, prompt: &Prompt, seed: u64, judge: bool) -> Value {
+    /// The request body of a generation (`judge == false`) or a judgment (a batch line's body
+    /// too).
+    pub(super) fn body(&self, prompt: &Prompt, seed: u64, judge: bool) -> Value {
         let (temperature, max_tokens) = if judge {
             (0.0, JUDGE_MAX_TOKENS)
         } else {
@@ -191,7 +193,7 @@ impl OpenAiModel {
     }
 
     /// A failure to send the request or to read the reply: always retryable.
-    fn transport_error(&self, error: reqwest::Error) -> ModelError {
+    pub(super) fn transport_error(&self, error: reqwest::Error) -> ModelError {
         let error = error.without_url();
         let unreachable = error.is_connect();
         let what = if unreachable {
@@ -223,8 +225,8 @@ impl OpenAiModel {
         }
     }
 
-    /// A reply with a non-success status.
-    fn status_error(
+    /// A reply with a non-success status (a batch line's too).
+    pub(super) fn status_error(
         &self,
         status: StatusCode,
         retry_after: Option<Duration>,
@@ -268,8 +270,9 @@ impl OpenAiModel {
         }
     }
 
-    /// Reads a 2xx body; a body that is not JSON or has no choice is retryable.
-    fn parse_reply(&self, body: &str) -> Result<Reply, ModelError> {
+    /// Reads a 2xx body (a batch line's too); a body that is not JSON or has no choice is
+    /// retryable.
+    pub(super) fn parse_reply(&self, body: &str) -> Result<Reply, ModelError> {
         let retryable = |what: String| ModelError::Retryable {
             message: self.scrub(format!(
                 "model {}: the reply from {} {what}",
@@ -315,7 +318,7 @@ impl OpenAiModel {
     }
 
     /// Removes every secret from a message.
-    fn scrub(&self, mut message: String) -> String {
+    pub(super) fn scrub(&self, mut message: String) -> String {
         for secret in &self.secrets {
             if !secret.is_empty() {
                 message = message.replace(secret.as_str(), "[redacted]");
@@ -323,20 +326,22 @@ impl OpenAiModel {
         }
         message
     }
-}
 
-#[async_trait]
-impl Model for OpenAiModel {
-    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
-        let reply = self.send(&self.body(prompt, seed, false)).await?;
-        Ok(Generation {
-            text: reply.text.trim().to_owned(),
-            usage: reply.usage,
-        })
+    /// The HTTP client and the API key, for the Batch API of the same server.
+    pub(super) fn client(&self) -> (&reqwest::Client, Option<&str>) {
+        (&self.client, self.api_key.as_deref())
     }
 
-    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
-        let reply = self.send(&self.body(prompt, seed, true)).await?;
+    /// The generation a reply holds.
+    pub(super) fn generation(reply: Reply) -> Generation {
+        Generation {
+            text: reply.text.trim().to_owned(),
+            usage: reply.usage,
+        }
+    }
+
+    /// The judgment a reply holds; one without logprobs fails the sample.
+    pub(super) fn judgment(&self, reply: Reply) -> Result<Judgment, ModelError> {
         let positions = positions(&reply.choice);
         if positions.is_empty() {
             let asked = match self.endpoint {
@@ -353,6 +358,19 @@ impl Model for OpenAiModel {
             text: reply.text,
             usage: reply.usage,
         })
+    }
+}
+
+#[async_trait]
+impl Model for OpenAiModel {
+    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        let reply = self.send(&self.body(prompt, seed, false)).await?;
+        Ok(Self::generation(reply))
+    }
+
+    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
+        let reply = self.send(&self.body(prompt, seed, true)).await?;
+        self.judgment(reply)
     }
 
     /// A chat endpoint sees the turns' text, a completions endpoint the whole transcript.
@@ -385,7 +403,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// A `Retry-After` header in seconds (the HTTP-date form is ignored).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers
         .get(RETRY_AFTER)?
         .to_str()
