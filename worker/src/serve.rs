@@ -26,7 +26,8 @@ use crate::pipeline::JobContext;
 pub struct ServeOptions {
     /// This worker's id in heartbeats.
     pub worker_id: String,
-    /// Samples in flight per job; `None`: the job's largest model `max_concurrency`.
+    /// Samples in flight per job; `None`: as many as the job's busiest model takes
+    /// (`max_concurrency`, or two batches' worth in batch mode).
     pub concurrency: Option<usize>,
     /// How often the active jobs are looked up.
     pub poll_interval: Duration,
@@ -181,7 +182,7 @@ async fn start_job(
             .spec
             .models
             .values()
-            .map(|m| m.policy.max_concurrency)
+            .map(|m| m.calls_in_flight())
             .max()
             .unwrap_or(1)
     });
