@@ -151,6 +151,18 @@ async fn a_run_killed_with_a_batch_in_flight_resumes_without_paying_a_line_twice
     check_exactly_once(&out, "sft.jsonl", DISTINCT * 2);
     check_batch_calls(&server);
     check_batch_cost(&out);
+    let status = cai_process()
+        .arg("status")
+        .arg(&out)
+        .output()
+        .await
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    let calls = DISTINCT * CALLS;
+    assert!(
+        status.contains(&format!("usage: {calls} model calls ({calls} by batch)")),
+        "{status}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

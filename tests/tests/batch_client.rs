@@ -191,3 +191,89 @@ async fn calls_recorded_in_a_batch_wait_for_it_in_another_process() {
     assert_eq!(server.calls().len(), 10);
     assert_eq!(server.repeated_answers(), 0);
 }
+
+#[tokio::test]
+async fn a_line_that_keeps_failing_fails_its_call_after_max_retries() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            failed_lines: 1.0,
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let model = model(
+        &spec(&server.url(), "chat", json!({"max_retries": 2})),
+        &state(),
+    );
+    match model.generate(&prompt(0), 0).await {
+        Err(ModelError::Retryable {
+            attempts,
+            unreachable: false,
+            ..
+        }) => assert_eq!(attempts, 3),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(server.batches().0, 3);
+    assert_eq!(server.calls().len(), 3);
+}
+
+#[tokio::test]
+async fn a_create_whose_reply_was_lost_is_found_not_made_again() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            create_reply_delay: Duration::from_secs(3),
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let spec = spec(&server.url(), "chat", json!({"timeout_s": 1}));
+    let model = model(&spec, &state());
+    for (n, result) in generate_all(&model, 5).await.into_iter().enumerate() {
+        assert_eq!(
+            result.unwrap().text,
+            reply_for(&format!("question {n}"), n as u64)
+        );
+    }
+    assert_eq!(server.batches().0, 1, "the batch was created twice");
+    assert_eq!(server.calls().len(), 5);
+}
+
+#[tokio::test]
+async fn a_batch_created_by_a_process_killed_before_it_recorded_it_is_found() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            create_reply_delay: Duration::from_secs(30),
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let state = state();
+    let spec = spec(&server.url(), "chat", json!({}));
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let calls = {
+        let (spec, state) = (spec.clone(), state.clone());
+        first.spawn(async move { generate_all(&model(&spec, &state), 10).await })
+    };
+    // Killed after the upload and the create, before the create's reply came back: the record
+    // names the input file but no batch.
+    wait_until(Duration::from_secs(30), "the batch is created", || {
+        server.batches().0 == 1
+    })
+    .await;
+    first.shutdown_background();
+    assert!(calls.await.unwrap_err().is_cancelled());
+    assert_eq!(server.files_uploaded(), 1);
+    let second = model(&spec, &state);
+    for (n, result) in generate_all(&second, 10).await.into_iter().enumerate() {
+        assert_eq!(
+            result.unwrap().text,
+            reply_for(&format!("question {n}"), n as u64)
+        );
+    }
+    assert_eq!(server.batches().0, 1, "the batch was created again");
+    assert_eq!(server.calls().len(), 10);
+    assert_eq!(server.repeated_answers(), 0);
+}

@@ -10,7 +10,8 @@
 //! [`BatchConfig::failed_lines`] answers a share of the lines with a 500 in the error file
 //! instead (drawn per arrival of the body, as the direct faults are, so a line sent again can
 //! succeed); [`BatchConfig::expire_first`] lets the first batches expire with only the first half
-//! of their lines answered and the rest in the error file as `batch_expired`. Every line
+//! of their lines answered and the rest in the error file as `batch_expired`;
+//! [`BatchConfig::create_reply_delay`] holds back the reply to a create. Every line
 //! answered is in the request log with [`RecordedCall::batch`] set.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,9 @@ pub struct BatchConfig {
     pub failed_lines: f64,
     /// How many of the first batches created expire with half their lines answered.
     pub expire_first: usize,
+    /// How long the reply to a batch's creation is held back after the batch is created (a
+    /// client that gives up first has created it without knowing).
+    pub create_reply_delay: Duration,
 }
 
 /// The files and batches the server holds.
@@ -50,6 +54,8 @@ pub(super) struct Batches {
     batches: BTreeMap<String, Batch>,
     /// Ids handed out so far.
     issued: u64,
+    /// Files uploaded so far.
+    uploaded: usize,
 }
 
 /// One batch.
@@ -72,6 +78,11 @@ impl Batches {
             .values()
             .filter(|batch| matches!(batch.object["status"].as_str(), Some("in_progress")))
             .count()
+    }
+
+    /// How many files were uploaded.
+    pub(super) fn uploaded(&self) -> usize {
+        self.uploaded
     }
 
     /// How many batches were created.
@@ -118,6 +129,7 @@ pub(super) async fn upload(
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
     let id = batches.issue("file-");
+    batches.uploaded += 1;
     let bytes = content.len();
     batches.files.insert(id.clone(), content.clone());
     axum::Json(json!({
@@ -245,6 +257,7 @@ pub(super) async fn create(
         };
         runner.finish(&id, &lines, expires, cancelled);
     });
+    tokio::time::sleep(shared.config.batch.create_reply_delay).await;
     axum::Json(object).into_response()
 }
 

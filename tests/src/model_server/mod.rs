@@ -250,6 +250,15 @@ impl ModelServer {
             .repeated_answers
     }
 
+    /// Batch input files uploaded so far.
+    pub fn files_uploaded(&self) -> usize {
+        self.shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uploaded()
+    }
+
     /// `(batches created, batches in progress)` so far.
     pub fn batches(&self) -> (usize, usize) {
         let batches = self
