@@ -77,6 +77,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -192,7 +193,11 @@ impl ModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
-            .route("/v1/files", post(batch::upload))
+            // A batch input file may be far larger than a request (OpenAI takes 200 MB).
+            .route(
+                "/v1/files",
+                post(batch::upload).layer(DefaultBodyLimit::max(256 << 20)),
+            )
             .route("/v1/files/{id}/content", get(batch::content))
             .route("/v1/batches", post(batch::create).get(batch::list))
             .route("/v1/batches/{id}", get(batch::get))

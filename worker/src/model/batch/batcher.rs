@@ -23,6 +23,9 @@ use super::super::openai::Reply;
 use super::records::Record;
 use super::run::{self, Context, Finished, Work};
 
+/// The most bytes of lines in one batch's input file (OpenAI takes files of up to 200 MB).
+pub(super) const MAX_BATCH_BYTES: usize = 100 << 20;
+
 /// How long a batch's record outlives the consumption of its last line.
 pub(super) const RECORD_GRACE: Duration = Duration::from_secs(60);
 
@@ -58,6 +61,7 @@ impl Batcher {
             gathering,
             waiting: HashMap::new(),
             pending: Vec::new(),
+            pending_bytes: 0,
             deadline: None,
             running: JoinSet::new(),
             tickets: 0,
@@ -101,6 +105,8 @@ struct Gatherer {
     waiting: HashMap<String, Waiting>,
     /// Calls gathered for the next batch, in order of arrival.
     pending: Vec<String>,
+    /// The bytes of their lines.
+    pending_bytes: usize,
     /// When the next batch goes, whatever its size.
     deadline: Option<Instant>,
     /// The batches waited for, each with its ticket.
@@ -137,7 +143,8 @@ impl Gatherer {
                     self.remove_due().await;
                 }
             }
-            while self.pending.len() >= self.gathering.size {
+            while self.pending.len() >= self.gathering.size || self.pending_bytes > MAX_BATCH_BYTES
+            {
                 self.flush().await;
             }
         }
@@ -161,16 +168,27 @@ impl Gatherer {
     }
 
     fn gather(&mut self, custom_id: String) {
+        self.pending_bytes += self.waiting[&custom_id].line.len() + 1;
         self.pending.push(custom_id);
         self.deadline
             .get_or_insert_with(|| Instant::now() + self.gathering.wait);
     }
 
-    /// Hands the first `batch_size` calls gathered to batches: those recorded in a batch wait
-    /// for it, the others go in a new one.
+    /// Hands the first calls gathered, at most `batch_size` of them and [`MAX_BATCH_BYTES`], to
+    /// batches: those recorded in a batch wait for it, the others go in a new one.
     async fn flush(&mut self) {
-        let take = self.pending.len().min(self.gathering.size);
+        let mut take = 0;
+        let mut bytes = 0;
+        for custom_id in &self.pending {
+            let line = self.waiting[custom_id].line.len() + 1;
+            if take == self.gathering.size || (take > 0 && bytes + line > MAX_BATCH_BYTES) {
+                break;
+            }
+            take += 1;
+            bytes += line;
+        }
         let group: Vec<String> = self.pending.drain(..take).collect();
+        self.pending_bytes -= bytes;
         if self.pending.is_empty() {
             self.deadline = None;
         }
@@ -261,7 +279,7 @@ impl Gatherer {
             .filter(|(_, waiting)| waiting.ticket == Some(ticket))
             .map(|(custom_id, _)| custom_id.clone())
             .collect();
-        let answers = match answers {
+        let mut answers = match answers {
             Ok(answers) => answers,
             Err(error) => {
                 for custom_id in &assigned {
@@ -271,7 +289,7 @@ impl Gatherer {
             }
         };
         for custom_id in &assigned {
-            let answer = answers.get(custom_id).cloned().unwrap_or_else(|| {
+            let answer = answers.remove(custom_id).unwrap_or_else(|| {
                 Err(ModelError::Retryable {
                     message: format!("model {}: the batch lost the line", self.context.name),
                     retry_after: None,
@@ -279,7 +297,8 @@ impl Gatherer {
                     attempts: 1,
                 })
             });
-            self.resolve(custom_id, answer);
+            let reply = answer.and_then(|body| self.context.openai.parse_reply(&body));
+            self.resolve(custom_id, reply);
         }
         let Some(file) = file else { return };
         let left = self

@@ -3,9 +3,11 @@
 //! {"status_code", "request_id", "body"}, "error"}`, with `response` null and `error` a
 //! `{"code", "message"}` for a line that never ran (its batch expired or was cancelled).
 //!
-//! A response is read as a direct call's reply ([`OpenAiModel::parse_reply`], and
-//! [`OpenAiModel::status_error`] for a status other than 2xx), so a batch line fails exactly as
-//! the same direct call would: 429 and 5xx are retryable, a 400 fails the sample.
+//! A response is read as a direct call's reply ([`OpenAiModel::parse_reply`], once its call is
+//! answered, and [`OpenAiModel::status_error`] for a status other than 2xx), so a batch line
+//! fails exactly as the same direct call would: 429 and 5xx are retryable, a 400 fails the
+//! sample. Until then a 2xx body is kept as its text, which takes a fraction of the memory of
+//! its parsed form (a batch may hold tens of thousands of judgments' log-probabilities).
 
 use std::collections::HashMap;
 
@@ -14,7 +16,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::super::ModelError;
-use super::super::openai::{OpenAiModel, Reply};
+use super::super::openai::OpenAiModel;
 
 /// Error codes of a line that did not run, or did not finish, through no fault of its own.
 const RETRYABLE_CODES: [&str; 6] = [
@@ -26,8 +28,9 @@ const RETRYABLE_CODES: [&str; 6] = [
     "timeout",
 ];
 
-/// What became of each line of a batch, by `custom_id`.
-pub(super) type Answers = HashMap<String, Result<Reply, ModelError>>;
+/// What became of each line of a batch, by `custom_id`: the body of a 2xx response, or why the
+/// line failed.
+pub(super) type Answers = HashMap<String, Result<String, ModelError>>;
 
 /// The `custom_id` of a call: stable across restarts and processes, because it hashes what
 /// the call is (the job, the job's name for the model, the call's seed, which is unique per
@@ -64,7 +67,7 @@ pub(super) fn read(openai: &OpenAiModel, name: &str, file: &str, answers: &mut A
 }
 
 /// What one output or error line says.
-fn answer(openai: &OpenAiModel, name: &str, line: &Value) -> Result<Reply, ModelError> {
+fn answer(openai: &OpenAiModel, name: &str, line: &Value) -> Result<String, ModelError> {
     if let Some(response) = line.get("response").filter(|r| !r.is_null()) {
         let body = response
             .get("body")
@@ -76,7 +79,7 @@ fn answer(openai: &OpenAiModel, name: &str, line: &Value) -> Result<Reply, Model
             .and_then(|code| StatusCode::from_u16(u16::try_from(code).ok()?).ok())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return if status.is_success() {
-            openai.parse_reply(&body)
+            Ok(body)
         } else {
             Err(openai.status_error(status, None, &body))
         };
@@ -150,7 +153,8 @@ mod tests {
         let mut answers = Answers::new();
         read(&openai(), "policy", &file, &mut answers);
         assert_eq!(answers.len(), 5);
-        let generation = OpenAiModel::generation(answers["ok"].clone().ok().unwrap());
+        let body = answers["ok"].clone().ok().unwrap();
+        let generation = OpenAiModel::generation(openai().parse_reply(&body).ok().unwrap());
         assert_eq!(
             (generation.text.as_str(), generation.usage.tokens_in),
             ("hi", 3)
