@@ -277,3 +277,33 @@ async fn a_batch_created_by_a_process_killed_before_it_recorded_it_is_found() {
     assert_eq!(server.calls().len(), 10);
     assert_eq!(server.repeated_answers(), 0);
 }
+
+#[tokio::test]
+async fn a_batch_that_cannot_be_read_is_waited_for_later_not_submitted_again() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            failed_polls: 2,
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let model = model(
+        &spec(&server.url(), "chat", json!({"max_retries": 1})),
+        &state(),
+    );
+    // Two polls in a row fail: the call is given back as an outage, its line not resubmitted.
+    match model.generate(&prompt(0), 0).await {
+        Err(ModelError::Retryable {
+            unreachable: true,
+            message,
+            ..
+        }) => assert!(message.contains("waited for again later"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    // Run again, the call waits for the batch it is recorded in.
+    let generation = model.generate(&prompt(0), 0).await.unwrap();
+    assert_eq!(generation.text, reply_for("question 0", 0));
+    assert_eq!(server.batches().0, 1, "the line was submitted again");
+    assert_eq!(server.calls().len(), 1);
+}

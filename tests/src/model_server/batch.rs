@@ -11,7 +11,8 @@
 //! instead (drawn per arrival of the body, as the direct faults are, so a line sent again can
 //! succeed); [`BatchConfig::expire_first`] lets the first batches expire with only the first half
 //! of their lines answered and the rest in the error file as `batch_expired`;
-//! [`BatchConfig::create_reply_delay`] holds back the reply to a create. Every line
+//! [`BatchConfig::create_reply_delay`] holds back the reply to a create, and
+//! [`BatchConfig::failed_polls`] fails the first reads of batches. Every line
 //! answered is in the request log with [`RecordedCall::batch`] set.
 
 use std::collections::BTreeMap;
@@ -43,6 +44,8 @@ pub struct BatchConfig {
     /// How long the reply to a batch's creation is held back after the batch is created (a
     /// client that gives up first has created it without knowing).
     pub create_reply_delay: Duration,
+    /// How many of the first `GET /v1/batches/{id}` are answered with a 500.
+    pub failed_polls: usize,
 }
 
 /// The files and batches the server holds.
@@ -56,6 +59,8 @@ pub(super) struct Batches {
     issued: u64,
     /// Files uploaded so far.
     uploaded: usize,
+    /// Reads of a batch so far.
+    polls: usize,
 }
 
 /// One batch.
@@ -288,10 +293,18 @@ pub(super) async fn get(
     if !authorized(&shared.config, &headers) {
         return unauthorized();
     }
-    let batches = shared
+    let mut batches = shared
         .batches
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
+    batches.polls += 1;
+    if batches.polls <= shared.config.batch.failed_polls {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "The server had an error while processing your request.",
+            "server_error",
+        );
+    }
     match batches.batches.get(&id) {
         Some(batch) => axum::Json(batch.object.clone()).into_response(),
         None => not_found("batch", &id),

@@ -5,7 +5,8 @@
 //! Polling backs off: the first poll comes [`POLL_FIRST`] after the batch is created (or
 //! attached), each next one 1.5 times later, at most [`POLL_MAX`] apart, since a batch may take
 //! anything from seconds to its whole 24-hour window. A poll that fails is not a failed line:
-//! polling goes on until `max_retries` polls in a row have failed.
+//! polling goes on until `max_retries` polls in a row have failed, and then the batch's calls
+//! are given back as an outage (not sent again: the batch may still answer them).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -130,13 +131,15 @@ async fn wait(
             batch.id
         }
     };
-    let batch = poll(context, &batch).await?;
+    let batch = poll(context, &batch).await.map_err(waited_for_later)?;
     let mut answers = Answers::new();
     for output in [&batch.output_file_id, &batch.error_file_id]
         .into_iter()
         .flatten()
     {
-        let text = again(context, || context.api.content(output)).await?;
+        let text = again(context, || context.api.content(output))
+            .await
+            .map_err(waited_for_later)?;
         lines::read(&context.openai, &context.name, &text, &mut answers);
     }
     let unanswered = ModelError::Retryable {
@@ -162,6 +165,25 @@ async fn wait(
     }
     tracing::info!(model = %context.name, batch = %batch.id, status = %batch.status, "batch finished");
     Ok(answers)
+}
+
+/// A batch that exists but cannot be read now (its polls or its files keep failing) may still
+/// answer its lines, so they must not go into another batch: the failure is an outage, which
+/// gives the samples back to be run later, when their calls find the batch's record again.
+fn waited_for_later(error: ModelError) -> ModelError {
+    match error {
+        ModelError::Retryable {
+            message,
+            retry_after,
+            ..
+        } => ModelError::Retryable {
+            message: format!("{message} (the batch is waited for again later)"),
+            retry_after,
+            unreachable: true,
+            attempts: 1,
+        },
+        other => other,
+    }
 }
 
 /// Creates the batch of input file `file`. Before any create but a new batch's first, it looks
