@@ -90,6 +90,13 @@ pub(crate) struct Args {
     /// some CPU: one log line per call).
     #[arg(long)]
     pub(crate) count_calls: bool,
+    /// With `--model server`: the model in batch mode (`batch = true`) with this `batch_size`;
+    /// the samples in flight then default to two batches' worth, as cai's own default.
+    #[arg(long)]
+    pub(crate) batch_size: Option<usize>,
+    /// Batch mode's `batch_wait_s`.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) batch_wait_s: u64,
 }
 
 /// How the job runs: one `cai run` process, or a coordinator and `cai worker` processes.
@@ -111,7 +118,10 @@ pub(crate) enum ModelKind {
 impl Args {
     /// Samples in flight per process.
     pub(crate) fn in_flight(&self) -> usize {
-        self.samples_in_flight.unwrap_or(self.concurrency)
+        self.samples_in_flight.unwrap_or(match self.batch_size {
+            Some(size) => self.concurrency.max(2 * size),
+            None => self.concurrency,
+        })
     }
 
     /// Model calls one sample makes.

@@ -61,8 +61,15 @@ impl Bench<'_> {
         };
         let model = match self.server {
             Some(server) => format!(
-                "backend = \"openai\"\nurl = \"{}\"\nmodel = \"bench\"\ntimeout_s = 60\n",
-                server.url()
+                "backend = \"openai\"\nurl = \"{}\"\nmodel = \"bench\"\ntimeout_s = 60\n{}",
+                server.url(),
+                match args.batch_size {
+                    Some(size) => format!(
+                        "batch = true\nbatch_size = {size}\nbatch_wait_s = {}\n",
+                        args.batch_wait_s
+                    ),
+                    None => String::new(),
+                }
             ),
             None => format!("backend = \"mock\"\nlatency_ms = {}\n", args.latency_ms),
         };

@@ -19,6 +19,14 @@ pub struct Usage {
     /// `price_out` (dollars per million tokens): tokens × price is exactly micro-dollars.
     #[serde(default)]
     pub cost_micro_usd: u64,
+    /// How many of the calls went as lines of a provider's batch (`batch = true`), at the batch
+    /// price; left out when none did, as in everything written before the field.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub batch_calls: u64,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 impl Usage {
@@ -34,6 +42,7 @@ impl std::ops::AddAssign for Usage {
         self.tokens_out += other.tokens_out;
         self.calls += other.calls;
         self.cost_micro_usd += other.cost_micro_usd;
+        self.batch_calls += other.batch_calls;
     }
 }
 

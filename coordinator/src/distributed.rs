@@ -301,6 +301,7 @@ fn snapshot(progress: &Progress) -> Vec<(&'static str, i64)> {
         ("rejected", counts.rejected),
         ("duplicates", counts.duplicates),
         ("model_calls", usage.calls),
+        ("batch_calls", usage.batch_calls),
         ("tokens_in", usage.tokens_in),
         ("tokens_out", usage.tokens_out),
         ("cost_micro_usd", usage.cost_micro_usd),

@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use cai_common::broker::Broker;
 use cai_common::broker::memory::MemoryBroker;
 use cai_common::state::StateStore;
+use cai_common::state::batch_log::BatchLog;
 use cai_common::state::embedded::EmbeddedState;
 use cai_common::state::step_log::StepLog;
 use cai_worker::consume::{self, WorkerOptions};
@@ -35,7 +36,8 @@ pub struct EmbeddedOptions {
 
 impl EmbeddedOptions {
     /// Defaults for a plan: one worker with as many samples in flight as the busiest model
-    /// allows, so the model, not the runner, is the limit.
+    /// allows (`max_concurrency`, or two batches' worth in batch mode), so the model, not the
+    /// runner, is the limit.
     pub fn for_plan(plan: &Plan, workers: usize) -> Self {
         let concurrency = plan.spec().samples_in_flight();
         let coordinator = CoordinatorOptions::default();
@@ -62,11 +64,17 @@ pub async fn run(
     let (step_log, steps) =
         StepLog::open(plan.job.output_dir(), |key| ledger.status(key).is_some())
             .context("opening the step log")?;
-    let state: Arc<dyn StateStore> = Arc::new(EmbeddedState::with_step_log(
-        &plan.spec().name,
-        step_log,
-        steps,
-    ));
+    // The batches in flight at a provider, so a killed run's batches are waited for, not paid
+    // again.
+    let (batch_log, batches) =
+        BatchLog::open(plan.job.output_dir()).context("opening the batch log")?;
+    let state: Arc<dyn StateStore> = Arc::new(
+        EmbeddedState::with_step_log(&plan.spec().name, step_log, steps).with_batch_log(
+            &plan.spec().name,
+            batch_log,
+            batches,
+        ),
+    );
     let ctx = Arc::new(JobContext::new(
         Arc::new(plan.spec().clone()),
         plan.constitution.clone(),

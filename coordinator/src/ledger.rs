@@ -572,6 +572,7 @@ mod tests {
                 tokens_out: 5,
                 calls: 3,
                 cost_micro_usd: 0,
+                batch_calls: 0,
             },
             reused: Usage::default(),
         }

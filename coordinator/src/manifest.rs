@@ -28,6 +28,8 @@ struct Manifest<'a> {
     tokens_in: u64,
     tokens_out: u64,
     model_calls: u64,
+    /// How many of the calls went by a provider's Batch API, at the batch price.
+    batch_calls: u64,
     cost_usd: f64,
     started_at: String,
     finished_at: String,
@@ -66,6 +68,7 @@ pub fn write(
         tokens_in: summary.usage.tokens_in,
         tokens_out: summary.usage.tokens_out,
         model_calls: summary.usage.calls,
+        batch_calls: summary.usage.batch_calls,
         cost_usd: summary.usage.cost_micro_usd as f64 / 1e6,
         started_at: humantime::format_rfc3339_seconds(started_at).to_string(),
         finished_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use cai_common::constitution::Constitution;
 use cai_common::job::{Job, JobSpec, PipelineKind, describe_changes};
+use cai_common::state::batch_log::BATCH_LOG_FILE;
 use cai_common::state::step_log::STEP_LOG_FILE;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -179,6 +180,7 @@ impl Plan {
                     MANIFEST_FILE,
                     JOB_FILE,
                     STEP_LOG_FILE,
+                    BATCH_LOG_FILE,
                     REPORT_FILE,
                 ])
                 .chain(card.as_ref())

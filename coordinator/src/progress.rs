@@ -46,6 +46,7 @@ pub struct Progress {
     tokens_in: AtomicU64,
     tokens_out: AtomicU64,
     cost_micro_usd: AtomicU64,
+    batch_calls: AtomicU64,
 }
 
 /// Which counter to bump.
@@ -84,6 +85,8 @@ impl Progress {
             .fetch_add(usage.tokens_out, Ordering::Relaxed);
         self.cost_micro_usd
             .fetch_add(usage.cost_micro_usd, Ordering::Relaxed);
+        self.batch_calls
+            .fetch_add(usage.batch_calls, Ordering::Relaxed);
     }
 
     /// Model usage of the samples collected in this run.
@@ -93,6 +96,7 @@ impl Progress {
             tokens_out: self.tokens_out.load(Ordering::Relaxed),
             calls: self.calls.load(Ordering::Relaxed),
             cost_micro_usd: self.cost_micro_usd.load(Ordering::Relaxed),
+            batch_calls: self.batch_calls.load(Ordering::Relaxed),
         }
     }
 

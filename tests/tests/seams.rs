@@ -312,6 +312,46 @@ async fn steps_are_cached_until_forgotten(url: &str) {
     case.finish().await;
 }
 
+async fn batch_records_are_kept_until_removed(url: &str) {
+    let case = StateCase::new(url).await;
+    let state = &case.state;
+    let (job, other) = (unique("j"), unique("j"));
+    assert!(state.batch_records(&job).await.unwrap().is_empty());
+    state
+        .batch_put(&job, "file-1", b"one".to_vec())
+        .await
+        .unwrap();
+    state
+        .batch_put(&job, "file-2", b"two".to_vec())
+        .await
+        .unwrap();
+    state
+        .batch_put(&job, "file-1", b"three".to_vec())
+        .await
+        .unwrap();
+    state
+        .batch_put(&other, "file-9", b"x".to_vec())
+        .await
+        .unwrap();
+    let mut records = state.batch_records(&job).await.unwrap();
+    records.sort();
+    assert_eq!(
+        records,
+        [
+            ("file-1".to_owned(), b"three".to_vec()),
+            ("file-2".to_owned(), b"two".to_vec())
+        ]
+    );
+    state.batch_remove(&job, "file-2").await.unwrap();
+    state.batch_remove(&job, "file-7").await.unwrap();
+    assert_eq!(state.batch_records(&job).await.unwrap().len(), 1);
+    state.clear_job(&job).await.unwrap();
+    assert!(state.batch_records(&job).await.unwrap().is_empty());
+    assert_eq!(state.batch_records(&other).await.unwrap().len(), 1);
+    state.clear_job(&other).await.unwrap();
+    case.finish().await;
+}
+
 async fn a_lease_has_one_holder_until_released_or_expired(url: &str) {
     let case = StateCase::new(url).await;
     let state = &case.state;
@@ -431,6 +471,7 @@ macro_rules! state_contract {
 state_contract!(
     the_done_set_grows_and_is_reseeded,
     steps_are_cached_until_forgotten,
+    batch_records_are_kept_until_removed,
     a_lease_has_one_holder_until_released_or_expired,
     the_registry_counters_and_fatal_error_are_kept,
     heartbeats_expire,

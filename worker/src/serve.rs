@@ -27,8 +27,9 @@ use crate::pipeline::JobContext;
 pub struct ServeOptions {
     /// This worker's id in heartbeats.
     pub worker_id: String,
-    /// Samples in flight per job; `None`: the job's largest model `max_concurrency` (for
-    /// `"auto"`, its `max_concurrency_limit`).
+    /// Samples in flight per job; `None`: as many as the job's busiest model takes
+    /// (`max_concurrency`, its `max_concurrency_limit` for `"auto"`, or two batches' worth in
+    /// batch mode).
     pub concurrency: Option<usize>,
     /// How often the active jobs are looked up.
     pub poll_interval: Duration,

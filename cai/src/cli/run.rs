@@ -64,6 +64,12 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         options.concurrency = concurrency.max(1);
     }
     options.coordinator.task_size = args.task_size.max(1);
+    // Enough tasks outstanding for two workers' samples in flight (many for a model in batch
+    // mode, whose batches they fill).
+    options.coordinator.max_outstanding = options
+        .coordinator
+        .max_outstanding
+        .max(2 * options.concurrency.div_ceil(options.coordinator.task_size));
 
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone());

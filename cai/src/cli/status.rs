@@ -65,8 +65,9 @@ pub(super) fn status(dir: &Path) -> u8 {
         ),
     }
     println!(
-        "usage: {} model calls, {} tokens in, {} tokens out, ${:.4}",
+        "usage: {} model calls ({} by batch), {} tokens in, {} tokens out, ${:.4}",
         totals.usage.calls,
+        totals.usage.batch_calls,
         totals.usage.tokens_in,
         totals.usage.tokens_out,
         totals.usage.cost_micro_usd as f64 / 1e6
@@ -173,8 +174,9 @@ pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsF
         get("duplicates")
     );
     println!(
-        "this run: {} model calls, {} tokens in, {} tokens out, ${:.4}",
+        "this run: {} model calls ({} by batch), {} tokens in, {} tokens out, ${:.4}",
         get("model_calls"),
+        get("batch_calls"),
         get("tokens_in"),
         get("tokens_out"),
         get("cost_micro_usd") as f64 / 1e6

@@ -48,6 +48,12 @@ impl JobSpec {
                     "price_out",
                     "latency_ms",
                     "threads",
+                    // Batch or direct, a call's body and its answer are the same.
+                    "batch",
+                    "batch_size",
+                    "batch_wait_s",
+                    "batch_price_in",
+                    "batch_price_out",
                 ] {
                     model.remove(operational);
                 }

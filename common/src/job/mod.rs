@@ -23,8 +23,8 @@ pub use concurrency::{Concurrency, DEFAULT_AUTO_LIMIT};
 pub use fingerprint::describe_changes;
 pub use input::{ConversationField, InputSpec, Turns};
 pub use models::{
-    Backend, BackendSpec, CallPolicy, Endpoint, LocalSpec, MockSpec, ModelSpec, OpenaiSpec,
-    Sampling,
+    Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_S,
+    Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Prices, Sampling,
 };
 pub use pipeline::{
     Candidates, CritiqueReviseSpec, JudgeMode, PairwiseSpec, Pipeline, PipelineKind, SftMode,
@@ -185,7 +185,7 @@ impl JobSpec {
     pub fn samples_in_flight(&self) -> usize {
         self.models
             .values()
-            .map(|model| model.policy.max_concurrency.most_in_flight())
+            .map(ModelSpec::calls_in_flight)
             .max()
             .unwrap_or(1)
     }
@@ -333,6 +333,80 @@ api_key_env = "OPENAI_API_KEY"
             message.contains("max_concurrency") && message.contains("\"auto\""),
             "{message}"
         );
+    }
+
+    #[test]
+    fn batch_settings_are_operational_and_priced_at_half_by_default() {
+        let plain = parse(&EXAMPLE.replace(
+            "api_key_env",
+            "price_in = 2.0\nprice_out = 6.0\napi_key_env",
+        ))
+        .unwrap();
+        let json = serde_json::to_string(&plain.spec.models["policy"]).unwrap();
+        assert!(!json.contains("batch"), "{json}");
+        let batched = parse(&EXAMPLE.replace(
+            "api_key_env",
+            "price_in = 2.0\nprice_out = 6.0\nbatch = true\nbatch_size = 100\nbatch_wait_s = 5\napi_key_env",
+        ))
+        .unwrap();
+        assert_eq!(plain.spec.fingerprint("c1"), batched.spec.fingerprint("c1"));
+        assert_eq!(
+            parse(EXAMPLE).unwrap().spec.fingerprint("c1"),
+            batched.spec.fingerprint("c1")
+        );
+        let model = &batched.spec.models["policy"];
+        assert_eq!(
+            model.batch(),
+            Some(&BatchSpec {
+                size: 100,
+                wait_s: 5,
+                price_in: None,
+                price_out: None
+            })
+        );
+        assert_eq!(
+            model.prices(),
+            Prices {
+                price_in: Some(1.0),
+                price_out: Some(3.0),
+                batch: true
+            }
+        );
+        assert_eq!(model.calls_in_flight(), 200);
+        assert!(!plain.spec.models["policy"].prices().batch);
+        // The settings survive the round trip through the registry's JSON.
+        let again: ModelSpec =
+            serde_json::from_str(&serde_json::to_string(model).unwrap()).unwrap();
+        assert_eq!(&again, model);
+        let priced = parse(&EXAMPLE.replace(
+            "api_key_env",
+            "batch = true\nbatch_price_in = 0.7\napi_key_env",
+        ))
+        .unwrap();
+        let prices = priced.spec.models["policy"].prices();
+        assert_eq!((prices.price_in, prices.price_out), (Some(0.7), None));
+    }
+
+    #[test]
+    fn batch_settings_are_refused_off_openai_and_without_batch() {
+        let mock = PAIRWISE.replace("backend = \"mock\"", "backend = \"mock\"\nbatch = true");
+        let without = EXAMPLE.replace("api_key_env", "batch_size = 10\napi_key_env");
+        let zero = EXAMPLE.replace("api_key_env", "batch = true\nbatch_size = 0\napi_key_env");
+        for (text, says) in [
+            (mock, "`batch` is a setting of backend \"openai\""),
+            (without, "`batch_size` is a setting of batch mode"),
+            (zero, "`batch_size` must be between 1 and 50000"),
+            (
+                EXAMPLE.replace(
+                    "url = \"http://127.0.0.1:8000/v1\"",
+                    "url = [\"http://a:8000/v1\", \"http://b:8000/v1\"]\nbatch = true",
+                ),
+                "the Batch API of one server",
+            ),
+        ] {
+            let message = parse(&text).unwrap_err().to_string();
+            assert!(message.contains(says), "{message}");
+        }
     }
 
     const PAIRWISE: &str = r#"

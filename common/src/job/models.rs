@@ -103,7 +103,34 @@ pub struct OpenaiSpec {
     pub prefill: bool,
     /// Name of the environment variable holding the API key (the key itself is never stored).
     pub api_key_env: Option<String>,
+    /// `batch = true`: every call goes as a line of a batch of the provider's Batch API, at the
+    /// batch price, instead of as a request of its own.
+    pub batch: Option<BatchSpec>,
 }
+
+/// How the calls of a model in batch mode (`batch = true`) are gathered into batches and what
+/// they cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchSpec {
+    /// Most lines in one batch (`batch_size`).
+    pub size: usize,
+    /// Longest wait, in seconds, from the first call gathered to the batch's submission
+    /// (`batch_wait_s`).
+    pub wait_s: u64,
+    /// Price of a million prompt tokens by batch in USD (`batch_price_in`; default: half of
+    /// `price_in`).
+    pub price_in: Option<f64>,
+    /// Price of a million generated tokens by batch in USD (`batch_price_out`; default: half of
+    /// `price_out`).
+    pub price_out: Option<f64>,
+}
+
+/// Lines in a batch unless `batch_size` says otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 5000;
+/// The most lines a batch may hold (OpenAI's limit).
+pub const MAX_BATCH_SIZE: usize = 50_000;
+/// Seconds a batch gathers calls unless `batch_wait_s` says otherwise.
+pub const DEFAULT_BATCH_WAIT_S: u64 = 60;
 
 /// A GGUF model run in-process on the CPU.
 #[derive(Clone, Debug, PartialEq)]
@@ -156,7 +183,55 @@ pub struct CallPolicy {
     pub price_out: Option<f64>,
 }
 
+/// What a model's calls cost: USD per million tokens in and out, and whether they go by batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Prices {
+    /// USD per million prompt tokens.
+    pub price_in: Option<f64>,
+    /// USD per million generated tokens.
+    pub price_out: Option<f64>,
+    /// Whether the calls go by batch (and these are the batch prices).
+    pub batch: bool,
+}
+
 impl ModelSpec {
+    /// The batch settings of a model in batch mode.
+    pub fn batch(&self) -> Option<&BatchSpec> {
+        match &self.backend {
+            BackendSpec::Openai(openai) => openai.batch.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// What its calls cost: the batch prices in batch mode (half the direct ones unless set),
+    /// else `price_in` and `price_out`.
+    pub fn prices(&self) -> Prices {
+        let (price_in, price_out) = (self.policy.price_in, self.policy.price_out);
+        match self.batch() {
+            Some(batch) => Prices {
+                price_in: batch.price_in.or(price_in.map(|usd| usd / 2.0)),
+                price_out: batch.price_out.or(price_out.map(|usd| usd / 2.0)),
+                batch: true,
+            },
+            None => Prices {
+                price_in,
+                price_out,
+                batch: false,
+            },
+        }
+    }
+
+    /// How many of its calls one process may have waiting at once: `max_concurrency` (its
+    /// `max_concurrency_limit` for `"auto"`), or in batch mode two batches' worth (one gathering while one runs), so that the samples in
+    /// flight fill its batches.
+    pub fn calls_in_flight(&self) -> usize {
+        let most = self.policy.max_concurrency.most_in_flight();
+        match self.batch() {
+            Some(batch) => most.max(2 * batch.size),
+            None => most,
+        }
+    }
+
     /// The model of an OpenAI-compatible server at `url` with every other setting at its default
     /// (tests, embedding callers).
     pub fn openai(url: &str, model: &str) -> Self {
@@ -168,6 +243,7 @@ impl ModelSpec {
                 endpoint: Endpoint::Chat,
                 prefill: false,
                 api_key_env: None,
+                batch: None,
             }),
             ..Self::mock()
         }
@@ -234,6 +310,17 @@ pub(super) struct ModelFile {
     path: Option<PathBuf>,
     #[serde(default)]
     threads: Option<usize>,
+    // The batch settings are left out when unset, so jobs from before them keep their JSON.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    batch: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_wait_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_price_in: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    batch_price_out: Option<f64>,
 }
 
 /// `url` as a job file writes it: one URL (a string, as before replicas), or a list of them.
@@ -295,6 +382,11 @@ impl ModelFile {
             latency_ms: 0,
             path: None,
             threads: None,
+            batch: false,
+            batch_size: None,
+            batch_wait_s: None,
+            batch_price_in: None,
+            batch_price_out: None,
         }
     }
 
@@ -316,6 +408,7 @@ impl ModelFile {
             (self.path.is_some(), "path", Backend::Local),
             (self.threads.is_some(), "threads", Backend::Local),
             (self.latency_ms != 0, "latency_ms", Backend::Mock),
+            (self.batch, "batch", Backend::Openai),
         ];
         owned
             .into_iter()
@@ -343,7 +436,12 @@ impl ModelFile {
         if self.tpm == Some(0) {
             return Err("`tpm` must be at least 1 (leave it out for no limit)".into());
         }
-        for (field, price) in [("price_in", self.price_in), ("price_out", self.price_out)] {
+        for (field, price) in [
+            ("price_in", self.price_in),
+            ("price_out", self.price_out),
+            ("batch_price_in", self.batch_price_in),
+            ("batch_price_out", self.batch_price_out),
+        ] {
             if price.is_some_and(|usd| !(usd.is_finite() && usd >= 0.0)) {
                 return Err(format!(
                     "`{field}` must be a non-negative number of USD per million tokens"
@@ -351,6 +449,36 @@ impl ModelFile {
             }
         }
         Ok(())
+    }
+
+    /// The batch settings, when `batch = true`; a batch setting without it is refused.
+    fn batch_spec(&self) -> Result<Option<BatchSpec>, String> {
+        if !self.batch {
+            let set = [
+                ("batch_size", self.batch_size.is_some()),
+                ("batch_wait_s", self.batch_wait_s.is_some()),
+                ("batch_price_in", self.batch_price_in.is_some()),
+                ("batch_price_out", self.batch_price_out.is_some()),
+            ];
+            return match set.iter().find(|(_, set)| *set) {
+                Some((key, _)) => Err(format!(
+                    "`{key}` is a setting of batch mode: set `batch = true` or remove it"
+                )),
+                None => Ok(None),
+            };
+        }
+        let size = self.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if !(1..=MAX_BATCH_SIZE).contains(&size) {
+            return Err(format!(
+                "`batch_size` must be between 1 and {MAX_BATCH_SIZE}"
+            ));
+        }
+        Ok(Some(BatchSpec {
+            size,
+            wait_s: self.batch_wait_s.unwrap_or(DEFAULT_BATCH_WAIT_S),
+            price_in: self.batch_price_in,
+            price_out: self.batch_price_out,
+        }))
     }
 
     fn backend_spec(&self) -> Result<BackendSpec, String> {
@@ -368,13 +496,23 @@ impl ModelFile {
                     .model
                     .clone()
                     .ok_or("`model` is required for backend \"openai\"")?;
+                let batch = self.batch_spec()?;
+                let dns_refresh_s = self.dns_refresh()?;
+                if batch.is_some() && (urls.len() > 1 || dns_refresh_s.is_some()) {
+                    return Err(
+                        "`batch = true` sends every call to the Batch API of one server: \
+                                give one `url`, without `replicas_from_dns`"
+                            .into(),
+                    );
+                }
                 BackendSpec::Openai(OpenaiSpec {
                     urls,
-                    dns_refresh_s: self.dns_refresh()?,
+                    dns_refresh_s,
                     model,
                     endpoint: self.endpoint,
                     prefill: self.prefill,
                     api_key_env: self.api_key_env.clone(),
+                    batch,
                 })
             }
             Backend::Local => {
@@ -511,6 +649,13 @@ impl From<ModelSpec> for ModelFile {
                 file.endpoint = openai.endpoint;
                 file.prefill = openai.prefill;
                 file.api_key_env = openai.api_key_env;
+                if let Some(batch) = openai.batch {
+                    file.batch = true;
+                    file.batch_size = Some(batch.size);
+                    file.batch_wait_s = Some(batch.wait_s);
+                    file.batch_price_in = batch.price_in;
+                    file.batch_price_out = batch.price_out;
+                }
             }
             BackendSpec::Local(local) => {
                 file.path = Some(local.path);

@@ -2,7 +2,8 @@
 //! mirrors it for the in-process workers. The one thing that must survive a crash, the step
 //! cache (else a killed run pays again for the steps its samples in flight had finished), is
 //! also written to the output directory's step log when the state is opened with one
-//! ([`EmbeddedState::with_step_log`]).
+//! ([`EmbeddedState::with_step_log`]); so are the records of the batches in flight at a
+//! provider's Batch API, in the batch log ([`EmbeddedState::with_batch_log`]).
 //!
 //! Invariant: everything is indexed by job first and sample second, so per-sample operations
 //! cost the same whatever the number of samples held.
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
+use super::batch_log::{BatchLog, BatchRecords};
 use super::step_log::{LoggedSteps, StepLog, Steps};
 use super::{StateError, StateStore};
 use crate::sample::SampleKey;
@@ -25,11 +27,19 @@ struct StepCache {
     log: Option<StepLog>,
 }
 
-/// In-memory done set, step cache, job registry, counters and heartbeats.
+/// The batch records: (job, id) → record, and the log that keeps them.
+#[derive(Default)]
+struct Batches {
+    records: HashMap<(String, String), Vec<u8>>,
+    log: Option<BatchLog>,
+}
+
+/// In-memory done set, step cache, batch records, job registry, counters and heartbeats.
 #[derive(Default)]
 pub struct EmbeddedState {
     done: Mutex<HashMap<String, HashSet<SampleKey>>>,
     steps: Mutex<StepCache>,
+    batches: Mutex<Batches>,
     /// job → (spec JSON, fingerprint).
     jobs: Mutex<HashMap<String, (String, String)>>,
     active: Mutex<BTreeSet<String>>,
@@ -57,6 +67,20 @@ impl EmbeddedState {
         }
         state
     }
+
+    /// This state with the batch records of `job` also kept in `log`, starting with those it
+    /// held.
+    pub fn with_batch_log(self, job: &str, log: BatchLog, records: BatchRecords) -> Self {
+        {
+            let mut batches = self.batches.lock().expect("state lock");
+            batches.records = records
+                .into_iter()
+                .map(|(id, record)| ((job.to_owned(), id), record))
+                .collect();
+            batches.log = Some(log);
+        }
+        self
+    }
 }
 
 /// A step-log failure as a job-fatal error: a full volume says how much more it needed.
@@ -69,7 +93,7 @@ fn log_error(
     if crate::disk::is_full(error) {
         Service::State.fatal(crate::disk::full_message(path, needed as u64))
     } else {
-        Service::State.fatal(format!("{doing} the step log {}: {error}", path.display()))
+        Service::State.fatal(format!("{doing} the log {}: {error}", path.display()))
     }
 }
 
@@ -178,6 +202,42 @@ impl StateStore for EmbeddedState {
                 .map(|((_, key), (steps, _))| (key, steps));
             log.forget(forgotten, cached)
                 .map_err(|e| log_error(log.path(), "compacting", &e, 0))?;
+        }
+        Ok(())
+    }
+
+    async fn batch_put(&self, job: &str, id: &str, record: Vec<u8>) -> Result<(), StateError> {
+        let mut batches = self.batches.lock().expect("state lock");
+        if let Some(log) = &mut batches.log {
+            log.append(id, Some(&record))
+                .map_err(|e| log_error(log.path(), "writing", &e, record.len()))?;
+        }
+        batches
+            .records
+            .insert((job.to_owned(), id.to_owned()), record);
+        Ok(())
+    }
+
+    async fn batch_records(&self, job: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let batches = self.batches.lock().expect("state lock");
+        Ok(batches
+            .records
+            .iter()
+            .filter(|((record_job, _), _)| record_job == job)
+            .map(|((_, id), record)| (id.clone(), record.clone()))
+            .collect())
+    }
+
+    async fn batch_remove(&self, job: &str, id: &str) -> Result<(), StateError> {
+        let mut batches = self.batches.lock().expect("state lock");
+        if batches
+            .records
+            .remove(&(job.to_owned(), id.to_owned()))
+            .is_some()
+            && let Some(log) = &mut batches.log
+        {
+            log.append(id, None)
+                .map_err(|e| log_error(log.path(), "writing", &e, id.len()))?;
         }
         Ok(())
     }
@@ -293,6 +353,11 @@ impl StateStore for EmbeddedState {
             .expect("state lock")
             .samples
             .retain(|(step_job, _), _| step_job != job);
+        self.batches
+            .lock()
+            .expect("state lock")
+            .records
+            .retain(|(batch_job, _), _| batch_job != job);
         self.jobs.lock().expect("state lock").remove(job);
         self.active.lock().expect("state lock").remove(job);
         self.counters.lock().expect("state lock").remove(job);

@@ -9,6 +9,7 @@
 //! claim less: the output directory is the ledger and can re-seed it with
 //! [`StateStore::reset_done`]).
 
+pub mod batch_log;
 pub mod embedded;
 pub mod redis;
 pub mod step_log;
@@ -47,6 +48,16 @@ pub trait StateStore: Send + Sync {
     ) -> Result<(), StateError>;
     /// Drops the cached steps of samples that are done (their results are durable).
     async fn step_forget(&self, job: &str, keys: &[SampleKey]) -> Result<(), StateError>;
+
+    /// Records a batch submitted to a provider's Batch API (which batch, which calls it holds),
+    /// before anything waits on it, so that a process meeting one of those calls again (after a
+    /// restart, or on another worker) waits for that batch instead of paying for the call
+    /// again. Replaces the record of the same `id`.
+    async fn batch_put(&self, job: &str, id: &str, record: Vec<u8>) -> Result<(), StateError>;
+    /// Every batch record of the job, as `(id, record)`.
+    async fn batch_records(&self, job: &str) -> Result<Vec<(String, Vec<u8>)>, StateError>;
+    /// Forgets a batch record, once every call it held was consumed.
+    async fn batch_remove(&self, job: &str, id: &str) -> Result<(), StateError>;
 
     /// Takes (or, for its holder, renews) the lease on running a sample for `ttl`: true when
     /// `holder` now holds it. Two workers handed the same sample (a task redelivered while its
@@ -100,7 +111,7 @@ pub trait StateStore: Send + Sync {
     /// Forgets the job's fatal error (a new run of the job starts clean).
     async fn clear_fatal(&self, job: &str) -> Result<(), StateError>;
     /// Forgets everything about the job: registry entry, active flag, done set, counters,
-    /// fatal error and step cache.
+    /// fatal error, step cache and batch records.
     async fn clear_job(&self, job: &str) -> Result<(), StateError>;
     /// Whether the store answers now (for a readiness probe).
     async fn ready(&self) -> bool;

@@ -16,6 +16,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sample::SampleKey;
@@ -59,7 +60,7 @@ impl StepLog {
         let mut steps = LoggedSteps::new();
         match File::open(&path) {
             Ok(file) => {
-                for (record, size) in read_records(file)? {
+                for (record, size) in read_records::<Record>(file)? {
                     let key = SampleKey(record.key);
                     if !committed(&key) {
                         let (sample, bytes) = steps.entry(key).or_default();
@@ -115,21 +116,26 @@ impl StepLog {
 }
 
 fn encode(key: &SampleKey, step: &str, value: &[u8]) -> Vec<u8> {
-    let record = Record {
+    frame(&Record {
         key: key.0,
         step: step.to_owned(),
         value: value.to_vec(),
-    };
-    let body = rmp_serde::to_vec(&record).expect("a step record encodes");
+    })
+}
+
+/// A record as the logs of the output directory frame it: a little-endian `u32` length, then
+/// its MessagePack.
+pub(super) fn frame(record: &impl Serialize) -> Vec<u8> {
+    let body = rmp_serde::to_vec(record).expect("a log record encodes");
     let mut bytes = Vec::with_capacity(4 + body.len());
     bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&body);
     bytes
 }
 
-/// Every whole record of a log with its size in bytes; a torn or unreadable tail (a write cut by
-/// a crash) ends it.
-fn read_records(file: File) -> std::io::Result<Vec<(Record, u64)>> {
+/// Every whole record of a log of [`frame`]s with its size in bytes; a torn or unreadable tail (a
+/// write cut by a crash) ends it.
+pub(super) fn read_records<R: DeserializeOwned>(file: File) -> std::io::Result<Vec<(R, u64)>> {
     let mut reader = BufReader::new(file);
     let mut records = Vec::new();
     loop {

@@ -2,7 +2,7 @@
 //! request goes through (capacity, record, key, latency, body, fault), and the OpenAI-shaped
 //! reply to a well-formed one.
 
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -18,7 +18,7 @@ use super::reply::{judge_positions, render, reply_for};
 use super::{LogprobFormat, ServerConfig};
 
 /// The two endpoints.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Api {
     /// `/v1/chat/completions`.
     Chat,
@@ -28,7 +28,7 @@ pub(super) enum Api {
 
 impl Api {
     /// The endpoint's name in [`RecordedCall::endpoint`].
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Api::Chat => "chat",
             Api::Completions => "completions",
@@ -59,42 +59,36 @@ pub(super) async fn completions(
 /// check the body, inject the fault, answer.
 async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> Response {
     let parsed: Option<Value> = serde_json::from_slice(raw).ok();
-    let Some(_in_flight) = shared.enter() else {
-        return over_capacity(shared, api, headers, raw, &parsed);
-    };
-    let authorized = shared.config.api_key.as_ref().is_none_or(|key| {
-        headers
-            .get(AUTHORIZATION)
+    let call = |fault: Option<&'static str>| RecordedCall {
+        endpoint: api.name(),
+        body: parsed
+            .clone()
+            .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
+        judge: parsed.as_ref().is_some_and(is_judge),
+        fault,
+        host: headers
+            .get(HOST)
             .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            == Some(key.as_str())
-    });
+            .map(str::to_owned),
+        batch: false,
+    };
+    let Some(_in_flight) = shared.enter() else {
+        shared.record_refused(call(Some("capacity")));
+        return error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "The server is at its capacity; try again later.",
+            "rate_limit_exceeded",
+        );
+    };
+    let authorized = authorized(&shared.config, headers);
     let fault = if authorized && parsed.is_some() {
         shared.draw_fault(raw)
     } else {
         None
     };
-    {
-        let digest = Sha256::digest(raw);
-        let mut counted = shared
-            .counted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        counted.requests += 1;
-        if !counted
-            .seen
-            .insert(digest[..16].try_into().expect("16 bytes"))
-        {
-            counted.repeats += 1;
-        }
-    }
-    log_call(shared, api, headers, raw, &parsed, fault.map(Fault::name));
+    shared.record(raw, call(fault.map(Fault::name)));
     if !authorized {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "Incorrect API key provided.",
-            "invalid_api_key",
-        );
+        return unauthorized();
     }
     if !shared.config.latency.is_zero() {
         tokio::time::sleep(shared.config.latency).await;
@@ -155,79 +149,51 @@ async fn handle(shared: &Shared, api: Api, headers: &HeaderMap, raw: &[u8]) -> R
             )
                 .into_response()
         }
-        Ok(reply) => axum::Json(reply).into_response(),
+        Ok(reply) => {
+            shared.answered(raw);
+            axum::Json(reply).into_response()
+        }
         Err(message) => error(StatusCode::BAD_REQUEST, &message, "invalid_request"),
     }
 }
 
-/// Records and counts a request refused because the server is at its capacity, and refuses it
-/// with a 429.
-fn over_capacity(
-    shared: &Shared,
-    api: Api,
-    headers: &HeaderMap,
-    raw: &[u8],
-    parsed: &Option<Value>,
-) -> Response {
-    {
-        let mut counted = shared
-            .counted
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        counted.requests += 1;
-        counted.over_capacity += 1;
-    }
-    log_call(shared, api, headers, raw, parsed, Some("capacity"));
+/// Whether a request carries the configured key (any request does when none is set).
+pub(super) fn authorized(config: &ServerConfig, headers: &HeaderMap) -> bool {
+    config.api_key.as_ref().is_none_or(|key| {
+        headers
+            .get(AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            == Some(key.as_str())
+    })
+}
+
+/// The reply to a request without the configured key.
+pub(super) fn unauthorized() -> Response {
     error(
-        StatusCode::TOO_MANY_REQUESTS,
-        "The server is at its capacity; try again later.",
-        "rate_limit_exceeded",
+        StatusCode::UNAUTHORIZED,
+        "Incorrect API key provided.",
+        "invalid_api_key",
     )
 }
 
-/// Adds a request to the request log (unless the server keeps none).
-fn log_call(
-    shared: &Shared,
-    api: Api,
-    headers: &HeaderMap,
-    raw: &[u8],
-    parsed: &Option<Value>,
-    fault: Option<&'static str>,
-) {
-    if shared.config.count_only {
-        return;
-    }
-    shared
-        .calls
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(RecordedCall {
-            endpoint: api.name(),
-            body: parsed
-                .clone()
-                .unwrap_or_else(|| String::from_utf8_lossy(raw).into_owned().into()),
-            judge: parsed.as_ref().is_some_and(is_judge),
-            fault,
-            host: headers
-                .get(HOST)
-                .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
-        });
-}
-
-/// An OpenAI-style error reply.
-fn error(status: StatusCode, message: &str, code: &str) -> Response {
-    let body = json!({"error": {
+/// An OpenAI-style error body.
+pub(super) fn error_body(message: &str, code: &str) -> Value {
+    json!({"error": {
         "message": message,
         "type": "invalid_request_error",
         "param": null,
         "code": code,
-    }});
-    (status, axum::Json(body)).into_response()
+    }})
+}
+
+/// An OpenAI-style error reply.
+pub(super) fn error(status: StatusCode, message: &str, code: &str) -> Response {
+    (status, axum::Json(error_body(message, code))).into_response()
 }
 
 /// Whether a request asks for log-probabilities.
-fn is_judge(request: &Value) -> bool {
+pub(super) fn is_judge(request: &Value) -> bool {
     matches!(
         request.get("logprobs"),
         Some(Value::Bool(true) | Value::Number(_))
@@ -235,7 +201,7 @@ fn is_judge(request: &Value) -> bool {
 }
 
 /// The reply to a well-formed request, or what is wrong with it.
-fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result<Value, String> {
+pub(super) fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result<Value, String> {
     let model = request
         .get("model")
         .and_then(Value::as_str)

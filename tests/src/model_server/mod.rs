@@ -2,7 +2,9 @@
 //!
 //! [`ModelServer::start`] binds `127.0.0.1:0`, serves `POST /v1/chat/completions` and
 //! `POST /v1/completions` from a tokio task, and records every request ([`ModelServer::calls`]).
-//! The same request body always gets the same reply.
+//! The same request body always gets the same reply. It serves the Batch API too (see
+//! [`BatchConfig`] and the `batch` module): every line of a batch is answered as a direct call
+//! of its body would be, and recorded as a request of its own.
 //!
 //! # Prompt text
 //! Replies are derived from the request's *prompt text*: on the chat endpoint the `content` of
@@ -70,6 +72,8 @@
 //!   handlers share;
 //! - `faults`: the injected faults ([`Faults`]) and their deterministic draw;
 //! - `handler`: the two endpoints: the steps every request goes through, and the reply;
+//! - `batch`: the Batch API (files, batches), answering each line through `handler`'s reply,
+//!   with `multipart` reading the file uploads;
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
 //!   at [`p_first`] and their log-probability layouts.
 
@@ -78,15 +82,19 @@ use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use axum::Router;
-use axum::routing::post;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod batch;
 mod calls;
 mod faults;
 mod handler;
+mod multipart;
 mod reply;
 
+pub use batch::BatchConfig;
 pub use calls::RecordedCall;
 pub use faults::{Faults, HANG};
 pub use reply::{p_first, reply_for};
@@ -133,6 +141,8 @@ pub struct ServerConfig {
     /// flight is answered at once with a 429 and no `Retry-After`, as an overloaded server
     /// does (see [`ModelServer::over_capacity`]). `None`: no limit.
     pub capacity: Option<usize>,
+    /// How batches of the Batch API behave (how long they take, their faults).
+    pub batch: BatchConfig,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.
@@ -183,6 +193,15 @@ impl ModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            // A batch input file may be far larger than a request (OpenAI takes 200 MB).
+            .route(
+                "/v1/files",
+                post(batch::upload).layer(DefaultBodyLimit::max(256 << 20)),
+            )
+            .route("/v1/files/{id}/content", get(batch::content))
+            .route("/v1/batches", post(batch::create).get(batch::list))
+            .route("/v1/batches/{id}", get(batch::get))
+            .route("/v1/batches/{id}/cancel", post(batch::cancel))
             .with_state(shared.clone());
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -233,6 +252,35 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .over_capacity
+    }
+
+    /// Requests (direct calls or batch lines) whose body had been answered successfully
+    /// before: model calls paid twice (a failed call sent again is not one).
+    pub fn repeated_answers(&self) -> u64 {
+        self.shared
+            .counted
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .repeated_answers
+    }
+
+    /// Batch input files uploaded so far.
+    pub fn files_uploaded(&self) -> usize {
+        self.shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .uploaded()
+    }
+
+    /// `(batches created, batches in progress)` so far.
+    pub fn batches(&self) -> (usize, usize) {
+        let batches = self
+            .shared
+            .batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (batches.created(), batches.in_progress())
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have

@@ -6,6 +6,7 @@
 //! a chat endpoint sees ordinary user/assistant messages while a completions endpoint sees the
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
+pub mod batch;
 pub mod client;
 pub mod concurrency;
 pub mod letters;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cai_common::job::{BackendSpec, ModelSpec};
 use cai_common::message::Role;
+use cai_common::state::StateStore;
 use serde::{Deserialize, Serialize};
 
 /// Who speaks a turn of a CAI prompt.
@@ -261,6 +263,9 @@ pub trait Model: Send + Sync {
     fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
         (prompt.transcript().chars().count() as u64).div_ceil(4)
     }
+    /// Gives the model the job it serves and the job's state store, for a backend that keeps
+    /// durable state of its own there (batch mode records its batches); others ignore it.
+    fn bind(&self, _job: &str, _state: &Arc<dyn StateStore>) {}
 }
 
 /// The models of a job, by the name the job file gives them.
@@ -285,8 +290,13 @@ pub fn endpoint(spec: &ModelSpec) -> String {
 }
 
 /// Builds model `name` of a job: its backend, behind the client layer of its spec
-/// ([`client::Governed`]). Fails (job-fatal) on a missing API key variable or model file.
+/// ([`client::Governed`]), or in batch mode the batch backend, which is its own client layer
+/// ([`batch::BatchModel`], to be bound to its job with [`Model::bind`]). Fails (job-fatal) on a
+/// missing API key variable or model file.
 pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError> {
+    if spec.batch().is_some() {
+        return Ok(Arc::new(batch::BatchModel::new(name, spec)?));
+    }
     let backend: Arc<dyn Model> = match &spec.backend {
         BackendSpec::Mock(mock) => Arc::new(mock::MockModel::new(
             name,
@@ -343,6 +353,13 @@ impl Models {
             }
         }
         notes
+    }
+
+    /// Binds every model to the job it serves and the job's state store ([`Model::bind`]).
+    pub fn bind(&self, job: &str, state: &Arc<dyn StateStore>) {
+        for model in self.models.values() {
+            model.bind(job, state);
+        }
     }
 
     /// Adds or replaces a model (tests, embedding callers).

@@ -49,6 +49,9 @@ pub struct OpenAiModel {
     path: &'static str,
     /// The servers requests go to, each with its client.
     replicas: Replicas<reqwest::Client>,
+    /// A client with the same timeouts bound to no replica: the Batch API's (batch mode has
+    /// one server, the first URL).
+    batch_client: reqwest::Client,
     /// The variable the key came from, for messages.
     api_key_env: Option<String>,
     /// The API key, sent as a bearer token.
@@ -62,7 +65,8 @@ pub struct OpenAiModel {
 }
 
 /// The useful part of a successful reply.
-struct Reply {
+#[derive(Clone)]
+pub(super) struct Reply {
     /// `choices[0]`.
     choice: Value,
     /// The generated text (`message.content` or `text`).
@@ -124,6 +128,11 @@ impl OpenAiModel {
             None => Discovery::Urls,
         };
         let replicas = Replicas::new(name, urls, discovery, connect(timeout)).map_err(fatal)?;
+        let batch_client = reqwest::Client::builder()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(timeout)
+            .build()
+            .map_err(|e| fatal(format!("cannot build the HTTP client: {e}")))?;
         Ok(Self {
             name: name.to_owned(),
             model,
@@ -131,6 +140,7 @@ impl OpenAiModel {
             prefill: spec.prefill,
             path,
             replicas,
+            batch_client,
             api_key_env: spec.api_key_env.clone(),
             api_key,
             secrets,
@@ -141,8 +151,9 @@ impl OpenAiModel {
         })
     }
 
-    /// The request body of a generation (`judge == false`) or a judgment.
-    fn body(&self, prompt: &Prompt, seed: u64, judge: bool) -> Value {
+    /// The request body of a generation (`judge == false`) or a judgment (a batch line's body
+    /// too).
+    pub(super) fn body(&self, prompt: &Prompt, seed: u64, judge: bool) -> Value {
         let (temperature, max_tokens) = if judge {
             (0.0, JUDGE_MAX_TOKENS)
         } else {
@@ -251,7 +262,7 @@ impl OpenAiModel {
     }
 
     /// A failure to send the request to `shown` or to read the reply: always retryable.
-    fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
+    pub(super) fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
         let error = error.without_url();
         let unreachable = error.is_connect();
         let what = if unreachable {
@@ -280,7 +291,7 @@ impl OpenAiModel {
     }
 
     /// A reply with a non-success status from `shown`.
-    fn status_error(
+    pub(super) fn status_error(
         &self,
         status: StatusCode,
         retry_after: Option<Duration>,
@@ -323,7 +334,7 @@ impl OpenAiModel {
     }
 
     /// Reads a 2xx body from `shown`; a body that is not JSON or has no choice is retryable.
-    fn parse_reply(&self, body: &str, shown: &str) -> Result<Reply, ModelError> {
+    pub(super) fn parse_reply(&self, body: &str, shown: &str) -> Result<Reply, ModelError> {
         let retryable = |what: String| ModelError::Retryable {
             message: self.scrub(format!(
                 "model {}: the reply from {shown} {what}",
@@ -370,7 +381,7 @@ impl OpenAiModel {
     }
 
     /// Removes every secret from a message.
-    fn scrub(&self, mut message: String) -> String {
+    pub(super) fn scrub(&self, mut message: String) -> String {
         for secret in &self.secrets {
             if !secret.is_empty() {
                 message = message.replace(secret.as_str(), "[redacted]");
@@ -378,20 +389,22 @@ impl OpenAiModel {
         }
         message
     }
-}
 
-#[async_trait]
-impl Model for OpenAiModel {
-    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
-        let reply = self.send(&self.body(prompt, seed, false)).await?;
-        Ok(Generation {
-            text: reply.text.trim().to_owned(),
-            usage: reply.usage,
-        })
+    /// The HTTP client and the API key, for the Batch API of the same server.
+    pub(super) fn client(&self) -> (&reqwest::Client, Option<&str>) {
+        (&self.batch_client, self.api_key.as_deref())
     }
 
-    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
-        let reply = self.send(&self.body(prompt, seed, true)).await?;
+    /// The generation a reply holds.
+    pub(super) fn generation(reply: Reply) -> Generation {
+        Generation {
+            text: reply.text.trim().to_owned(),
+            usage: reply.usage,
+        }
+    }
+
+    /// The judgment a reply holds; one without logprobs fails the sample.
+    pub(super) fn judgment(&self, reply: Reply) -> Result<Judgment, ModelError> {
         let positions = positions(&reply.choice);
         if positions.is_empty() {
             let asked = match self.endpoint {
@@ -408,6 +421,19 @@ impl Model for OpenAiModel {
             text: reply.text,
             usage: reply.usage,
         })
+    }
+}
+
+#[async_trait]
+impl Model for OpenAiModel {
+    async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        let reply = self.send(&self.body(prompt, seed, false)).await?;
+        Ok(Self::generation(reply))
+    }
+
+    async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
+        let reply = self.send(&self.body(prompt, seed, true)).await?;
+        self.judgment(reply)
     }
 
     /// A chat endpoint sees the turns' text, a completions endpoint the whole transcript.
@@ -456,7 +482,7 @@ pub fn redact(url: &str) -> String {
 }
 
 /// A `Retry-After` header in seconds (the HTTP-date form is ignored).
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let seconds: f64 = headers
         .get(RETRY_AFTER)?
         .to_str()

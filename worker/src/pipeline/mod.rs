@@ -35,7 +35,7 @@ pub struct JobContext {
     pub constitution: Arc<Constitution>,
     /// The job's models.
     pub models: Models,
-    /// Done set and step cache.
+    /// Done set, step cache and batch records.
     pub state: Arc<dyn StateStore>,
     /// The job's metric series in this process.
     pub metrics: JobMetrics,
@@ -108,6 +108,7 @@ impl JobContext {
         state: Arc<dyn StateStore>,
     ) -> Self {
         let metrics = metrics().job(&spec.name, spec.models.keys().map(String::as_str));
+        models.bind(&spec.name, &state);
         Self {
             spec,
             constitution,
@@ -289,11 +290,14 @@ impl SampleRun<'_> {
         } else {
             &mut self.usage
         };
+        // A model in batch mode makes every call as a batch line, at the batch price.
+        let prices = spec.prices();
         account.tokens_in += traced.tokens_in;
         account.tokens_out += traced.tokens_out;
         account.calls += 1;
-        account.cost_micro_usd += cost(spec.policy.price_in, traced.tokens_in)
-            + cost(spec.policy.price_out, traced.tokens_out);
+        account.batch_calls += u64::from(prices.batch);
+        account.cost_micro_usd +=
+            cost(prices.price_in, traced.tokens_in) + cost(prices.price_out, traced.tokens_out);
         self.steps.push(TraceStep {
             step: info.name.clone(),
             principle_id: info.principle.map(|p| p.id.clone()),

@@ -14,6 +14,7 @@
 //! | `cai:<job>:progress` | hash | counter name → value |
 //! | `cai:<job>:steps:<hexkey>` | hash | step name → cached model-call result, with a TTL |
 //! | `cai:<job>:fatal` | string | the first job-fatal error a worker reported |
+//! | `cai:<job>:batches` | hash | batch record id → record of a provider batch, with a TTL |
 //!
 //! and, shared by all jobs, `cai:_jobs:active` (set of job names), `cai:_workers` (set of
 //! worker ids) and `cai:_workers:<id>` (the worker's info, expiring). The global keys carry an
@@ -324,6 +325,33 @@ impl StateStore for RedisState {
             pipeline.unlink(hashes);
         }
         self.query("step forget", &pipeline, Retry::Idempotent)
+            .await
+    }
+
+    /// The records share one hash whose TTL (the step cache's) is renewed at every write.
+    async fn batch_put(&self, job: &str, id: &str, record: Vec<u8>) -> Result<(), StateError> {
+        let hash = self.keys.job(job, "batches");
+        let mut pipeline = redis::pipe();
+        pipeline
+            .atomic()
+            .hset(&hash, id, record)
+            .pexpire(&hash, self.step_ttl.as_millis() as i64);
+        self.query("batch put", &pipeline, Retry::Idempotent).await
+    }
+
+    async fn batch_records(&self, job: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let mut pipeline = redis::pipe();
+        pipeline.hgetall(self.keys.job(job, "batches"));
+        let (records,): (Vec<(String, Vec<u8>)>,) = self
+            .query("batch records", &pipeline, Retry::Idempotent)
+            .await?;
+        Ok(records)
+    }
+
+    async fn batch_remove(&self, job: &str, id: &str) -> Result<(), StateError> {
+        let mut pipeline = redis::pipe();
+        pipeline.hdel(self.keys.job(job, "batches"), id).ignore();
+        self.query("batch remove", &pipeline, Retry::Idempotent)
             .await
     }
 
