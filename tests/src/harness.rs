@@ -142,6 +142,17 @@ pub fn cai_process() -> tokio::process::Command {
     command
 }
 
+/// Sends `signal` (`"INT"`, `"TERM"`, …) to a running child, as an operator's Ctrl-C or a
+/// Kubernetes stop would; panics if it cannot be sent.
+pub fn signal(child: &tokio::process::Child, signal: &str) {
+    let pid = child.id().expect("the process runs").to_string();
+    let sent = std::process::Command::new("kill")
+        .args([format!("-{signal}"), pid])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "SIG{signal} could not be sent");
+}
+
 /// Polls `condition` every 20 ms until it holds; panics naming `what` after `deadline`.
 pub async fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let give_up = tokio::time::Instant::now() + deadline;

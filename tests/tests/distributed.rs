@@ -444,14 +444,7 @@ async fn a_worker_told_to_stop_drains_within_its_grace_period() {
     let draining = run.worker("w1", &["--grace-s", "5"]);
     let coordinator = run.coordinator("coordinator.log");
     run.wait_committed(4).await;
-    let pid = draining.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    cai_tests::harness::signal(&draining, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(15), draining.wait_with_output())
         .await
         .expect("the worker exits within its grace period (5 s) and a margin")

@@ -107,14 +107,7 @@ async fn a_coordinator_waits_for_redis_at_start_and_one_interrupt_stops_it() {
         coordinator.try_wait().unwrap().is_none(),
         "the coordinator waits instead of exiting"
     );
-    let pid = coordinator.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    cai_tests::harness::signal(&coordinator, "INT");
     let status = tokio::time::timeout(Duration::from_secs(30), coordinator.wait())
         .await
         .expect("one SIGINT ends the wait within 30 s")
@@ -153,14 +146,7 @@ async fn a_worker_waits_for_redis_at_start_and_serves_once_it_answers() {
         read().contains("worker started")
     })
     .await;
-    let pid = worker.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    cai_tests::harness::signal(&worker, "TERM");
     let status = tokio::time::timeout(Duration::from_secs(30), worker.wait())
         .await
         .expect("the worker stops within 30 s of SIGTERM")

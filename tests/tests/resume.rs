@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cai_tests::harness::{JobDir, cai_process, ids, repo_file, wait_until};
+use cai_tests::harness::{JobDir, cai_process, ids, repo_file, signal, wait_until};
 use cai_tests::model_server::{ModelServer, ServerConfig};
 use cai_tests::scenario::{committed, committed_keys};
 use serde_json::Value;
@@ -208,14 +208,7 @@ async fn sigint_stops_cleanly_and_a_rerun_completes() {
         committed(&out) >= 20
     })
     .await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-INT", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    signal(&child, "INT");
     let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
         .await
         .expect("cai exits within 30 s of SIGINT")

@@ -39,12 +39,7 @@ async fn get(url: &str) -> Option<(u16, String)> {
 }
 
 async fn terminate(worker: &mut Child) {
-    let pid = worker.id().expect("the worker runs").to_string();
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(sent.success());
+    cai_tests::harness::signal(worker, "TERM");
     tokio::time::timeout(Duration::from_secs(60), worker.wait())
         .await
         .expect("the worker drains within 60 s")
@@ -510,11 +505,7 @@ async fn readyz_is_not_ready_while_the_broker_is_cut_off_or_the_worker_drains() 
         Some(1.0),
         "{outstanding} in\n{text}"
     );
-    let pid = worker.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    cai_tests::harness::signal(&worker, "TERM");
     becomes("/readyz", 503, "draining").await;
     assert!(
         worker.try_wait().unwrap().is_none(),
