@@ -47,7 +47,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut serving: HashMap<String, Serving> = HashMap::new();
-    let mut given_up: HashMap<String, Serving> = HashMap::new();
+    // Jobs given up on this worker, with the registry entry each was given up on.
+    let mut given_up: HashMap<String, String> = HashMap::new();
     let mut consumers: JoinSet<(String, Result<(), String>)> = JoinSet::new();
     let started = Instant::now();
     let mut poll = tokio::time::interval(options.poll_interval);
@@ -97,7 +98,7 @@ pub async fn serve(
                             continue;
                         }
                     };
-                    if given_up.get(&job).is_some_and(|gave_up| gave_up.entry == entry) {
+                    if given_up.get(&job).is_some_and(|gave_up| *gave_up == entry) {
                         continue;
                     }
                     if given_up.remove(&job).is_some() {
@@ -112,12 +113,12 @@ pub async fn serve(
                         Err(StartError::Unreadable(error)) => {
                             // Written by a newer coordinator: another worker may serve it.
                             tracing::error!(job, %error, "cannot read this job's spec; not serving it");
-                            given_up.insert(job, Serving::given_up(entry));
+                            given_up.insert(job, entry);
                         }
                         Err(StartError::Fatal(error)) => {
                             tracing::error!(job, %error, "cannot serve job");
                             report_fatal(&state, &job, &error).await;
-                            given_up.insert(job, Serving::given_up(entry));
+                            given_up.insert(job, entry);
                         }
                     }
                 }
@@ -129,7 +130,7 @@ pub async fn serve(
                     tracing::error!(job, %error, "job failed fatally on this worker");
                     report_fatal(&state, &job, &error).await;
                     if let Some(served) = served {
-                        given_up.insert(job, Serving::given_up(served.entry));
+                        given_up.insert(job, served.entry);
                     }
                 }
             }
@@ -151,21 +152,13 @@ pub async fn serve(
 
 type Consumer = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
 
-/// A job this worker serves, or gave up on, with the registry entry it read: a job given up
-/// is tried again only once its entry changes.
+/// A job this worker serves, with the registry entry it was started from (kept as the entry
+/// given up on if the job fails fatally here: it is tried again only once its entry changes).
 struct Serving {
-    /// Stops serving it (a cancelled token for a job given up).
+    /// Stops serving it.
     token: CancellationToken,
     /// The registry entry (descriptor JSON) the job was started from.
     entry: String,
-}
-
-impl Serving {
-    fn given_up(entry: String) -> Self {
-        let token = CancellationToken::new();
-        token.cancel();
-        Self { token, entry }
-    }
 }
 
 /// Why a job could not be started on this worker.
