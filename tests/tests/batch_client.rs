@@ -52,6 +52,17 @@ fn state() -> Arc<dyn StateStore> {
 }
 
 /// Runs `calls` generations at once, prompts `0..calls`, seed `n` for prompt `n`.
+/// Makes calls `0..calls` at once and checks that each got the server's reply to its prompt
+/// and seed.
+async fn answers_all(model: &Arc<dyn Model>, calls: usize) {
+    for (n, result) in generate_all(model, calls).await.into_iter().enumerate() {
+        assert_eq!(
+            result.unwrap().text,
+            reply_for(&format!("question {n}"), n as u64)
+        );
+    }
+}
+
 async fn generate_all(
     model: &Arc<dyn Model>,
     calls: usize,
@@ -114,12 +125,7 @@ async fn failed_lines_go_into_later_batches_and_only_they() {
         &spec(&server.url(), "chat", json!({"max_retries": 8})),
         &state(),
     );
-    for (n, result) in generate_all(&model, 30).await.into_iter().enumerate() {
-        assert_eq!(
-            result.unwrap().text,
-            reply_for(&format!("question {n}"), n as u64)
-        );
-    }
+    answers_all(&model, 30).await;
     let calls = server.calls();
     let failed = calls.iter().filter(|call| call.fault.is_some()).count();
     assert!(failed > 0, "no line failed");
@@ -181,12 +187,7 @@ async fn calls_recorded_in_a_batch_wait_for_it_in_another_process() {
     assert!(calls.await.unwrap_err().is_cancelled());
     assert_eq!(state.batch_records("batch-job").await.unwrap().len(), 1);
     let second = model(&spec, &state);
-    for (n, result) in generate_all(&second, 10).await.into_iter().enumerate() {
-        assert_eq!(
-            result.unwrap().text,
-            reply_for(&format!("question {n}"), n as u64)
-        );
-    }
+    answers_all(&second, 10).await;
     assert_eq!(server.batches().0, 1, "the calls were submitted again");
     assert_eq!(server.calls().len(), 10);
     assert_eq!(server.repeated_answers(), 0);
@@ -230,12 +231,7 @@ async fn a_create_whose_reply_was_lost_is_found_not_made_again() {
     .await;
     let spec = spec(&server.url(), "chat", json!({"timeout_s": 1}));
     let model = model(&spec, &state());
-    for (n, result) in generate_all(&model, 5).await.into_iter().enumerate() {
-        assert_eq!(
-            result.unwrap().text,
-            reply_for(&format!("question {n}"), n as u64)
-        );
-    }
+    answers_all(&model, 5).await;
     assert_eq!(server.batches().0, 1, "the batch was created twice");
     assert_eq!(server.calls().len(), 5);
 }
@@ -267,12 +263,7 @@ async fn a_batch_created_by_a_process_killed_before_it_recorded_it_is_found() {
     assert!(calls.await.unwrap_err().is_cancelled());
     assert_eq!(server.files_uploaded(), 1);
     let second = model(&spec, &state);
-    for (n, result) in generate_all(&second, 10).await.into_iter().enumerate() {
-        assert_eq!(
-            result.unwrap().text,
-            reply_for(&format!("question {n}"), n as u64)
-        );
-    }
+    answers_all(&second, 10).await;
     assert_eq!(server.batches().0, 1, "the batch was created again");
     assert_eq!(server.calls().len(), 10);
     assert_eq!(server.repeated_answers(), 0);
