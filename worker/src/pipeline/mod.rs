@@ -25,7 +25,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 
-use crate::model::{Generation, Judgment, ModelError, Models, Prompt, Speaker, Turn};
+use crate::model::{Generation, Judgment, Model, ModelError, Models, Prompt, Speaker, Turn};
 
 /// Everything a worker needs to run samples of one job.
 pub struct JobContext {
@@ -186,13 +186,19 @@ impl SampleRun<'_> {
         seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision).random_bool(0.5)
     }
 
-    async fn generate(&mut self, info: StepInfo<'_>, prompt: &Prompt) -> Result<String, StepError> {
+    /// The model a step calls and the step's sampling seed (unique per sample and step).
+    fn model_for(&self, info: &StepInfo<'_>) -> Result<(Arc<dyn Model>, u64), StepError> {
         let model = self
             .ctx
             .models
             .get(info.model)
             .map_err(|error| StepError::Job(error.to_string()))?;
         let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
+        Ok((model, seed))
+    }
+
+    async fn generate(&mut self, info: StepInfo<'_>, prompt: &Prompt) -> Result<String, StepError> {
+        let (model, seed) = self.model_for(&info)?;
         let generation: Generation = self
             .cached_call(
                 &info,
@@ -209,12 +215,7 @@ impl SampleRun<'_> {
         prompt: &Prompt,
         describe: impl Fn(&Judgment) -> String,
     ) -> Result<Judgment, StepError> {
-        let model = self
-            .ctx
-            .models
-            .get(info.model)
-            .map_err(|error| StepError::Job(error.to_string()))?;
-        let seed = seed::call_seed(self.ctx.spec.seed, &self.sample.key, &info.name);
+        let (model, seed) = self.model_for(&info)?;
         self.cached_call(&info, describe, || async {
             model.judge(prompt, seed).await
         })
