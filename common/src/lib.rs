@@ -29,6 +29,7 @@ pub mod result;
 pub mod sample;
 pub mod seed;
 pub mod service_error;
+pub mod services;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -10,12 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use cai_common::broker::{self, Broker, Queue};
+use cai_common::broker::{Broker, Queue};
 use cai_common::descriptor::{JobDescriptor, format_version_of};
 use cai_common::envelope::{self, FORMAT_VERSION};
 use cai_common::sample::SampleKey;
 use cai_common::service_error::through_outage;
-use cai_common::state::{self, StateStore};
+use cai_common::services::connect_waiting;
+use cai_common::state::StateStore;
 use cai_common::tls::TlsFiles;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -30,9 +31,9 @@ use crate::progress::Progress;
 /// Where the broker and the state store are.
 #[derive(Clone, Debug)]
 pub struct Services {
-    /// The broker's URL (`amqp://…`: RabbitMQ; [`broker::connect`] has the schemes).
+    /// The broker's URL (`amqp://…`: RabbitMQ; [`cai_common::broker::connect`] has the schemes).
     pub broker: String,
-    /// The state store's URL (`redis://…`: Redis; [`state::connect`] has the schemes).
+    /// The state store's URL (`redis://…`: Redis; [`cai_common::state::connect`] has the schemes).
     pub state: String,
     /// The private CA and client certificate for `amqps://` and `rediss://`.
     pub tls: TlsFiles,
@@ -50,14 +51,8 @@ pub async fn run(
     // Services that are away at the start are waited for, as in the middle of a run, and a
     // signal stops that wait at once: nothing has been published yet.
     let started = async {
-        let broker = through_outage("connecting to the broker", None, || {
-            broker::connect_with_tls(&services.broker, &services.tls)
-        })
-        .await?;
-        let state = through_outage("connecting to the state store", None, || {
-            state::connect_with_tls(&services.state, &services.tls)
-        })
-        .await?;
+        let (broker, state) =
+            connect_waiting(&services.broker, &services.state, &services.tls).await?;
         let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
         Ok::<_, RunError>((broker, state, ledger))
     };

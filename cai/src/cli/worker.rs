@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cai_common::service_error::{ServiceError, through_outage};
+use cai_common::services::connect_waiting;
 use cai_worker::serve::{self, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -19,19 +19,8 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
     // Services that are away when the worker starts are waited for, as while it serves; a
     // signal ends the wait.
     let tls = args.tls.files();
-    let connected = async {
-        let broker = through_outage("connecting to the broker", None, || {
-            cai_common::broker::connect_with_tls(&args.broker, &tls)
-        })
-        .await?;
-        let state = through_outage("connecting to the state store", None, || {
-            cai_common::state::connect_with_tls(&args.state, &tls)
-        })
-        .await?;
-        Ok::<_, ServiceError>((broker, state))
-    };
     let (broker, state) = tokio::select! {
-        connected = connected => match connected {
+        connected = connect_waiting(&args.broker, &args.state, &tls) => match connected {
             Ok(services) => services,
             Err(error) => {
                 eprintln!("error: {error}");
