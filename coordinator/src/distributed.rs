@@ -37,27 +37,54 @@ pub struct Services {
     pub state: String,
     /// The private CA and client certificate for `amqps://` and `rediss://`.
     pub tls: TlsFiles,
+    /// How long a host name that does not resolve is waited for at start.
+    pub connect_timeout: Duration,
 }
 
-/// Runs the coordinator of a distributed job until it is complete or `shutdown` fires.
+/// The broker and the state store of a distributed run, both answering.
+pub struct Connected {
+    broker: Arc<dyn Broker>,
+    state: Arc<dyn StateStore>,
+}
+
+/// Connects to the services before anything of the run is written, so that a setup no wait
+/// mends (a certificate, credentials, a URL) stops the command with the output directory
+/// untouched. Services that are away are waited for, as in the middle of a run, and a signal
+/// ends that wait at once.
+pub async fn connect(
+    services: &Services,
+    shutdown: &CancellationToken,
+) -> Result<Connected, RunError> {
+    let connecting = connect_waiting(
+        &services.broker,
+        &services.state,
+        &services.tls,
+        services.connect_timeout,
+        &|_| {},
+    );
+    tokio::select! {
+        connected = connecting => {
+            let (broker, state) = connected?;
+            Ok(Connected { broker, state })
+        }
+        () = shutdown.cancelled() => Err(RunError::Interrupted),
+    }
+}
+
+/// Runs the coordinator of a distributed job on `connected` services until it is complete or
+/// `shutdown` fires.
 pub async fn run(
     plan: &Plan,
-    services: &Services,
+    connected: Connected,
     options: &CoordinatorOptions,
     progress: Arc<Progress>,
     shutdown: CancellationToken,
 ) -> Result<Summary, RunError> {
     let job = plan.spec().name.clone();
-    // Services that are away at the start are waited for, as in the middle of a run, and a
-    // signal stops that wait at once: nothing has been published yet.
-    let started = async {
-        let (broker, state) =
-            connect_waiting(&services.broker, &services.state, &services.tls).await?;
-        let ledger = take_over(plan, broker.as_ref(), state.as_ref()).await?;
-        Ok::<_, RunError>((broker, state, ledger))
-    };
-    let (broker, state, ledger) = tokio::select! {
-        started = started => started?,
+    let Connected { broker, state } = connected;
+    // A signal stops the take-over's waits at once: nothing has been published yet.
+    let ledger = tokio::select! {
+        ledger = take_over(plan, broker.as_ref(), state.as_ref()) => ledger?,
         () = shutdown.cancelled() => return Err(RunError::Interrupted),
     };
 

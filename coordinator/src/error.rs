@@ -25,7 +25,8 @@ pub enum RunError {
     #[error("stopped before the job was taken over; run the same command again to resume")]
     Interrupted,
     /// The broker or the state store refused a request or failed for good (an outage is waited
-    /// out, not returned): check the service, then run the same command again.
+    /// out, not returned): check the service, then run the same command again. A setup that no
+    /// wait mends (a certificate, credentials, a URL) exits 2, as a bad command line does.
     #[error(transparent)]
     Service(#[from] ServiceError),
     /// Anything else at run time: an unreadable corpus, a full output volume (its message says
@@ -39,6 +40,7 @@ impl RunError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Refused(_) => 2,
+            Self::Service(error) if error.is_misconfigured() => 2,
             Self::JobFatal { .. } | Self::Service(_) | Self::Failed(_) => 1,
             Self::Interrupted => 130,
         }

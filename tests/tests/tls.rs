@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use cai_common::broker::{self, Queue};
+use cai_common::service_error::ServiceError;
 use cai_common::state;
 use cai_common::tls::TlsFiles;
 use cai_tests::model_server::ServerConfig;
@@ -24,10 +25,12 @@ fn files(pki: &TestPki, ca: &str, client: bool) -> TlsFiles {
     }
 }
 
-/// A refused connection says it was the certificate, so the operator knows where to look.
-fn assert_names_the_certificate(error: &impl std::fmt::Display) {
+/// A refused connection says it was the certificate, so the operator knows where to look, and
+/// is a misconfiguration (the process stops), not an outage to wait out.
+fn assert_names_the_certificate(error: &ServiceError) {
     let message = error.to_string();
     assert!(message.to_lowercase().contains("certificate"), "{message}");
+    assert!(error.is_misconfigured(), "{message}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,11 +53,11 @@ async fn redis_over_tls_checks_the_ca_the_name_and_sends_the_client_certificate(
         .expect("a server signed by another CA is refused");
     assert_names_the_certificate(&wrong_ca);
 
-    let without_client = state::connect_with_tls(&redis.url(), &files(&pki, "ca.pem", false)).await;
-    assert!(
-        without_client.is_err(),
-        "Redis demands a client certificate"
-    );
+    let without_client = state::connect_with_tls(&redis.url(), &files(&pki, "ca.pem", false))
+        .await
+        .err()
+        .expect("Redis demands a client certificate");
+    assert_names_the_certificate(&without_client);
 
     // 127.0.0.2 reaches the same server, but the certificate names only localhost and 127.0.0.1.
     let other_name = format!("rediss://127.0.0.2:{}", redis.port());
@@ -91,12 +94,11 @@ async fn rabbitmq_over_tls_checks_the_ca_and_sends_the_client_certificate() {
         .err()
         .expect("a server signed by another CA is refused");
     assert_names_the_certificate(&wrong_ca);
-    let without_client =
-        broker::connect_with_tls(&rabbit.url(), &files(&pki, "ca.pem", false)).await;
-    assert!(
-        without_client.is_err(),
-        "RabbitMQ demands a client certificate"
-    );
+    let without_client = broker::connect_with_tls(&rabbit.url(), &files(&pki, "ca.pem", false))
+        .await
+        .err()
+        .expect("RabbitMQ demands a client certificate");
+    assert_names_the_certificate(&without_client);
 }
 
 /// The coordinator and a worker as processes, given the TLS files through `CAI_TLS_*`, run a

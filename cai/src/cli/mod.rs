@@ -2,8 +2,10 @@
 //! subcommand that turns them into a checked plan before touching anything.
 //!
 //! Exit codes: 0 the job is complete (failed samples are reported, not fatal); 1 a run-time
-//! error; 2 a bad job file, constitution or command line; 130 stopped by a signal before the job
-//! was complete (re-run the same command to resume). `validate` exits 1 when lines would be
+//! error; 2 a bad job file, constitution or command line, or a broker or state store set up so
+//! that no wait helps (a certificate this process does not trust, refused credentials, a URL
+//! that does not parse, a host that never resolved); 130 stopped by a signal before the job was
+//! complete (re-run the same command to resume). `validate` exits 1 when lines would be
 //! rejected.
 
 mod init;
@@ -133,10 +135,16 @@ pub struct WorkerArgs {
     /// This worker's id in heartbeats; default: host name and process id.
     #[arg(long)]
     pub id: Option<String>,
+
     /// Where to serve /metrics, /healthz and /readyz (`HOST:PORT`, port 0 picks one), or `off`.
     /// Default: 0.0.0.0:9090, skipped with a warning if that port is taken.
     #[arg(long, value_parser = parse_metrics_addr)]
     pub metrics_addr: Option<MetricsAddr>,
+    /// Seconds to wait at start for a broker or state-store host name that does not resolve
+    /// (DNS in a starting cluster lags) before stopping; a service that refuses connections is
+    /// waited for as long as it takes.
+    #[arg(long, env = "CAI_CONNECT_TIMEOUT_S", default_value_t = 120)]
+    pub connect_timeout_s: u64,
     /// TLS files for `amqps://` and `rediss://` URLs.
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -189,6 +197,11 @@ pub struct RunArgs {
     /// default.
     #[arg(long, value_parser = parse_metrics_addr, default_value = "off")]
     pub metrics_addr: MetricsAddr,
+    /// Seconds to wait at start for a broker or state-store host name that does not resolve
+    /// (DNS in a starting cluster lags) before stopping; a service that refuses connections is
+    /// waited for as long as it takes.
+    #[arg(long, env = "CAI_CONNECT_TIMEOUT_S", default_value_t = 120)]
+    pub connect_timeout_s: u64,
     /// TLS files for `amqps://` and `rediss://` URLs.
     #[command(flatten)]
     pub tls: TlsArgs,

@@ -2,7 +2,7 @@
 //! the job is finished) the dataset card, print the counts.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::{MetricsAddr, RunArgs, report};
 use crate::telemetry::listener::{self, Readiness};
 use cai_coordinator::card::{self, CardOutcome};
-use cai_coordinator::distributed::{self, Services};
+use cai_coordinator::distributed::{self, Connected, Services};
 use cai_coordinator::embedded::{self, EmbeddedOptions};
 use cai_coordinator::manifest;
 use cai_coordinator::observe;
@@ -23,7 +23,7 @@ enum Mode {
     /// In this process, with these models.
     Embedded(Models),
     /// On workers, through these services.
-    Distributed(Services),
+    Distributed(Connected),
 }
 
 pub(super) async fn run(args: RunArgs) -> u8 {
@@ -34,18 +34,29 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return 2;
         }
     };
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone());
     // Only workers build models: the coordinator of a distributed job loads no weights and
-    // reads no key, it only says what the workers will need.
+    // reads no key, it only says what the workers will need. It connects to the services
+    // before it claims the output directory, so a setup no wait mends leaves that untouched.
     let mode = match (args.broker, args.state) {
         (Some(broker), Some(state)) => {
             for note in Models::preflight(&plan.spec().models) {
                 tracing::warn!("{note}");
             }
-            Mode::Distributed(Services {
+            let services = Services {
                 broker,
                 state,
                 tls: args.tls.files(),
-            })
+                connect_timeout: Duration::from_secs(args.connect_timeout_s),
+            };
+            match distributed::connect(&services, &shutdown).await {
+                Ok(connected) => Mode::Distributed(connected),
+                Err(error) => {
+                    report(&error);
+                    return error.exit_code();
+                }
+            }
         }
         _ => match Models::build(&plan.spec().models) {
             Ok(models) => Mode::Embedded(models),
@@ -71,8 +82,6 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         .max_outstanding
         .max(2 * options.concurrency.div_ceil(options.coordinator.task_size));
 
-    let shutdown = CancellationToken::new();
-    watch_signals(shutdown.clone());
     let _listener = match args.metrics_addr {
         MetricsAddr::Off => None,
         MetricsAddr::At(addr) => {
@@ -99,8 +108,8 @@ pub(super) async fn run(args: RunArgs) -> u8 {
     let started_at = SystemTime::now();
     let display = progress.display(&plan.spec().name);
     let outcome = match mode {
-        Mode::Distributed(services) => {
-            distributed::run(&plan, &services, &options.coordinator, progress, shutdown).await
+        Mode::Distributed(connected) => {
+            distributed::run(&plan, connected, &options.coordinator, progress, shutdown).await
         }
         Mode::Embedded(models) => embedded::run(&plan, models, &options, progress, shutdown).await,
     };

@@ -132,21 +132,20 @@ fn print_headline(headline: &Headline) {
 }
 
 /// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the
-/// workers whose heartbeat is current.
+/// workers whose heartbeat is current. It asks once and does not wait: a Redis that is away
+/// exits 1, one set up so that no wait helps (a certificate, credentials, a URL) exits 2.
 pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsFiles) -> u8 {
+    let failed = |error: cai_common::service_error::ServiceError| {
+        eprintln!("error: {error}");
+        if error.is_misconfigured() { 2 } else { 1 }
+    };
     let state = match cai_common::state::connect_with_tls(state_url, tls).await {
         Ok(state) => state,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 1;
-        }
+        Err(error) => return failed(error),
     };
     let registered = match state.get_job(job).await {
         Ok(registered) => registered,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 1;
-        }
+        Err(error) => return failed(error),
     };
     let Some((_, fingerprint)) = registered else {
         eprintln!("error: no job named {job:?} in the state store");

@@ -84,9 +84,12 @@ pub async fn connect_with_tls(
             amqp::AmqpBroker::connect_with_tls(url, tls).await?,
         )),
         Some("memory") => Ok(std::sync::Arc::new(memory::MemoryBroker::default())),
-        _ => Err(crate::service_error::Service::Broker.fatal(format!(
-            "{}: not a broker URL: amqp://, amqps:// (RabbitMQ) or memory: (in-process)",
-            secret_url::SecretUrl::new(url)
-        ))),
+        _ => Err(crate::service_error::Service::Broker.failed(
+            crate::service_error::Failure::BadUrl,
+            format!(
+                "{}: not a broker URL: amqp://, amqps:// (RabbitMQ) or memory: (in-process)",
+                secret_url::SecretUrl::new(url)
+            ),
+        )),
     }
 }

@@ -133,9 +133,12 @@ pub async fn connect_with_tls(
             redis::RedisState::connect_with_tls(url, tls).await?,
         )),
         Some("memory") => Ok(std::sync::Arc::new(embedded::EmbeddedState::default())),
-        _ => Err(crate::service_error::Service::State.fatal(format!(
-            "{}: not a state store URL: redis://, rediss:// (Redis) or memory: (in-process)",
-            crate::broker::secret_url::SecretUrl::new(url)
-        ))),
+        _ => Err(crate::service_error::Service::State.failed(
+            crate::service_error::Failure::BadUrl,
+            format!(
+                "{}: not a state store URL: redis://, rediss:// (Redis) or memory: (in-process)",
+                crate::broker::secret_url::SecretUrl::new(url)
+            ),
+        )),
     }
 }

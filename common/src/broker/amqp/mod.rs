@@ -44,10 +44,11 @@ use tracing::warn;
 
 mod consume;
 mod supervisor;
+mod tls_probe;
 
 use super::secret_url::SecretUrl;
 use super::{Broker, BrokerError, Delivery, Queue};
-use crate::service_error::Service;
+use crate::service_error::{Failure, Service};
 use crate::tls::TlsFiles;
 use consume::Subscription;
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
@@ -98,7 +99,7 @@ impl AmqpBroker {
         let url = SecretUrl::new(url);
         let pem = tls
             .read()
-            .map_err(|message| Service::Broker.fatal(message))?;
+            .map_err(|message| Service::Broker.failed(Failure::TlsFile, message))?;
         let tls = OwnedTLSConfig {
             cert_chain: pem
                 .ca
@@ -108,7 +109,8 @@ impl AmqpBroker {
                 .map(|(pem, key)| OwnedIdentity::PKCS8 { pem, key }),
         };
         let mut uri: AMQPUri = url.raw().parse().map_err(|error: String| {
-            Service::Broker.fatal(format!("invalid broker URL {url}: {}", url.scrub(error)))
+            let message = format!("invalid broker URL {url}: {}", url.scrub(error));
+            Service::Broker.failed(Failure::BadUrl, message)
         })?;
         uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
         uri.query

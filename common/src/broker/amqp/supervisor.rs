@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::options::{ConfirmSelectOptions, QueueDeclareOptions};
-use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::uri::AMQPUri;
@@ -18,8 +18,8 @@ use tracing::{debug, info, warn};
 
 use super::super::secret_url::SecretUrl;
 use super::super::{BrokerError, Queue};
-use super::{CONNECT_TIMEOUT, DELIVERY_LIMIT, OPERATION_TIMEOUT, queue_name};
-use crate::service_error::Service;
+use super::{CONNECT_TIMEOUT, DELIVERY_LIMIT, OPERATION_TIMEOUT, queue_name, tls_probe};
+use crate::service_error::{Failure, Service};
 
 /// Owns the connections and replaces a connection that closed or got stuck.
 pub(super) struct Supervisor {
@@ -144,7 +144,19 @@ impl Supervisor {
         let context = format!("connecting to RabbitMQ ({role})");
         let (connection, channel) = match opened {
             Ok(Ok(opened)) => opened,
-            Ok(Err(error)) => return Err(self.error(&context, &error)),
+            Ok(Err(error)) => {
+                let failed = self.error(&context, &error);
+                if failed.is_unavailable() && tls_probe::worth_probing(&self.uri, &error) {
+                    let refusal = tls_probe::handshake_refusal(&self.uri, &self.tls).await;
+                    if let Some(refusal) = refusal {
+                        let refused = self.error(&format!("{context}, TLS handshake"), &refusal);
+                        if refused.is_misconfigured() {
+                            return Err(refused);
+                        }
+                    }
+                }
+                return Err(failed);
+            }
             Err(_) => return Err(self.timed_out(&context, CONNECT_TIMEOUT)),
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -190,28 +202,10 @@ impl Supervisor {
         }
     }
 
-    /// A lapin error as a [`BrokerError`] of the right kind: refused credentials, a vhost the
-    /// user may not use or a protocol the server does not speak end the job; a queue declared
-    /// with other arguments or a frame that cannot be encoded is a rejected request; anything
-    /// else (a connection refused, reset or closed, a channel gone, a missed heartbeat) is an
-    /// outage to wait out.
+    /// A lapin error as a [`BrokerError`] of the kind the one classification gives it.
     pub(super) fn error(&self, context: &str, error: &lapin::Error) -> BrokerError {
         let message = format!("{context} at {}: {}", self.url, self.url.scrub(error));
-        match error.kind() {
-            ErrorKind::ProtocolError(amqp) => match amqp.kind() {
-                AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED)
-                | AMQPErrorKind::Hard(AMQPHardError::NOTALLOWED) => Service::Broker.fatal(message),
-                AMQPErrorKind::Soft(
-                    AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::NOTFOUND,
-                ) => Service::Broker.rejected(message),
-                _ => Service::Broker.unavailable(message),
-            },
-            ErrorKind::AuthProviderError(_) | ErrorKind::InvalidProtocolVersion(_) => {
-                Service::Broker.fatal(message)
-            }
-            ErrorKind::SerialisationError(_) => Service::Broker.rejected(message),
-            _ => Service::Broker.unavailable(message),
-        }
+        Service::Broker.failed(Failure::Amqp(error), message)
     }
 
     /// An operation that got no answer in time: the broker is unavailable (or the connection

@@ -39,16 +39,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{
-    ClientTlsConfig, ErrorKind, FromRedisValue, Pipeline, RedisError, ServerErrorKind,
-    TlsCertificates,
-};
+use redis::{ClientTlsConfig, FromRedisValue, Pipeline, RedisError, TlsCertificates};
 use tracing::debug;
 
 use super::{StateError, StateStore};
 use crate::broker::secret_url::SecretUrl;
 use crate::sample::SampleKey;
-use crate::service_error::Service;
+use crate::service_error::{Failure, Service, is_broken};
 use crate::tls::TlsFiles;
 use keys::{Keys, prefix_pattern, split_prefix};
 
@@ -94,15 +91,15 @@ impl RedisState {
     /// client certificate (see [`crate::tls`]).
     pub async fn connect_with_tls(url: &str, tls: &TlsFiles) -> Result<Self, StateError> {
         let (url, prefix) = split_prefix(url).map_err(|message| {
-            Service::State.fatal(format!(
-                "invalid Redis URL {}: {message}",
-                SecretUrl::new(url)
-            ))
+            Service::State.failed(
+                Failure::BadUrl,
+                format!("invalid Redis URL {}: {message}", SecretUrl::new(url)),
+            )
         })?;
         let url = SecretUrl::new(&url);
         let pem = tls
             .read()
-            .map_err(|message| Service::State.fatal(message))?;
+            .map_err(|message| Service::State.failed(Failure::TlsFile, message))?;
         let client = if pem.ca.is_some() || pem.client.is_some() {
             let certificates = TlsCertificates {
                 client_tls: pem.client.map(|(client_cert, client_key)| ClientTlsConfig {
@@ -116,12 +113,25 @@ impl RedisState {
             redis::Client::open(url.raw())
         }
         .map_err(|error| {
-            Service::State.fatal(format!("invalid Redis URL {url}: {}", url.scrub(error)))
+            let message = format!("invalid Redis URL {url}: {}", url.scrub(&error));
+            Service::State.failed(Failure::BadUrl, message)
         })?;
+        // One attempt per connect: cai's own waits (`through_outage`, the start-up wait) decide
+        // when to try again, and the client's retries (six, over 6 s) would also repeat
+        // failures no retry mends, such as a refused password or certificate, before they are
+        // reported.
         let config = ConnectionManagerConfig::new()
+            .set_number_of_retries(0)
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let connection = ConnectionManager::new_with_config(client, config)
+        let mut connection = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(|error| classify(&url, "connecting to Redis", error))?;
+        // The connection opens without a command; the first reply is where a missing password
+        // (NOAUTH), a user without permissions (NOPERM) or a client certificate the server
+        // demanded (a TLS alert) shows, so it is read here rather than mid-run.
+        redis::cmd("PING")
+            .query_async::<()>(&mut connection)
             .await
             .map_err(|error| classify(&url, "connecting to Redis", error))?;
         Ok(Self {
@@ -157,51 +167,10 @@ impl RedisState {
     }
 }
 
-/// A Redis error as a [`StateError`] of the right kind: a server that cannot be reached, is
-/// loading its data or fails over is unavailable (wait); refused credentials or a bad URL end the
-/// job; any other command error is a rejected request.
+/// A Redis error as a [`StateError`] of the kind the one classification gives it.
 fn classify(url: &SecretUrl, what: &str, error: RedisError) -> StateError {
     let message = format!("{what} at {url}: {}", url.scrub(&error));
-    // A pipeline or a transaction (MULTI/EXEC) reports the errors of its commands inside its
-    // own: a Redis still loading its data answers `LOADING` to each, and the transaction says
-    // EXECABORT around them. The commands' errors decide.
-    let server_errors: Vec<Option<ServerErrorKind>> = error
-        .clone()
-        .into_server_errors()
-        .map(|errors| errors.iter().map(|(_, error)| error.kind()).collect())
-        .unwrap_or_default();
-    let server_waits = |kind: &Option<ServerErrorKind>| {
-        matches!(
-            kind,
-            Some(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ReadOnly
-            )
-        )
-    };
-    let waiting_helps = is_broken(&error)
-        || error.is_timeout()
-        || error.is_connection_refusal()
-        || server_errors.iter().any(server_waits);
-    let refused = matches!(
-        error.kind(),
-        ErrorKind::AuthenticationFailed | ErrorKind::InvalidClientConfig
-    ) || server_errors.contains(&Some(ServerErrorKind::NoPerm));
-    if refused {
-        Service::State.fatal(message)
-    } else if waiting_helps {
-        Service::State.unavailable(message)
-    } else {
-        Service::State.rejected(message)
-    }
-}
-
-/// Whether an error means the connection is gone (rather than a command error).
-fn is_broken(error: &RedisError) -> bool {
-    error.is_io_error() || error.is_connection_dropped() || error.is_unrecoverable_error()
+    Service::State.failed(Failure::Redis(&error), message)
 }
 
 /// One command per chunk of `keys`, each `name key member…` with the raw key bytes as members.

@@ -2,14 +2,20 @@
 //! what the caller should do next: a RabbitMQ or Redis that is away for a minute must pause a
 //! run, not end it, while a refused password must end it at once instead of retrying forever.
 //!
-//! Every broker and state-store error is a [`ServiceError`]; [`through_outage`] is the one
-//! place that waits out an unavailable service (the coordinator's commits and take-over, a
-//! worker's step writes), so the backoff and its log lines are the same everywhere.
+//! Every broker and state-store error is a [`ServiceError`], its kind given by the one
+//! classification ([`classify`]); [`through_outage`] is the one place that waits out an
+//! unavailable service (the coordinator's commits and take-over, a worker's step writes), so
+//! the backoff and its log lines are the same everywhere.
 
 use std::fmt;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+
+mod classify;
+
+pub(crate) use classify::is_broken;
+pub use classify::{Failure, Verdict, classify};
 
 /// Which service failed; part of the message, so a log line says where to look.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,7 +42,19 @@ impl Service {
         self.error(FailureKind::Fatal, message)
     }
 
-    fn error(self, kind: FailureKind, message: impl Into<String>) -> ServiceError {
+    /// The error for `failure`, described by `message` (which names the URL, redacted), of the
+    /// kind [`classify`] gives it and followed by what to fix when waiting cannot cure it.
+    pub fn failed(self, failure: Failure<'_>, message: impl Into<String>) -> ServiceError {
+        let verdict = classify(failure);
+        let message = message.into();
+        let message = match verdict.fix {
+            Some(fix) => format!("{message}; {fix}"),
+            None => message,
+        };
+        self.error(verdict.kind, message)
+    }
+
+    pub(crate) fn error(self, kind: FailureKind, message: impl Into<String>) -> ServiceError {
         ServiceError {
             service: self,
             kind,
@@ -64,8 +82,16 @@ pub enum FailureKind {
     /// The service refused this request (a message it will not store, a command it rejects):
     /// the same request will never succeed.
     Rejected,
-    /// The job cannot go on with this service as configured (bad URL, refused credentials, a
-    /// step log that cannot be written): stop it and say why.
+    /// The service's setup is wrong and no wait will change it (a certificate this process
+    /// will never trust, refused credentials or permissions, a URL that does not parse, an
+    /// unreadable TLS file): the process stops with exit code 2 and says what to fix.
+    Misconfigured,
+    /// The URL's host name does not resolve. DNS in a starting cluster lags, so it is waited
+    /// for, as an outage is; at start only for a bounded time ([`crate::services`]), after
+    /// which it counts as a misconfiguration.
+    UnknownHost,
+    /// The job cannot go on (a step log that cannot be written, a broker that broke its
+    /// protocol): stop it and say why.
     Fatal,
 }
 
@@ -84,9 +110,31 @@ impl ServiceError {
         self.kind
     }
 
-    /// Whether waiting can cure it.
+    /// Whether waiting can cure it (an outage, or a host name that does not resolve yet).
     pub fn is_unavailable(&self) -> bool {
-        self.kind == FailureKind::Unavailable
+        matches!(
+            self.kind,
+            FailureKind::Unavailable | FailureKind::UnknownHost
+        )
+    }
+
+    /// Whether the setup must change: the process stops with exit code 2.
+    pub fn is_misconfigured(&self) -> bool {
+        self.kind == FailureKind::Misconfigured
+    }
+
+    /// The same failure, given up on after waiting `waited` for it: a host that never resolved
+    /// becomes a misconfiguration to report.
+    pub fn given_up(self, waited: Duration) -> ServiceError {
+        let kind = match self.kind {
+            FailureKind::UnknownHost => FailureKind::Misconfigured,
+            kind => kind,
+        };
+        ServiceError {
+            kind,
+            message: format!("gave up after {} s: {}", waited.as_secs(), self.message),
+            service: self.service,
+        }
     }
 }
 
