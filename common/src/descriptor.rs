@@ -29,6 +29,10 @@ pub struct JobDescriptor {
     pub format_version: u16,
 }
 
+/// Largest registry entry a worker reads: the spec and the constitution are a few kilobytes
+/// (the corpus is never in it), so an entry this large was not written by a coordinator.
+pub const MAX_ENTRY_BYTES: usize = 4 * 1024 * 1024;
+
 fn first_version() -> u16 {
     1
 }

@@ -14,6 +14,11 @@ use crate::sample::Sample;
 /// The format version this build writes and reads.
 pub const FORMAT_VERSION: u16 = 1;
 
+/// Largest task or result a worker takes (RabbitMQ 4's default `max_message_size`): a task of
+/// the default 16 samples is a few kilobytes, so anything near this was not written by a
+/// coordinator, and it is dead-lettered unread.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
 /// A batch of samples for one worker to run. Samples are carried inline.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {

@@ -16,6 +16,8 @@
 //! - [`service_error`]: broker and state-store failures typed by the next action (wait out an
 //!   outage, give up on a request, stop the job), and the one loop that waits out an outage.
 //! - [`tls`]: the private CA and client certificate for `amqps://` and `rediss://`.
+//! - [`signing`]: the job key that signs a job's registry entry and tasks, so workers run only
+//!   what their coordinator published.
 //! - [`telemetry`]: the process's Prometheus metrics and trace context for task messages.
 
 pub mod broker;
@@ -30,6 +32,7 @@ pub mod sample;
 pub mod seed;
 pub mod service_error;
 pub mod services;
+pub mod signing;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -16,6 +16,7 @@ use cai_common::envelope::{self, FORMAT_VERSION};
 use cai_common::sample::SampleKey;
 use cai_common::service_error::through_outage;
 use cai_common::services::connect_waiting;
+use cai_common::signing::JobKey;
 use cai_common::state::StateStore;
 use cai_common::tls::TlsFiles;
 use futures::StreamExt;
@@ -84,12 +85,17 @@ pub async fn run(
     let Connected { broker, state } = connected;
     // A signal stops the take-over's waits at once: nothing has been published yet.
     let ledger = tokio::select! {
-        ledger = take_over(plan, broker.as_ref(), state.as_ref()) => ledger?,
+        ledger = take_over(plan, broker.as_ref(), state.as_ref(), options.job_key.as_ref()) => ledger?,
         () = shutdown.cancelled() => return Err(RunError::Interrupted),
     };
 
     let stop = shutdown.child_token();
-    let watcher = watch_job(plan.clone(), state.clone(), stop.clone());
+    let watcher = watch_job(
+        plan.clone(),
+        state.clone(),
+        options.job_key.clone(),
+        stop.clone(),
+    );
     let mirror_stop = CancellationToken::new();
     let mirror = mirror_progress(
         job.clone(),
@@ -151,6 +157,7 @@ async fn take_over(
     plan: &Plan,
     broker: &dyn Broker,
     state: &dyn StateStore,
+    key: Option<&JobKey>,
 ) -> Result<Ledger, RunError> {
     let job = &plan.spec().name;
     // Opening the ledger repairs what a crash of the previous coordinator left.
@@ -195,7 +202,7 @@ async fn take_over(
             "replaced the tasks left in the queue by a previous run"
         );
     }
-    register(plan, state, &ledger.committed_keys()).await?;
+    register(plan, state, &ledger.committed_keys(), key).await?;
     Ok(ledger)
 }
 
@@ -231,6 +238,7 @@ async fn refuse_newer_messages(
 fn watch_job(
     plan: Plan,
     state: Arc<dyn StateStore>,
+    key: Option<JobKey>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -251,7 +259,7 @@ fn watch_job(
             if matches!(registered, Ok(None)) {
                 tracing::warn!(job, "the state store lost the job; registering it again");
                 let registered = match ledger::committed_keys(plan.job.output_dir()) {
-                    Ok(done) => register(&plan, state.as_ref(), &done).await,
+                    Ok(done) => register(&plan, state.as_ref(), &done, key.as_ref()).await,
                     Err(error) => Err(error.into()),
                 };
                 if let Err(error) = registered {
@@ -264,7 +272,13 @@ fn watch_job(
 
 /// Registers the job for workers with `done` (the ledger's committed keys) as its done set,
 /// and marks it active.
-async fn register(plan: &Plan, state: &dyn StateStore, done: &[SampleKey]) -> anyhow::Result<()> {
+/// With a job key the entry is signed, so workers holding the key accept it.
+async fn register(
+    plan: &Plan,
+    state: &dyn StateStore,
+    done: &[SampleKey],
+    key: Option<&JobKey>,
+) -> anyhow::Result<()> {
     let job = &plan.spec().name;
     let descriptor = JobDescriptor {
         spec: plan.spec().clone(),
@@ -273,6 +287,10 @@ async fn register(plan: &Plan, state: &dyn StateStore, done: &[SampleKey]) -> an
         format_version: envelope::FORMAT_VERSION,
     };
     let json = descriptor.to_json();
+    let json = match key {
+        Some(key) => key.sign_entry(job, &json),
+        None => json,
+    };
     through_outage("seeding the done set", None, || state.reset_done(job, done)).await?;
     through_outage("registering the job", None, || {
         state.put_job(job, &json, &plan.fingerprint)

@@ -85,6 +85,8 @@ pub async fn run(
     let worker_options = WorkerOptions {
         sample_concurrency: task_size,
         tasks_in_flight: WorkerOptions::tasks_for(options.concurrency, task_size),
+        // The in-process queue is this process's own: nothing else can write to it.
+        signatures: Default::default(),
     };
     let mut coordinator_options = options.coordinator.clone();
     coordinator_options.max_outstanding = coordinator_options

@@ -26,7 +26,11 @@ async fn a_job_given_up_is_tried_again_when_its_spec_changes() {
     );
     assert_ne!(broken, fixed);
     std::fs::write(&run.job, &broken).unwrap();
-    let mut worker = run.worker("w1", &[]);
+    // The variable is allowed, but the worker's environment lacks it.
+    let mut worker = run.worker(
+        "w1",
+        &["--allow-key", "CAI_TEST_KEY_NO_WORKER_HAS=127.0.0.1"],
+    );
 
     // The worker cannot build the model without the key: it reports the job fatal and the
     // coordinator stops.
@@ -39,7 +43,10 @@ async fn a_job_given_up_is_tried_again_when_its_spec_changes() {
         .status;
     let text = std::fs::read_to_string(&first_log).unwrap();
     assert_eq!(status.code(), Some(1), "{text}");
-    assert!(text.contains("CAI_TEST_KEY_NO_WORKER_HAS"), "{text}");
+    assert!(
+        text.contains("CAI_TEST_KEY_NO_WORKER_HAS is not set"),
+        "{text}"
+    );
 
     // The job file fixed and run again as a new job under the same name: the same worker serves it.
     std::fs::write(&run.job, &fixed).unwrap();

@@ -199,6 +199,7 @@ fn contains(haystack: &[u8], needle: &str) -> bool {
 async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     const LINES: usize = 12;
     let api_key = unique("sk-cai-test-");
+    let job_key = unique("cai-job-key-0123456789abcdef0123456789-");
     let accounts = Accounts::create();
     let receiver = OtlpReceiver::start().await;
     let mut run = Scenario::critique_revise(
@@ -221,6 +222,9 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     run.cluster.state = accounts.state_url(&run.cluster.job);
     run.cluster.env = vec![
         ("CAI_TEST_API_KEY".into(), api_key.clone()),
+        ("CAI_ALLOW_KEYS".into(), "CAI_TEST_API_KEY=127.0.0.1".into()),
+        // The job and its tasks are signed, and the key must not leak either.
+        ("CAI_JOB_KEY".into(), job_key.clone()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT".into(), receiver.endpoint()),
         ("OTEL_BSP_SCHEDULE_DELAY".into(), "200".into()),
         ("CAI_LOG".into(), "debug".into()),
@@ -348,6 +352,7 @@ async fn a_worker_exports_metrics_and_spans_and_no_secret_leaks() {
     terminate(&mut worker).await;
     let secrets = [
         api_key.as_str(),
+        job_key.as_str(),
         accounts.rabbit_password.as_str(),
         accounts.redis_password.as_str(),
     ];

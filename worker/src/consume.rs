@@ -12,6 +12,7 @@ use cai_common::broker::{Broker, Delivery, Queue};
 use cai_common::envelope::{self, ResultBatch, Task};
 use cai_common::result::{Outcome, SampleResult};
 use cai_common::sample::Sample;
+use cai_common::signing::JobKeys;
 use cai_common::telemetry::trace_context;
 use futures::StreamExt;
 use futures::stream::{self, FuturesUnordered};
@@ -27,6 +28,18 @@ pub struct WorkerOptions {
     pub sample_concurrency: usize,
     /// Tasks worked on at once (the broker prefetch is this plus one).
     pub tasks_in_flight: usize,
+    /// How the job's tasks are checked before they run.
+    pub signatures: TaskSignatures,
+}
+
+/// How a worker checks a job's tasks: each must be signed with one of `keys` for the job and
+/// its spec's `fingerprint`; without keys nothing is checked.
+#[derive(Clone, Debug, Default)]
+pub struct TaskSignatures {
+    /// The worker's job keys.
+    pub keys: JobKeys,
+    /// The fingerprint of the job's spec, from its (verified) registry entry.
+    pub fingerprint: String,
 }
 
 impl WorkerOptions {
@@ -238,7 +251,30 @@ async fn handle(
             .map(|()| Handled::Settled)
             .map_err(|e| JobFatal(e.to_string()))
     };
-    let task: Task = match envelope::decode(&delivery.payload, job) {
+    if delivery.payload.len() > envelope::MAX_MESSAGE_BYTES {
+        let reason = format!(
+            "a task of {} bytes is over the limit of {} bytes",
+            delivery.payload.len(),
+            envelope::MAX_MESSAGE_BYTES
+        );
+        tracing::warn!(job, reason, "dead-lettering a task that is too large");
+        return settle(delivery.acker.dead_letter(&reason).await);
+    }
+    let signatures = &options.signatures;
+    let verified = signatures
+        .keys
+        .verify_task(job, &signatures.fingerprint, &delivery.payload);
+    let message = match verified {
+        Ok(message) => message,
+        Err(error) => {
+            // Nobody should run it: it is dead-lettered, and the job stops with the reason.
+            let reason = format!("job {job:?}: refused a task: {error}");
+            tracing::warn!(job, %error, "refusing a task that is not signed with this worker's job key");
+            let _ = delivery.acker.dead_letter(&reason).await;
+            return Err(JobFatal(reason));
+        }
+    };
+    let task: Task = match envelope::decode(message, job) {
         Ok(task) => task,
         Err(error) => {
             tracing::warn!(job, %error, "dead-lettering a task that cannot be decoded");

@@ -12,14 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cai_common::broker::Broker;
-use cai_common::descriptor::{JobDescriptor, format_version_of};
+use cai_common::descriptor::{JobDescriptor, MAX_ENTRY_BYTES, format_version_of};
 use cai_common::envelope::FORMAT_VERSION;
+use cai_common::signing::JobKeys;
 use cai_common::state::StateStore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::consume::{self, WorkerOptions};
+use crate::consume::{self, TaskSignatures, WorkerOptions};
 use crate::model::Models;
+use crate::model::key_policy::KeyPolicy;
 use crate::pipeline::JobContext;
 
 /// How a worker process runs.
@@ -37,6 +39,10 @@ pub struct ServeOptions {
     pub heartbeat_ttl: Duration,
     /// After shutdown, how long tasks in flight may take to finish; the rest go back to the queue.
     pub grace: Duration,
+    /// Which API-key variables jobs may have this worker read, and where each may be sent.
+    pub keys: KeyPolicy,
+    /// The job keys jobs and tasks must be signed with; none: nothing is checked.
+    pub job_keys: JobKeys,
 }
 
 /// Runs until `shutdown` fires, then drains within the grace period.
@@ -179,6 +185,17 @@ fn start_job(
     options: &ServeOptions,
     shutdown: &CancellationToken,
 ) -> Result<(CancellationToken, Consumer), StartError> {
+    if json.len() > MAX_ENTRY_BYTES {
+        return Err(StartError::Unreadable(format!(
+            "job {job:?}: its registry entry has {} bytes, over the limit of {MAX_ENTRY_BYTES}",
+            json.len()
+        )));
+    }
+    if let Err(error) = options.job_keys.verify_entry(job, json) {
+        return Err(StartError::Fatal(format!(
+            "job {job:?} refused by a worker: its registry entry {error}"
+        )));
+    }
     if let Some(version) = format_version_of(json).filter(|v| *v != FORMAT_VERSION) {
         return Err(StartError::Unreadable(format!(
             "job {job:?} is registered with message format version {version}; this worker (cai \
@@ -189,11 +206,12 @@ fn start_job(
     let descriptor = JobDescriptor::from_json(json).map_err(|e| {
         StartError::Unreadable(format!("job {job:?}: unreadable registry entry: {e}"))
     })?;
-    let models =
-        Models::build(&descriptor.spec.models).map_err(|e| StartError::Fatal(e.to_string()))?;
+    let models = Models::build_allowed(&descriptor.spec.models, &options.keys)
+        .map_err(|e| StartError::Fatal(e.to_string()))?;
     let concurrency = options
         .concurrency
         .unwrap_or_else(|| descriptor.spec.samples_in_flight());
+    let fingerprint = descriptor.fingerprint.clone();
     let ctx = Arc::new(JobContext::new(
         Arc::new(descriptor.spec),
         Arc::new(descriptor.constitution),
@@ -204,6 +222,10 @@ fn start_job(
         sample_concurrency: concurrency,
         // The coordinator's default task size; a worker does not know the job's.
         tasks_in_flight: WorkerOptions::tasks_for(concurrency, 16),
+        signatures: TaskSignatures {
+            keys: options.job_keys.clone(),
+            fingerprint,
+        },
     };
     let token = shutdown.child_token();
     let consumer = consume::work(ctx, broker.clone(), worker_options, token.clone());

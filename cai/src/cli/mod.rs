@@ -9,6 +9,7 @@
 //! rejected.
 
 mod init;
+mod job_keys;
 mod report;
 mod run;
 mod status;
@@ -135,6 +136,16 @@ pub struct WorkerArgs {
     /// This worker's id in heartbeats; default: host name and process id.
     #[arg(long)]
     pub id: Option<String>,
+    /// Lets jobs read the API-key variable VAR and send it to these hosts only (repeatable, one
+    /// variable each; also `CAI_ALLOW_KEYS="VAR=HOST,HOST;VAR2=HOST"`). A job naming another
+    /// variable, or sending an allowed one to another host, fails before the key is read.
+    #[arg(long = "allow-key", value_name = "VAR=HOST[,HOST...]")]
+    pub allow_keys: Vec<String>,
+    /// Files holding the job keys this worker verifies jobs and tasks with: the current key
+    /// and, during a rotation, the previous one (at most two; also `CAI_JOB_KEY` and
+    /// `CAI_JOB_KEY_PREVIOUS`). With a key, unsigned or wrongly signed jobs are refused.
+    #[arg(long = "job-key-file", value_name = "PATH")]
+    pub job_key_files: Vec<PathBuf>,
 
     /// Where to serve /metrics, /healthz and /readyz (`HOST:PORT`, port 0 picks one), or `off`.
     /// Default: 0.0.0.0:9090, skipped with a warning if that port is taken.
@@ -197,6 +208,11 @@ pub struct RunArgs {
     /// default.
     #[arg(long, value_parser = parse_metrics_addr, default_value = "off")]
     pub metrics_addr: MetricsAddr,
+    /// File holding the job key that signs the job and its tasks for the workers (distributed
+    /// mode; also `CAI_JOB_KEY`, the key itself). Workers holding the key run only what it
+    /// signed.
+    #[arg(long, value_name = "PATH", requires = "broker")]
+    pub job_key_file: Option<PathBuf>,
     /// Seconds to wait at start for a broker or state-store host name that does not resolve
     /// (DNS in a starting cluster lags) before stopping; a service that refuses connections is
     /// waited for as long as it takes.

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cai_common::services::connect_waiting;
+use cai_worker::model::key_policy::KeyPolicy;
 use cai_worker::serve::{self, ServeOptions};
 use tokio_util::sync::CancellationToken;
 
@@ -15,6 +16,23 @@ use crate::telemetry::listener::{self, Readiness, Services};
 const DEFAULT_METRICS_ADDR: ([u8; 4], u16) = ([0, 0, 0, 0], 9090);
 
 pub(super) async fn worker(args: WorkerArgs) -> u8 {
+    let keys = match KeyPolicy::bound(
+        &args.allow_keys,
+        std::env::var("CAI_ALLOW_KEYS").ok().as_deref(),
+    ) {
+        Ok(keys) => keys,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
+    let job_keys = match super::job_keys::worker_keys(&args.job_key_files) {
+        Ok(job_keys) => job_keys,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return 2;
+        }
+    };
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone());
     // The listener comes up first, so that while the services are waited for the process is
@@ -77,6 +95,8 @@ pub(super) async fn worker(args: WorkerArgs) -> u8 {
         poll_interval: Duration::from_secs(2),
         heartbeat_ttl: Duration::from_secs(15),
         grace: Duration::from_secs(args.grace_s),
+        keys,
+        job_keys,
     };
     tracing::info!(worker = options.worker_id, "worker started");
     serve::serve(broker, state, options, shutdown).await;

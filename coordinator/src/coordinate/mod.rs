@@ -27,6 +27,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use cai_common::signing::JobKey;
+
 use crate::corpus;
 use crate::ledger::Ledger;
 use crate::plan::Plan;
@@ -43,6 +45,9 @@ pub struct CoordinatorOptions {
     pub commit_every: usize,
     /// Longest wait before staged results are committed.
     pub commit_interval: Duration,
+    /// The key that signs the job's registry entry and tasks for workers that hold it
+    /// ([`cai_common::signing`]); distributed runs only.
+    pub job_key: Option<JobKey>,
 }
 
 impl Default for CoordinatorOptions {
@@ -52,6 +57,7 @@ impl Default for CoordinatorOptions {
             max_outstanding: 64,
             commit_every: 512,
             commit_interval: Duration::from_millis(100),
+            job_key: None,
         }
     }
 }
@@ -194,6 +200,11 @@ impl Run<'_> {
             progress: &self.progress,
             shutdown: &stop.shutdown,
             task_size: self.options.task_size.max(1),
+            signer: self
+                .options
+                .job_key
+                .as_ref()
+                .map(|key| (key, self.plan.fingerprint.as_str())),
         };
         let collector = collect::Collector {
             job: &spec.name,

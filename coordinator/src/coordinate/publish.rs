@@ -17,6 +17,8 @@ use tracing::Instrument as _;
 
 use super::Outstanding;
 use crate::corpus::{CorpusItem, CorpusReader};
+use cai_common::signing::JobKey;
+
 use crate::ledger::{Ledger, RejectedRow, Status};
 use crate::outage;
 use crate::progress::{Event, Progress};
@@ -35,6 +37,8 @@ pub(super) struct Publisher<'a> {
     pub(super) progress: &'a Progress,
     pub(super) shutdown: &'a CancellationToken,
     pub(super) task_size: usize,
+    /// The job key and the spec's fingerprint every task is signed with, if the run has a key.
+    pub(super) signer: Option<(&'a JobKey, &'a str)>,
 }
 
 impl Publisher<'_> {
@@ -154,6 +158,10 @@ impl Publisher<'_> {
                 trace_context: trace_context::traceparent(&span),
             },
         );
+        let payload = match self.signer {
+            Some((key, fingerprint)) => key.sign_task(job, fingerprint, payload),
+            None => payload,
+        };
         outage::unless_stopped("publishing a task", self.shutdown, || {
             self.broker.publish(job, Queue::Tasks, payload.clone())
         })

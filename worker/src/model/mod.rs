@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod client;
 pub mod concurrency;
+pub mod key_policy;
 pub mod letters;
 pub mod limits;
 pub mod local;
@@ -322,6 +323,17 @@ impl Models {
             models.insert(name.clone(), build(name, spec)?);
         }
         Ok(Self { models })
+    }
+
+    /// Builds every model of a job as [`Models::build`] does, once `keys` allows each API-key
+    /// variable the models name for every host they would send it to: a refused variable is
+    /// never read.
+    pub fn build_allowed(
+        specs: &BTreeMap<String, ModelSpec>,
+        keys: &key_policy::KeyPolicy,
+    ) -> Result<Self, ModelError> {
+        keys.check(specs)?;
+        Self::build(specs)
     }
 
     /// What the job's models would need on this machine that is not here, without loading a
