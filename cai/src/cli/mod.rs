@@ -12,6 +12,7 @@ mod init;
 mod job_keys;
 mod report;
 mod run;
+mod shown;
 mod status;
 mod validate;
 mod worker;
@@ -28,7 +29,13 @@ use crate::telemetry::tracing_setup::{self, LogFormat};
 
 /// Build Constitutional AI datasets: critique → revise (SFT) and pairwise AI feedback (preferences).
 #[derive(Debug, Parser)]
-#[command(name = "cai", version, about)]
+#[command(
+    name = "cai",
+    version,
+    about,
+    after_help = "Example: start a job of your own and run it with the mock model:\n  \
+                  cai init pairwise my-job && cai run my-job/job.toml && cai status my-job/out"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "text")]
@@ -42,6 +49,11 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a job. Embedded (this process does everything) unless a broker is given.
+    #[command(
+        after_help = "Example: the coordinator of a distributed run (workers: `cai worker`):\n  \
+                            cai run examples/mock-critique-revise.toml \\\n    \
+                            --broker amqp://guest:guest@127.0.0.1:5672/%2f --state redis://127.0.0.1:6379/0"
+    )]
     Run(RunArgs),
     /// Start a new job: write a commented job file, a starter constitution and a small corpus.
     Init {
@@ -75,6 +87,9 @@ pub enum Command {
         /// Redis URL: read the job's live progress and the workers from there.
         #[arg(long, env = "CAI_STATE")]
         state: Option<String>,
+        /// Print one JSON object instead of lines for a person.
+        #[arg(long)]
+        json: bool,
         /// TLS files for a `rediss://` URL.
         #[command(flatten)]
         tls: TlsArgs,
@@ -244,9 +259,14 @@ pub fn main(cli: Cli) -> ExitCode {
             Command::Validate { job } => validate::validate(&job).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Report { dir, out } => report::report(&dir, out.as_deref()),
-            Command::Status { target, state, tls } => match state {
-                Some(state) => status::live(&target, &state, &tls.files()).await,
-                None => status::status(std::path::Path::new(&target)),
+            Command::Status {
+                target,
+                state,
+                json,
+                tls,
+            } => match state {
+                Some(state) => status::live(&target, &state, &tls.files(), json).await,
+                None => status::status(std::path::Path::new(&target), json),
             },
         }
     });

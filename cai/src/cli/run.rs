@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use cai_worker::model::Models;
 use tokio_util::sync::CancellationToken;
 
+use super::shown::shown;
 use super::{MetricsAddr, RunArgs, report};
 use crate::telemetry::listener::{self, Readiness};
 use cai_coordinator::card::{self, CardOutcome};
@@ -174,7 +175,7 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         eprintln!("{}", labels.describe());
     }
     write_pages(plan.job.output_dir());
-    eprintln!("output: {}", plan.job.output_dir().display());
+    eprintln!("output: {}", shown(plan.job.output_dir()));
     if summary.complete { 0 } else { 130 }
 }
 
@@ -182,15 +183,15 @@ pub(super) async fn run(args: RunArgs) -> u8 {
 /// data are safe whatever happens here: a failure is a warning (`cai report` makes them again).
 fn write_pages(dir: &std::path::Path) {
     match page::write(dir, None) {
-        Ok(path) => eprintln!("report: {}", path.display()),
+        Ok(path) => eprintln!("report: {}", shown(&path)),
         Err(error) => eprintln!("warning: cannot write the report: {error:#}"),
     }
     match card::write(dir) {
-        Ok(CardOutcome::Written(path)) => eprintln!("dataset card: {}", path.display()),
+        Ok(CardOutcome::Written(path)) => eprintln!("dataset card: {}", shown(&path)),
         Ok(CardOutcome::Incomplete) => {}
         Ok(CardOutcome::Foreign(path)) => eprintln!(
             "dataset card: not written, {} was not written by cai",
-            path.display()
+            shown(&path)
         ),
         Err(error) => eprintln!("warning: cannot write the dataset card: {error:#}"),
     }

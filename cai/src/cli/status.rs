@@ -1,6 +1,10 @@
-//! `cai status OUTPUT_DIR`: progress read from an output directory without changing it.
+//! `cai status OUTPUT_DIR`: progress read from an output directory without changing it, and
+//! `cai status JOB --state URL`: the live progress a distributed run mirrors into Redis. Lines
+//! for a person by default, one JSON object with `--json` for a program.
 
 use std::path::Path;
+
+use serde_json::{Value, json};
 
 use cai_coordinator::corpus;
 use cai_coordinator::ledger;
@@ -8,7 +12,7 @@ use cai_coordinator::manifest;
 use cai_coordinator::plan::read_identity;
 use cai_coordinator::report::headline::Headline;
 
-pub(super) fn status(dir: &Path) -> u8 {
+pub(super) fn status(dir: &Path, as_json: bool) -> u8 {
     let identity = match read_identity(dir) {
         Ok(Some(identity)) => identity,
         Ok(None) => {
@@ -39,6 +43,32 @@ pub(super) fn status(dir: &Path) -> u8 {
     let total = corpus::count_lines(&identity.input)
         .ok()
         .map(|lines| identity.limit.map_or(lines, |limit| lines.min(limit)));
+    let settled = totals.done + totals.failed + totals.rejected;
+    let last_run = manifest.as_ref().and_then(|m| m.get("counts")).cloned();
+    if as_json {
+        let usage = &totals.usage;
+        let headline = Headline::read(dir).ok();
+        let report = json!({
+            "job": identity.name,
+            "fingerprint": identity.fingerprint,
+            "samples": {"done": totals.done, "failed": totals.failed},
+            "lines_rejected": totals.rejected,
+            "corpus_lines": total,
+            "settled": settled,
+            "usage": {
+                "calls": usage.calls,
+                "batch_calls": usage.batch_calls,
+                "tokens_in": usage.tokens_in,
+                "tokens_out": usage.tokens_out,
+                "cost_usd": usage.cost_micro_usd as f64 / 1e6,
+            },
+            "last_run": last_run,
+            "headline": headline,
+            "complete": complete,
+        });
+        println!("{report:#}");
+        return 0;
+    }
     let settled = totals.done + totals.failed + totals.rejected;
     println!(
         "job {:?}  fingerprint {}",
@@ -72,8 +102,8 @@ pub(super) fn status(dir: &Path) -> u8 {
         totals.usage.tokens_out,
         totals.usage.cost_micro_usd as f64 / 1e6
     );
-    if let Some(counts) = manifest.as_ref().and_then(|m| m.get("counts")) {
-        println!("last run: {counts}");
+    if let Some(counts) = &last_run {
+        println!("last run: {}", describe_counts(counts));
     }
     // The report's headline figures: rate, ETA, failures by reason, label statistics so far.
     match Headline::read(dir) {
@@ -89,6 +119,19 @@ pub(super) fn status(dir: &Path) -> u8 {
         }
     );
     0
+}
+
+/// A manifest's `counts` as the run's own last line says them.
+fn describe_counts(counts: &Value) -> String {
+    let count = |name: &str| counts.get(name).and_then(Value::as_u64).unwrap_or(0);
+    format!(
+        "{} lines read = {} done + {} failed + {} rejected + {} duplicates",
+        count("lines_read"),
+        count("done"),
+        count("failed"),
+        count("rejected"),
+        count("duplicates")
+    )
 }
 
 /// The figures `cai report` puts in its summary that the lines above do not already give.
@@ -134,7 +177,12 @@ fn print_headline(headline: &Headline) {
 /// `cai status JOB --state URL`: the live counters the coordinator mirrors into Redis, and the
 /// workers whose heartbeat is current. It asks once and does not wait: a Redis that is away
 /// exits 1, one set up so that no wait helps (a certificate, credentials, a URL) exits 2.
-pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsFiles) -> u8 {
+pub(super) async fn live(
+    job: &str,
+    state_url: &str,
+    tls: &cai_common::tls::TlsFiles,
+    as_json: bool,
+) -> u8 {
     let failed = |error: cai_common::service_error::ServiceError| {
         eprintln!("error: {error}");
         if error.is_misconfigured() { 2 } else { 1 }
@@ -159,6 +207,27 @@ pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsF
         .iter()
         .any(|j| j == job);
     let get = |name: &str| counters.get(name).copied().unwrap_or(0);
+    let fatal = state.fatal(job).await.ok().flatten();
+    let workers = state.workers().await.unwrap_or_default();
+    if as_json {
+        let workers: Vec<Value> = workers
+            .iter()
+            .map(|(id, info)| {
+                let info: Value = serde_json::from_str(info).unwrap_or(Value::Null);
+                json!({"id": id, "heartbeat": info})
+            })
+            .collect();
+        let report = json!({
+            "job": job,
+            "fingerprint": fingerprint,
+            "active": active,
+            "counters": counters,
+            "fatal": fatal,
+            "workers": workers,
+        });
+        println!("{report:#}");
+        return 0;
+    }
     println!(
         "job {job:?}  fingerprint {}  {}",
         &fingerprint[..12.min(fingerprint.len())],
@@ -180,13 +249,37 @@ pub(super) async fn live(job: &str, state_url: &str, tls: &cai_common::tls::TlsF
         get("tokens_out"),
         get("cost_micro_usd") as f64 / 1e6
     );
-    if let Ok(Some(message)) = state.fatal(job).await {
+    if let Some(message) = fatal {
         println!("fatal: {message}");
     }
-    let workers = state.workers().await.unwrap_or_default();
     println!("workers: {}", workers.len());
     for (id, info) in workers {
-        println!("  {id}  {info}");
+        println!("  {id}  {}", describe_heartbeat(&info));
     }
     0
+}
+
+/// A worker's heartbeat (`{"jobs": [...], "pid": N, "up_s": N}`) in words.
+fn describe_heartbeat(info: &str) -> String {
+    let Ok(info) = serde_json::from_str::<Value>(info) else {
+        return info.to_owned();
+    };
+    let jobs: Vec<&str> = info["jobs"]
+        .as_array()
+        .map(|jobs| jobs.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let serving = if jobs.is_empty() {
+        "idle".to_owned()
+    } else {
+        format!("serving {}", jobs.join(", "))
+    };
+    format!(
+        "pid {}, up {} s, {serving}",
+        info["pid"]
+            .as_u64()
+            .map_or("?".into(), |pid| pid.to_string()),
+        info["up_s"]
+            .as_u64()
+            .map_or("?".into(), |up| up.to_string()),
+    )
 }

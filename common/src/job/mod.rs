@@ -16,6 +16,7 @@ mod concurrency;
 mod file;
 mod fingerprint;
 mod input;
+pub mod keys;
 mod models;
 mod pipeline;
 
