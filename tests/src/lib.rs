@@ -12,6 +12,7 @@
 //! - [`proxy`]: a TCP proxy a test can cut, for real network faults to one process.
 //! - [`otlp_receiver`]: an OTLP/gRPC span receiver the processes export to.
 //! - [`prometheus`]: a real Prometheus server scraping a process.
+//! - [`service_users`]: RabbitMQ and Redis users a test makes with chosen rights.
 
 pub mod cluster;
 pub mod harness;
@@ -24,3 +25,4 @@ pub mod private_redis;
 pub mod prometheus;
 pub mod proxy;
 pub mod scenario;
+pub mod service_users;

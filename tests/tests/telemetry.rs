@@ -13,6 +13,7 @@ use cai_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use cai_tests::prometheus::Prometheus;
 use cai_tests::proxy::Proxy;
 use cai_tests::scenario::{Scenario, Size, finish};
+use cai_tests::service_users::ServiceUsers;
 use tokio::process::Child;
 
 // Each test has a Redis database of its own: a worker serves every active job it finds.
@@ -52,53 +53,23 @@ struct Accounts {
     rabbit_password: String,
     redis_user: String,
     redis_password: String,
+    _users: ServiceUsers,
 }
 
 impl Accounts {
     fn create() -> Self {
-        let accounts = Self {
-            rabbit_user: unique("cai-rmq-user-"),
-            rabbit_password: unique("rmq-secret-"),
-            redis_user: unique("cai-redis-user-"),
-            redis_password: unique("redis-secret-"),
-        };
-        for args in [
-            vec!["add_user", &accounts.rabbit_user, &accounts.rabbit_password],
-            vec![
-                "set_permissions",
-                "-p",
-                "/",
-                &accounts.rabbit_user,
-                ".*",
-                ".*",
-                ".*",
-            ],
-        ] {
-            let output = std::process::Command::new("rabbitmqctl")
-                .args(&args)
-                .output()
-                .expect("rabbitmqctl runs (RabbitMQ is installed on this machine)");
-            assert!(
-                output.status.success(),
-                "rabbitmqctl {args:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
+        let (rabbit_user, rabbit_password) = (unique("cai-rmq-user-"), unique("rmq-secret-"));
+        let (redis_user, redis_password) = (unique("cai-redis-user-"), unique("redis-secret-"));
+        let mut users = ServiceUsers::default();
+        users.add_rabbit(&rabbit_user, &rabbit_password, [".*", ".*", ".*"]);
+        users.add_redis(&redis_user, &redis_password, &["~*", "&*", "+@all"]);
+        Self {
+            rabbit_user,
+            rabbit_password,
+            redis_user,
+            redis_password,
+            _users: users,
         }
-        let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&accounts.redis_user)
-            .arg("on")
-            .arg(format!(">{}", accounts.redis_password))
-            .arg("~*")
-            .arg("&*")
-            .arg("+@all")
-            .exec(&mut redis)
-            .unwrap();
-        accounts
     }
 
     fn broker_url(&self) -> String {
@@ -114,22 +85,6 @@ impl Accounts {
             "redis://{}:{}@127.0.0.1:6379/0?prefix={prefix}",
             self.redis_user, self.redis_password
         )
-    }
-}
-
-impl Drop for Accounts {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("rabbitmqctl")
-            .args(["delete_user", &self.rabbit_user])
-            .output();
-        if let Ok(mut redis) =
-            redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection())
-        {
-            let _ = redis::cmd("ACL")
-                .arg("DELUSER")
-                .arg(&self.redis_user)
-                .exec(&mut redis);
-        }
     }
 }
 

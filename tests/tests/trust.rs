@@ -14,6 +14,7 @@ use cai_common::state::StateStore;
 use cai_tests::harness::eventually;
 use cai_tests::model_server::ServerConfig;
 use cai_tests::scenario::{self, Scenario, Size};
+use cai_tests::service_users::ServiceUsers;
 use futures::StreamExt;
 
 const LINES: usize = 6;
@@ -313,64 +314,44 @@ async fn bad_entries_and_tasks_are_refused_and_the_worker_goes_on_serving() {
     worker.start_kill().unwrap();
 }
 
-/// A RabbitMQ user and a Redis ACL user per role, with the rights docs/DESIGN.md lists; removed
-/// on drop.
+/// A RabbitMQ user and a Redis ACL user per role, with the rights docs/DESIGN.md lists.
 struct RoleUsers {
     prefix: String,
-    rabbit: Vec<String>,
-    redis: Vec<String>,
+    _users: ServiceUsers,
 }
 
 impl RoleUsers {
     /// Users for the coordinator and the worker, and a Redis user for `cai status`, for the
     /// jobs under Redis key prefix `prefix`.
     fn create(prefix: &str) -> Self {
-        let users = Self {
-            prefix: prefix.to_owned(),
-            rabbit: vec![format!("{prefix}-coordinator"), format!("{prefix}-worker")],
-            redis: vec![
-                format!("{prefix}-coordinator"),
-                format!("{prefix}-worker"),
-                format!("{prefix}-status"),
-            ],
-        };
-        for user in &users.rabbit {
-            rabbitmqctl(&["add_user", user, "role-password"]);
-            rabbitmqctl(&[
-                "set_permissions",
-                "-p",
-                "/",
-                user,
-                "^cai\\..*",
-                "^amq\\.default$",
-                "^cai\\..*",
-            ]);
-        }
         let p = prefix;
-        let shared =
-            "-@all +@read +@write +@keyspace +@transaction +@connection +@scripting -@dangerous";
-        let worker_keys = format!(
-            "%R~{p}:* %RW~{p}:*:steps:* %RW~{p}:*:lease:* %RW~{p}:*:fatal %RW~{p}:*:batches %RW~{p}:_workers*"
-        );
-        let rules = [
-            format!("~{p}:* {shared}"),
-            format!("{worker_keys} {shared}"),
-            format!("%R~{p}:* -@all +@read +@connection"),
-        ];
-        let mut redis = redis::Client::open("redis://127.0.0.1:6379/")
-            .unwrap()
-            .get_connection()
-            .unwrap();
-        for (user, rules) in users.redis.iter().zip(rules) {
-            let mut command = redis::cmd("ACL");
-            command.arg("SETUSER").arg(user).arg("reset").arg("on");
-            command.arg(">role-password").arg("resetchannels");
-            for rule in rules.split_whitespace() {
-                command.arg(rule);
-            }
-            command.exec(&mut redis).unwrap();
+        let mut users = ServiceUsers::default();
+        for role in ["coordinator", "worker"] {
+            let permissions = ["^cai\\..*", "^amq\\.default$", "^cai\\..*"];
+            users.add_rabbit(&format!("{p}-{role}"), "role-password", permissions);
         }
-        users
+        let shared = "resetchannels -@all +@read +@write +@keyspace +@transaction +@connection \
+                      +@scripting -@dangerous";
+        let worker_keys = format!(
+            "%R~{p}:* %RW~{p}:*:steps:* %RW~{p}:*:lease:* %RW~{p}:*:fatal %RW~{p}:*:batches \
+             %RW~{p}:_workers*"
+        );
+        let roles = [
+            ("coordinator", format!("~{p}:* {shared}")),
+            ("worker", format!("{worker_keys} {shared}")),
+            (
+                "status",
+                format!("%R~{p}:* resetchannels -@all +@read +@connection"),
+            ),
+        ];
+        for (role, rules) in roles {
+            let rules: Vec<&str> = rules.split_whitespace().collect();
+            users.add_redis(&format!("{p}-{role}"), "role-password", &rules);
+        }
+        Self {
+            prefix: prefix.to_owned(),
+            _users: users,
+        }
     }
 
     fn broker_url(&self, role: &str) -> String {
@@ -386,35 +367,6 @@ impl RoleUsers {
             self.prefix, self.prefix
         )
     }
-}
-
-impl Drop for RoleUsers {
-    fn drop(&mut self) {
-        for user in &self.rabbit {
-            let _ = std::process::Command::new("rabbitmqctl")
-                .args(["delete_user", user])
-                .output();
-        }
-        if let Ok(mut redis) =
-            redis::Client::open("redis://127.0.0.1:6379/").and_then(|c| c.get_connection())
-        {
-            for user in &self.redis {
-                let _ = redis::cmd("ACL").arg("DELUSER").arg(user).exec(&mut redis);
-            }
-        }
-    }
-}
-
-fn rabbitmqctl(args: &[&str]) {
-    let output = std::process::Command::new("rabbitmqctl")
-        .args(args)
-        .output()
-        .expect("rabbitmqctl runs (RabbitMQ is installed on this machine)");
-    assert!(
-        output.status.success(),
-        "rabbitmqctl {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -57,7 +57,7 @@ mod tests {
                 "out/quickstart-pairwise/report.html",
             ),
             ("./out/./job", "out/job"),
-            ("../shared/x", "../shared/x"),
+            ("../elsewhere/x", "../elsewhere/x"),
             ("a/../../b", "../b"),
             ("/a/../b", "/b"),
             ("/..", "/"),
