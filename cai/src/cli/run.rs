@@ -35,12 +35,16 @@ pub(super) async fn run(args: RunArgs) -> u8 {
             return 2;
         }
     };
-    let job_key = match super::job_keys::coordinator_key(args.job_key_file.as_deref()) {
-        Ok(job_key) => job_key,
-        Err(error) => {
-            eprintln!("error: {error}");
-            return 2;
-        }
+    // Only a distributed run signs (an embedded run's queue is its own), so only it reads the key.
+    let job_key = match args.broker {
+        Some(_) => match super::job_keys::coordinator_key(args.job_key_file.as_deref()) {
+            Ok(job_key) => job_key,
+            Err(error) => {
+                eprintln!("error: {error}");
+                return 2;
+            }
+        },
+        None => None,
     };
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone());
@@ -83,9 +87,7 @@ pub(super) async fn run(args: RunArgs) -> u8 {
         options.concurrency = concurrency.max(1);
     }
     options.coordinator.task_size = args.task_size.max(1);
-    if matches!(mode, Mode::Distributed(_)) {
-        options.coordinator.job_key = job_key;
-    }
+    options.coordinator.job_key = job_key;
     // Enough tasks outstanding for two workers' samples in flight (many for a model in batch
     // mode, whose batches they fill).
     options.coordinator.max_outstanding = options

@@ -13,14 +13,12 @@ use cai_common::job::{BackendSpec, ModelSpec};
 
 use super::ModelError;
 
-/// Where a process may send the API keys of its environment.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyPolicy {
-    /// Any variable, to any server: the job's author is the person running the process.
-    Unrestricted,
-    /// Only these variables, each to the hosts bound to it (lowercase, as a URL's host is
-    /// written: a name, an IPv4 address, or an IPv6 address in brackets).
-    Bound(BTreeMap<String, BTreeSet<String>>),
+/// Where a worker may send the API keys of its environment: only these variables, each to the
+/// hosts bound to it (lowercase, as a URL's host is written: a name, an IPv4 address, or an IPv6
+/// address in brackets). Embedded runs build their models without one.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    bound: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl KeyPolicy {
@@ -62,7 +60,7 @@ impl KeyPolicy {
             }
             bound.entry(var.to_owned()).or_default().extend(hosts);
         }
-        Ok(Self::Bound(bound))
+        Ok(Self { bound })
     }
 
     /// Checks every model of a job before any of them is built: an `openai` model's
@@ -70,9 +68,7 @@ impl KeyPolicy {
     /// job-fatal and names the model, the variable and the host, never the value (which is
     /// not read).
     pub fn check(&self, specs: &BTreeMap<String, ModelSpec>) -> Result<(), ModelError> {
-        let Self::Bound(bound) = self else {
-            return Ok(());
-        };
+        let bound = &self.bound;
         for (name, spec) in specs {
             let BackendSpec::Openai(openai) = &spec.backend else {
                 continue;
@@ -133,9 +129,7 @@ mod tests {
             &["OPENAI_API_KEY=api.openai.com,Proxy.internal"],
             Some("OTHER=[::1]; OPENAI_API_KEY=backup.internal;"),
         );
-        let KeyPolicy::Bound(bound) = merged else {
-            panic!("bound")
-        };
+        let bound = merged.bound;
         assert_eq!(
             bound["OPENAI_API_KEY"],
             BTreeSet::from([
@@ -199,8 +193,5 @@ mod tests {
             policy(&[], None).check(&models(Some("KEY"), &["https://llm.internal/v1"])),
             Err(ModelError::JobFatal(_))
         ));
-        KeyPolicy::Unrestricted
-            .check(&models(Some("KEY"), &["https://evil.example/v1"]))
-            .expect("embedded runs read keys as before");
     }
 }
