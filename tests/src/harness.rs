@@ -185,6 +185,14 @@ where
     }
 }
 
+/// The status and body of a GET of `url` (a process's `/metrics`, `/healthz`, `/readyz`), or
+/// `None` while nothing answers there.
+pub async fn get(url: &str) -> Option<(u16, String)> {
+    let response = reqwest::get(url).await.ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.text().await.ok()?))
+}
+
 /// Ids of rows, sorted, with repeats kept (so a duplicate shows).
 pub fn ids(rows: &[Value]) -> Vec<String> {
     let mut ids: Vec<String> = rows

@@ -12,7 +12,7 @@ use std::process::Output;
 use std::time::{Duration, Instant};
 
 use cai_tests::cluster::BROKER_URL;
-use cai_tests::harness::{JobDir, cai_process, eventually};
+use cai_tests::harness::{JobDir, cai_process, eventually, get};
 use cai_tests::jobs;
 use cai_tests::pki::TestPki;
 use cai_tests::private_rabbitmq::PrivateRabbitMq;
@@ -362,12 +362,6 @@ async fn an_unknown_host_is_waited_for_up_to_the_connect_timeout_then_stops_both
         );
         assert_untouched(&dir.path("out"), &stopped);
     }
-}
-
-async fn get(url: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(url).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.ok()?))
 }
 
 /// An outage at start is waited for: the worker is alive (`/healthz`) but not ready

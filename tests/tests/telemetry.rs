@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cai_tests::harness::{eventually, read_jsonl};
+use cai_tests::harness::{eventually, get, read_jsonl};
 use cai_tests::model_server::{Faults, ServerConfig};
 use cai_tests::otlp_receiver::{OtlpReceiver, ReceivedSpan};
 use cai_tests::prometheus::Prometheus;
@@ -31,12 +31,6 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .unwrap()
         .port()
-}
-
-async fn get(url: &str) -> Option<(u16, String)> {
-    let response = reqwest::get(url).await.ok()?;
-    let status = response.status().as_u16();
-    Some((status, response.text().await.ok()?))
 }
 
 async fn terminate(worker: &mut Child) {
