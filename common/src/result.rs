@@ -71,6 +71,13 @@ pub struct Reading {
     /// workers older than this field.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub letter_mass: Option<f64>,
+    /// Verdict mode: the verdicts sampled for this reading (absent in the other modes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub votes: Option<u32>,
+    /// Verdict mode: how many of them named a choice; `p_first` is the share of these for the
+    /// first-shown answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parsed: Option<u32>,
 }
 
 /// One preference row (TRL conversational explicit-prompt format), as written to `preferences.jsonl`.

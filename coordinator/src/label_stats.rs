@@ -33,10 +33,24 @@ pub struct LabelStats {
     pub failed_low_letter_mass: u64,
     /// Samples failed because no letter was among the top log-probabilities.
     pub failed_no_letter: u64,
+    /// Verdict mode: share of the votes of the labels written that named a choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parse_rate: Option<f64>,
+    /// Verdict mode: mean over readings of the share of parsed votes that agree with the
+    /// reading's majority (1 when every vote of a reading chose the same answer, 0.5 at a tie).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vote_agreement: Option<f64>,
+    /// Verdict mode: samples failed because fewer than half of a reading's votes parsed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failed_unparsed: u64,
     /// With candidates `["chosen", "rejected"]` (a human-labelled corpus): share of labels that
     /// prefer the corpus's `chosen`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub human_agreement: Option<f64>,
+}
+
+fn is_zero(count: &u64) -> bool {
+    *count == 0
 }
 
 /// The fields of a preference row the statistics read: a million rows are scanned without
@@ -63,6 +77,8 @@ impl LabelStats {
         let (mut consistent, mut swapped) = (0u64, 0u64);
         let (mut mass_sum, mut masses) = (0.0f64, 0u64);
         let (mut p_sum, mut agree) = (0.0f64, 0u64);
+        let (mut votes, mut parsed) = (0u64, 0u64);
+        let (mut agreement_sum, mut voted) = (0.0f64, 0u64);
         for_each_row(&dir.join(DataFile::Preferences.name()), |row: LabelRow| {
             stats.labels += 1;
             p_sum += row.p_chosen;
@@ -75,6 +91,14 @@ impl LabelStats {
                 masses += 1;
                 stats.min_letter_mass = Some(stats.min_letter_mass.map_or(mass, |m| m.min(mass)));
             }
+            for reading in &row.readings {
+                if let (Some(cast), Some(read)) = (reading.votes, reading.parsed) {
+                    votes += u64::from(cast);
+                    parsed += u64::from(read);
+                    agreement_sum += reading.p_first.max(1.0 - reading.p_first);
+                    voted += 1;
+                }
+            }
             agree += u64::from(prefers_first(&row));
         })?;
         for_each_row(&dir.join(DataFile::Failed.name()), |row: FailedReason| {
@@ -82,12 +106,16 @@ impl LabelStats {
                 stats.failed_low_letter_mass += 1;
             } else if row.reason.contains("neither (A) nor (B)") {
                 stats.failed_no_letter += 1;
+            } else if row.reason.contains("votes parsed") {
+                stats.failed_unparsed += 1;
             }
         })?;
         let share = |part: u64, whole: u64| (whole > 0).then(|| part as f64 / whole as f64);
         stats.position_consistency = share(consistent, swapped);
         stats.mean_letter_mass = (masses > 0).then(|| mass_sum / masses as f64);
         stats.mean_p_chosen = (stats.labels > 0).then(|| p_sum / stats.labels as f64);
+        stats.parse_rate = share(parsed, votes);
+        stats.vote_agreement = (voted > 0).then(|| agreement_sum / voted as f64);
         if first_is_human {
             stats.human_agreement = share(agree, stats.labels);
         }
@@ -112,10 +140,20 @@ impl LabelStats {
                 percent(self.human_agreement)
             ));
         }
+        if self.parse_rate.is_some() {
+            text.push_str(&format!(
+                ", votes parsed {}, vote agreement {}",
+                percent(self.parse_rate),
+                percent(self.vote_agreement)
+            ));
+        }
         text.push_str(&format!(
             "; failed for faint letters {}, for no letter {}",
             self.failed_low_letter_mass, self.failed_no_letter
         ));
+        if self.failed_unparsed > 0 {
+            text.push_str(&format!(", for unparsed votes {}", self.failed_unparsed));
+        }
         text
     }
 }
@@ -192,5 +230,37 @@ mod tests {
             LabelStats::read(dir.path(), false).unwrap().human_agreement,
             None
         );
+        assert_eq!((stats.parse_rate, stats.vote_agreement), (None, None));
+    }
+
+    #[test]
+    fn verdict_readings_give_the_parse_rate_and_the_vote_agreement() {
+        let dir = tempfile::tempdir().unwrap();
+        let reading = |order: &str, p: f64, votes: u32, parsed: u32| {
+            serde_json::json!({"principle_id": "p", "order": order, "p_first": p,
+                "votes": votes, "parsed": parsed})
+        };
+        let row = serde_json::json!({
+            "id": "1", "prompt": [], "chosen": [], "rejected": [], "p_chosen": 0.7,
+            "readings": [reading("xy", 0.75, 5, 4), reading("yx", 0.5, 5, 2)],
+            "position_consistent": false,
+        });
+        std::fs::write(dir.path().join("preferences.jsonl"), format!("{row}\n")).unwrap();
+        std::fs::write(
+            dir.path().join("failed.jsonl"),
+            "{\"id\":\"2\",\"key\":\"k\",\"reason\":\"step judge-1-xy: only 1 of 5 verdicts named a choice (4 named none, 0 named both; verdict = \\\"auto\\\"): fewer than half of the votes parsed, not a trustworthy label\",\"attempts\":5}\n",
+        )
+        .unwrap();
+        let stats = LabelStats::read(dir.path(), false).unwrap();
+        assert!((stats.parse_rate.unwrap() - 0.6).abs() < 1e-12);
+        assert!((stats.vote_agreement.unwrap() - 0.625).abs() < 1e-12);
+        assert_eq!(stats.failed_unparsed, 1);
+        assert_eq!(stats.mean_letter_mass, None);
+        assert!(
+            stats
+                .describe()
+                .contains("votes parsed 60.0 %, vote agreement 62.5 %")
+        );
+        assert!(stats.describe().contains("for unparsed votes 1"));
     }
 }

@@ -1,9 +1,12 @@
 //! Pairwise AI feedback end to end over HTTP against the test model server, on the real HH
 //! preference pairs: swap arithmetic, summation over letter spellings, both endpoints and both
-//! log-probability wire formats, calls per sample, and a judge that never names a letter.
+//! log-probability wire formats, calls per sample, and a judge that never names a letter; and
+//! verdict mode: written verdicts in every format, their votes, swap and unparseable verdicts.
 
 use cai_tests::harness::{JobDir, repo_file, run_job};
-use cai_tests::model_server::{JudgeShape, LogprobFormat, ModelServer, ServerConfig, p_first};
+use cai_tests::model_server::{
+    JudgeShape, LogprobFormat, ModelServer, ServerConfig, VerdictStyle, p_first, verdict_for,
+};
 use serde_json::Value;
 
 const PAIRS: &str = "hh-rlhf/harmless-base/test.jsonl";
@@ -362,4 +365,315 @@ async fn faint_letters_fail_the_sample_with_a_reason() {
             .unwrap();
     assert_eq!(manifest["labels"]["failed_low_letter_mass"], SAMPLES);
     assert_eq!(manifest["labels"]["labels"], 0);
+}
+
+/// A verdict job: `votes` written verdicts per order, read with `verdict`, from a judge that
+/// samples at temperature 0.7.
+fn verdict_job(
+    dir: &JobDir,
+    url: &str,
+    votes: u32,
+    verdict: &str,
+    template: &str,
+) -> std::path::PathBuf {
+    dir.head(PAIRS, SAMPLES, "pairs.jsonl");
+    dir.write(
+        "job.toml",
+        format!(
+            r#"
+name = "pw-verdict"
+pipeline = "pairwise"
+seed = 5
+output = "out"
+
+[input]
+path = "pairs.jsonl"
+
+[constitution]
+path = "{constitution}"
+
+[pairwise]
+judge = "feedback"
+candidates = ["chosen", "rejected"]
+mode = "verdict"
+votes = {votes}
+verdict = "{verdict}"
+judge_template = "{template}"
+
+[models.feedback]
+backend = "openai"
+url = "{url}"
+model = "judge"
+temperature = 0.7
+max_concurrency = 8
+"#,
+            constitution = repo_file("constitutions/default.toml").display()
+        ),
+    )
+}
+
+fn manifest_labels(dir: &JobDir) -> Value {
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path("out/manifest.json")).unwrap())
+            .unwrap();
+    manifest["labels"].clone()
+}
+
+/// Each reading's `p_first` is exactly the share of (A) among the verdicts the server wrote
+/// for its prompt, and those shares estimate the server's probabilities within sampling error;
+/// the label combines the readings as for log-probabilities.
+fn check_votes(dir: &JobDir, server: &ModelServer, votes: u32) {
+    let mut by_prompt: std::collections::BTreeMap<String, Vec<&Value>> = Default::default();
+    let calls = server.calls();
+    for call in &calls {
+        assert!(
+            !call.judge,
+            "a verdict judge is asked for no log-probabilities"
+        );
+        assert_eq!(call.body["temperature"], 0.7);
+        by_prompt
+            .entry(call.prompt_text().unwrap())
+            .or_default()
+            .push(&call.body);
+    }
+    let (mut error_sum, mut variance) = (0.0, 0.0);
+    let mut shares = Vec::new();
+    for (prompt, bodies) in &by_prompt {
+        assert_eq!(bodies.len(), votes as usize);
+        let seeds: std::collections::HashSet<u64> =
+            bodies.iter().map(|b| b["seed"].as_u64().unwrap()).collect();
+        assert_eq!(seeds.len(), votes as usize, "every vote has its own seed");
+        let first = seeds
+            .iter()
+            .filter(|&&seed| {
+                let text = verdict_for(
+                    prompt,
+                    seed,
+                    &ServerConfig::default(),
+                    VerdictStyle::Brackets,
+                );
+                text.ends_with("[[A]]")
+            })
+            .count();
+        let share = first as f64 / votes as f64;
+        let p = p_first(prompt);
+        error_sum += share - p;
+        variance += p * (1.0 - p) / votes as f64;
+        shares.push(share);
+    }
+    // The sum of the errors is within four standard deviations of 0.
+    assert!(
+        error_sum.abs() < 4.0 * variance.sqrt(),
+        "{error_sum} vs sd {}",
+        variance.sqrt()
+    );
+    let rows = dir.rows("preferences.jsonl");
+    assert_eq!(rows.len(), SAMPLES);
+    let mut read = Vec::new();
+    for row in &rows {
+        let readings = row["readings"].as_array().unwrap();
+        assert_eq!(readings.len(), 2);
+        let corrected: Vec<f64> = readings
+            .iter()
+            .map(|r| {
+                assert_eq!(
+                    (r["votes"].as_u64(), r["parsed"].as_u64()),
+                    (Some(votes.into()), Some(votes.into()))
+                );
+                assert!(r.get("letter_mass").is_none());
+                let p = r["p_first"].as_f64().unwrap();
+                read.push(p);
+                if r["order"] == "xy" { p } else { 1.0 - p }
+            })
+            .collect();
+        let p_x = (corrected[0] + corrected[1]) / 2.0;
+        assert!((row["p_chosen"].as_f64().unwrap() - p_x.max(1.0 - p_x)).abs() < 1e-12);
+    }
+    shares.sort_by(f64::total_cmp);
+    read.sort_by(f64::total_cmp);
+    assert_eq!(shares, read);
+    let labels = manifest_labels(dir);
+    assert_eq!(labels["parse_rate"], 1.0);
+    assert!(
+        labels["vote_agreement"].as_f64().unwrap() >= 0.5,
+        "{labels}"
+    );
+}
+
+/// Every built-in format, each from a judge writing it, read by its own parser and by `auto`:
+/// 2 orders × 9 votes per sample, each reading the share of its votes.
+#[tokio::test]
+async fn written_verdicts_are_counted_in_every_format() {
+    for (style, verdict) in [
+        (VerdictStyle::Brackets, "brackets"),
+        (VerdictStyle::Letter, "letter"),
+        (VerdictStyle::Prometheus, "prometheus"),
+        (VerdictStyle::Prometheus, "auto"),
+    ] {
+        let server = ModelServer::start(ServerConfig {
+            verdict: Some(style),
+            strict_chat: true,
+            ..ServerConfig::default()
+        })
+        .await;
+        let dir = JobDir::new();
+        let template = if style == VerdictStyle::Prometheus {
+            "prometheus2"
+        } else {
+            "paper"
+        };
+        let summary = run_job(&verdict_job(&dir, &server.url(), 9, verdict, template))
+            .await
+            .unwrap();
+        assert_eq!(summary.counts.done, SAMPLES as u64, "{verdict}");
+        assert_eq!(server.calls().len(), SAMPLES * 2 * 9);
+        check_votes(&dir, &server, 9);
+        let messages = server.calls()[0].body["messages"].clone();
+        if template == "prometheus2" {
+            assert_eq!(messages[0]["role"], "system");
+            assert!(
+                messages[0]["content"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("You are a fair judge assistant")
+            );
+            let task = messages[1]["content"].as_str().unwrap();
+            assert!(
+                task.starts_with("###Task Description:") && task.ends_with("###Feedback: "),
+                "{task}"
+            );
+            assert!(task.contains("###Score Rubric:\n"));
+        } else {
+            let ask = messages.as_array().unwrap().last().unwrap()["content"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            let expected = if verdict == "letter" {
+                "\"The answer is: (A)\""
+            } else {
+                "\"[[A]]\""
+            };
+            assert!(ask.contains("\n(A) ") && ask.contains("\n(B) "), "{ask}");
+            assert!(
+                ask.rsplit("\n\n").next().unwrap().contains(expected),
+                "{ask}"
+            );
+        }
+    }
+}
+
+/// A judge that picks the first-shown answer 80 % of the time whatever it is shown: each order
+/// alone reads about 0.8 for (A), and swapping turns that into labels near 0.5, as it does for
+/// log-probabilities.
+#[tokio::test]
+async fn swapped_votes_cancel_a_position_bias() {
+    let server = ModelServer::start(ServerConfig {
+        verdict: Some(VerdictStyle::Brackets),
+        verdict_p_first: Some(0.8),
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    run_job(&verdict_job(&dir, &server.url(), 15, "brackets", "paper"))
+        .await
+        .unwrap();
+    let rows = dir.rows("preferences.jsonl");
+    assert_eq!(rows.len(), SAMPLES);
+    let (mut first, mut p_x, mut readings) = (0.0, 0.0, 0.0);
+    for row in &rows {
+        for r in row["readings"].as_array().unwrap() {
+            let p = r["p_first"].as_f64().unwrap();
+            first += p;
+            readings += 1.0;
+            p_x += if r["order"] == "xy" { p } else { 1.0 - p };
+        }
+    }
+    let (first, p_x) = (first / readings, p_x / readings);
+    // 1200 votes: the standard deviation of each mean is about 0.012.
+    assert!(
+        (first - 0.8).abs() < 0.05,
+        "the bias shows in each order: {first}"
+    );
+    assert!((p_x - 0.5).abs() < 0.05, "and cancels across orders: {p_x}");
+}
+
+/// Verdicts that name no choice are counted apart: a reading with at least half of them
+/// readable is the share among those; a judge that never names one fails every sample with a
+/// reason, after the votes of the first order.
+#[tokio::test]
+async fn unparseable_verdicts_are_counted_apart_and_fail_a_label_below_half() {
+    let server = ModelServer::start(ServerConfig {
+        verdict: Some(VerdictStyle::Brackets),
+        verdict_unparseable: 0.25,
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    let summary = run_job(&verdict_job(&dir, &server.url(), 8, "auto", "paper"))
+        .await
+        .unwrap();
+    let (mut votes, mut parsed) = (0, 0);
+    for row in dir.rows("preferences.jsonl") {
+        for r in row["readings"].as_array().unwrap() {
+            votes += r["votes"].as_u64().unwrap();
+            parsed += r["parsed"].as_u64().unwrap();
+            assert!(r["parsed"].as_u64().unwrap() * 2 >= 8);
+        }
+    }
+    assert!(parsed < votes, "some verdicts named no choice");
+    let labels = manifest_labels(&dir);
+    assert!((labels["parse_rate"].as_f64().unwrap() - parsed as f64 / votes as f64).abs() < 1e-12);
+    assert_eq!(
+        labels["failed_unparsed"].as_u64().unwrap_or(0),
+        summary.counts.failed
+    );
+
+    let server = ModelServer::start(ServerConfig {
+        verdict: Some(VerdictStyle::Brackets),
+        verdict_unparseable: 1.0,
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    let summary = run_job(&verdict_job(&dir, &server.url(), 3, "brackets", "paper"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.counts.done, summary.counts.failed),
+        (0, SAMPLES as u64)
+    );
+    assert_eq!(server.calls().len(), SAMPLES * 3);
+    for failed in dir.rows("failed.jsonl") {
+        let reason = failed["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("only 0 of 3 verdicts named a choice (3 named none"),
+            "{reason}"
+        );
+        assert_eq!(failed["attempts"], 3);
+    }
+    assert_eq!(manifest_labels(&dir)["failed_unparsed"], SAMPLES);
+}
+
+/// The mock writes verdicts too, so a verdict job runs without a server: every vote parses,
+/// and each reading is the share of its votes.
+#[tokio::test]
+async fn the_mock_judge_writes_verdicts() {
+    let dir = JobDir::new();
+    let text = std::fs::read_to_string(verdict_job(&dir, "http://unused/v1", 4, "letter", "paper"))
+        .unwrap();
+    let mock = text.split("[models.feedback]").next().unwrap().to_owned()
+        + "[models.feedback]\nbackend = \"mock\"\n";
+    let summary = run_job(&dir.write("job.toml", mock)).await.unwrap();
+    assert_eq!(summary.counts.done, SAMPLES as u64);
+    for row in dir.rows("preferences.jsonl") {
+        for r in row["readings"].as_array().unwrap() {
+            assert_eq!(
+                (r["votes"].as_u64(), r["parsed"].as_u64()),
+                (Some(4), Some(4))
+            );
+            let quarters = r["p_first"].as_f64().unwrap() * 4.0;
+            assert_eq!(quarters, quarters.round(), "{r}");
+        }
+    }
+    assert_eq!(summary.usage.calls, (SAMPLES * 2 * 4) as u64);
 }

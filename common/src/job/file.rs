@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::models::ModelFile;
 use super::pipeline::{GenerateFile, PairwiseFile};
+use super::verdict::{MAX_VOTES, VerdictFormat, VerdictSpec};
 use super::{
-    Candidates, ConstitutionSpec, CritiqueReviseSpec, InputSpec, JobSpec, PairwiseSpec, Pipeline,
-    PipelineKind, SpecError, Turns,
+    Candidates, ConstitutionSpec, CritiqueReviseSpec, InputSpec, JobSpec, JudgeMode, JudgeTemplate,
+    ModelSpec, PairwiseSpec, Pipeline, PipelineKind, SpecError, Turns,
 };
 
 /// The whole job file, as written.
@@ -67,6 +68,7 @@ impl TryFrom<JobFile> for JobSpec {
             &|field, name| model_exists(&models, field, name),
         )?;
         check_input(&file.input, &pipeline)?;
+        check_judge(&pipeline, &models)?;
         Ok(Self {
             name: file.name,
             seed: file.seed,
@@ -121,6 +123,9 @@ impl From<PairwiseSpec> for PairwiseFile {
             mode: spec.mode,
             clamp: spec.clamp,
             min_letter_mass: spec.min_letter_mass,
+            votes: spec.verdict.as_ref().map(|verdict| verdict.votes),
+            verdict: spec.verdict.map(|verdict| verdict.format.name().to_owned()),
+            judge_template: (spec.template != JudgeTemplate::Paper).then_some(spec.template),
         }
     }
 }
@@ -217,6 +222,7 @@ fn pairwise_spec(
     model_exists: &dyn Fn(&str, &str) -> Result<(), SpecError>,
 ) -> Result<PairwiseSpec, SpecError> {
     model_exists("pairwise.judge", &section.judge)?;
+    let verdict = verdict_spec(&section)?;
     let candidates = match (section.candidates, section.generate) {
         (Some(_), Some(_)) | (None, None) => {
             return fail(
@@ -251,6 +257,13 @@ fn pairwise_spec(
     if !(0.0..1.0).contains(&section.min_letter_mass) {
         return fail("pairwise.min_letter_mass", "must be at least 0 and below 1");
     }
+    let template = section.judge_template.unwrap_or(JudgeTemplate::Paper);
+    if template == JudgeTemplate::Prometheus2 && section.mode != JudgeMode::Verdict {
+        return fail(
+            "pairwise.judge_template",
+            "\"prometheus2\" is a judge that writes its verdict: use it with mode = \"verdict\"",
+        );
+    }
     Ok(PairwiseSpec {
         judge: section.judge,
         candidates,
@@ -259,7 +272,58 @@ fn pairwise_spec(
         mode: section.mode,
         clamp: section.clamp,
         min_letter_mass: section.min_letter_mass,
+        verdict,
+        template,
     })
+}
+
+/// Verdict mode's settings, which only verdict mode takes.
+fn verdict_spec(section: &PairwiseFile) -> Result<Option<VerdictSpec>, SpecError> {
+    if section.mode != JudgeMode::Verdict {
+        for (key, set) in [
+            ("votes", section.votes.is_some()),
+            ("verdict", section.verdict.is_some()),
+        ] {
+            if set {
+                return fail(
+                    &format!("pairwise.{key}"),
+                    "only mode = \"verdict\" reads it",
+                );
+            }
+        }
+        return Ok(None);
+    }
+    let votes = section.votes.unwrap_or(1);
+    if !(1..=MAX_VOTES).contains(&votes) {
+        return fail(
+            "pairwise.votes",
+            format!("must be between 1 and {MAX_VOTES}"),
+        );
+    }
+    let format = VerdictFormat::parse(section.verdict.as_deref().unwrap_or("auto"))
+        .or_else(|message| fail("pairwise.verdict", message))?;
+    Ok(Some(VerdictSpec { votes, format }))
+}
+
+/// What a pairwise job asks of its judge that the judge's settings cannot give: several votes
+/// sampled at temperature 0 repeat one answer, so they would be paid for and say nothing more.
+fn check_judge(pipeline: &Pipeline, models: &BTreeMap<String, ModelSpec>) -> Result<(), SpecError> {
+    let Pipeline::Pairwise(pairwise) = pipeline else {
+        return Ok(());
+    };
+    if let Some(verdict) = &pairwise.verdict
+        && verdict.votes > 1
+        && models[&pairwise.judge].sampling.temperature == 0.0
+    {
+        return fail(
+            "pairwise.votes",
+            format!(
+                "{} votes at the judge's temperature 0 would repeat one verdict: give                  models.{} a temperature above 0, or set votes = 1",
+                verdict.votes, pairwise.judge
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// The input settings that depend on the pipeline: which conversation field is needed, and

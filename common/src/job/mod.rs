@@ -19,6 +19,7 @@ mod input;
 pub mod keys;
 mod models;
 mod pipeline;
+mod verdict;
 
 pub use concurrency::{Concurrency, DEFAULT_AUTO_LIMIT};
 pub use fingerprint::describe_changes;
@@ -28,8 +29,10 @@ pub use models::{
     Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Prices, Sampling,
 };
 pub use pipeline::{
-    Candidates, CritiqueReviseSpec, JudgeMode, PairwiseSpec, Pipeline, PipelineKind, SftMode,
+    Candidates, CritiqueReviseSpec, JudgeMode, JudgeTemplate, PairwiseSpec, Pipeline, PipelineKind,
+    SftMode,
 };
+pub use verdict::{MAX_VOTES, VerdictFormat, VerdictSpec};
 
 /// A problem with the job file; the message names the file and the field.
 #[derive(Debug, thiserror::Error)]
@@ -648,6 +651,78 @@ backend = "mock"
             changes,
             vec!["critique_revise.preferences: (unset) → true".to_owned()]
         );
+    }
+
+    #[test]
+    fn verdict_mode_takes_votes_a_parser_and_a_template_and_only_it_does() {
+        let verdict = |settings: &str| {
+            PAIRWISE.replace(
+                "candidates = [\"chosen\", \"rejected\"]",
+                &format!("candidates = [\"chosen\", \"rejected\"]\nmode = \"verdict\"\n{settings}"),
+            )
+        };
+        let job = parse(&verdict("votes = 5\njudge_template = \"prometheus2\"")).unwrap();
+        let Pipeline::Pairwise(spec) = &job.spec.pipeline else {
+            panic!("pairwise");
+        };
+        assert_eq!(
+            spec.verdict,
+            Some(VerdictSpec {
+                votes: 5,
+                format: VerdictFormat::Auto
+            })
+        );
+        assert_eq!(spec.template, JudgeTemplate::Prometheus2);
+        let view = job.spec.semantic_view("c1");
+        assert_eq!(view["pairwise"]["verdict"], "auto");
+        assert_eq!(view["pairwise"]["judge_template"], "prometheus2");
+        // A spec round-trips through its JSON (the registry entry).
+        let json = serde_json::to_string(&job.spec).unwrap();
+        assert_eq!(serde_json::from_str::<JobSpec>(&json).unwrap(), job.spec);
+        // Left off, none of the three keys is in the fingerprint.
+        let plain = parse(PAIRWISE).unwrap().spec.semantic_view("c1");
+        for key in ["votes", "verdict", "judge_template"] {
+            assert!(plain["pairwise"].get(key).is_none(), "{plain}");
+        }
+        let cases = [
+            (
+                PAIRWISE.replace("judge = \"feedback\"", "judge = \"feedback\"\nvotes = 3"),
+                "pairwise.votes",
+                "only mode",
+            ),
+            (verdict("votes = 0"), "pairwise.votes", "between 1 and 64"),
+            (
+                verdict("verdict = \"([AB]\""),
+                "pairwise.verdict",
+                "not a regular expression",
+            ),
+            (
+                verdict("verdict = \"Winner\""),
+                "pairwise.verdict",
+                "exactly one capture group",
+            ),
+            (
+                PAIRWISE.replace(
+                    "judge = \"feedback\"",
+                    "judge = \"feedback\"\njudge_template = \"prometheus2\"",
+                ),
+                "pairwise.judge_template",
+                "mode = \"verdict\"",
+            ),
+            (
+                verdict("votes = 3").replace(
+                    "backend = \"mock\"",
+                    "backend = \"mock\"\ntemperature = 0.0",
+                ),
+                "pairwise.votes",
+                "temperature 0",
+            ),
+        ];
+        for (text, expected, says) in cases {
+            let (field, message) = invalid(&text);
+            assert_eq!(field, expected, "{message}");
+            assert!(message.contains(says), "{message}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::default_true;
+use super::verdict::VerdictSpec;
 
 /// The pipeline a job runs, with its settings. A new pipeline is a new variant: the compiler
 /// then names every place that must handle it (the worker's steps, the corpus reader, the plan's
@@ -82,6 +83,20 @@ pub enum JudgeMode {
     Logprobs,
     /// Reason step by step first, then read the answer; the result is clamped.
     Cot,
+    /// The judge writes its verdict (reasoning allowed), the choice is parsed from the text,
+    /// and the share of sampled votes for the first-shown answer is the reading: for judge
+    /// models trained to write a verdict, and APIs without log-probabilities.
+    Verdict,
+}
+
+/// The prompt the judge is sent: the form the judge model was trained on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JudgeTemplate {
+    /// The paper's multiple-choice feedback question (Bai et al. 2022, section 4.1).
+    Paper,
+    /// Prometheus 2's relative-grading prompt, the drawn principle as its rubric (verdict mode).
+    Prometheus2,
 }
 
 /// `pairwise.generate` as written: the model that samples the two candidates.
@@ -125,6 +140,10 @@ pub struct PairwiseSpec {
     /// Least probability the letters (A) and (B) must hold at the position read for the
     /// reading to be trusted; below it the reading is retried once, then the sample fails.
     pub min_letter_mass: f64,
+    /// Verdict mode's votes and parser: set exactly when `mode` is [`JudgeMode::Verdict`].
+    pub verdict: Option<VerdictSpec>,
+    /// The judge prompt's form.
+    pub template: JudgeTemplate,
 }
 
 /// The `[pairwise]` section as written: `candidates` or `generate`, which the conversion to
@@ -154,6 +173,16 @@ pub(super) struct PairwiseFile {
     /// reading to be trusted; below it the reading is retried once, then the sample fails.
     #[serde(default = "default_min_letter_mass")]
     pub(super) min_letter_mass: f64,
+    /// Verdict mode: votes per judged order. The three keys below are left out when unset, so
+    /// jobs from before them keep their fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) votes: Option<u32>,
+    /// Verdict mode: how a verdict is read (a built-in's name or a regular expression).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) verdict: Option<String>,
+    /// The judge prompt's form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) judge_template: Option<JudgeTemplate>,
 }
 
 fn default_one() -> u32 {

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::calls::{RecordedCall, Shared};
 use super::faults::{Fault, HANG};
-use super::reply::{judge_positions, render, reply_for};
+use super::reply::{judge_positions, render, reply_for, verdict_for};
 use super::{LogprobFormat, ServerConfig};
 
 /// The two endpoints.
@@ -231,7 +231,11 @@ pub(super) fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result
         (text, render(format, &positions), "length")
     } else {
         let seed = request.get("seed").and_then(Value::as_u64).unwrap_or(0);
-        (reply_for(&prompt, seed), Value::Null, "stop")
+        let text = match config.verdict {
+            Some(style) => verdict_for(&prompt, seed, config, style),
+            None => reply_for(&prompt, seed),
+        };
+        (text, Value::Null, "stop")
     };
     let choice = match api {
         Api::Chat => json!({

@@ -40,6 +40,12 @@
 //! does; [`JudgeShape::Faint`] leaves them only 0.03 of the first position.
 //! [`ServerConfig::top_n`] cuts every position to its most probable candidates, as TGI does.
 //!
+//! # Verdicts
+//! With [`ServerConfig::verdict`] set, a generation call is answered with a written verdict
+//! instead ([`verdict_for`]): a vote for (A) drawn from the prompt text and the seed with
+//! probability [`p_first`] (or [`ServerConfig::verdict_p_first`]), so that the share of votes
+//! under distinct seeds estimates a known probability.
+//!
 //! # Strict chat
 //! With [`ServerConfig::strict_chat`] a chat request is refused with a 400, as Mistral's chat
 //! template refuses it, unless its roles alternate user/assistant after an optional leading
@@ -97,7 +103,7 @@ mod reply;
 pub use batch::BatchConfig;
 pub use calls::RecordedCall;
 pub use faults::{Faults, HANG};
-pub use reply::{p_first, reply_for};
+pub use reply::{p_first, reply_for, verdict_for};
 
 use calls::Shared;
 use handler::{chat, completions};
@@ -143,6 +149,25 @@ pub struct ServerConfig {
     pub capacity: Option<usize>,
     /// How batches of the Batch API behave (how long they take, their faults).
     pub batch: BatchConfig,
+    /// Answer every generation call with a written verdict in this style ([`verdict_for`]),
+    /// as a judge model trained to write one does; `None`: [`reply_for`].
+    pub verdict: Option<VerdictStyle>,
+    /// The probability a verdict chooses (A) whatever the prompt (a judge with a pure position
+    /// bias); `None`: [`p_first`] of the prompt text.
+    pub verdict_p_first: Option<f64>,
+    /// The share of verdicts that name no choice, in [0, 1].
+    pub verdict_unparseable: f64,
+}
+
+/// How a verdict judge writes its choice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerdictStyle {
+    /// Prometheus 2: `Feedback: … [RESULT] A`.
+    Prometheus,
+    /// MT-Bench and Auto-J: `… [[A]]`.
+    Brackets,
+    /// A reasoning ending in `The answer is: (A)`.
+    Letter,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.

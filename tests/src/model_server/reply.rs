@@ -4,7 +4,7 @@
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use super::{JudgeShape, LogprobFormat, ServerConfig};
+use super::{JudgeShape, LogprobFormat, ServerConfig, VerdictStyle};
 
 /// Share of the first position's probability mass held by the two letters.
 const LETTER_MASS: f64 = 0.9;
@@ -42,6 +42,46 @@ pub(super) fn unit(digest: &[u8]) -> f64 {
 pub fn reply_for(prompt_text: &str, seed: u64) -> String {
     let digest = hex::encode(Sha256::digest(prompt_text.as_bytes()));
     format!("reply {}: seed {seed}, a test answer", &digest[..8])
+}
+
+/// The verdict a generation call gets from a server set to write verdicts
+/// ([`ServerConfig::verdict`]): a vote for (A) when `unit(SHA-256(prompt_text ‖ seed as 8
+/// little-endian bytes)) < p` (p is [`ServerConfig::verdict_p_first`], else
+/// [`p_first`]`(prompt_text)`), written in `style`; with [`ServerConfig::verdict_unparseable`]
+/// = u, a verdict whose `unit(SHA-256("unparseable" ‖ prompt_text ‖ seed))` is below u names no
+/// choice. So the votes of one prompt under distinct seeds are draws with a known share.
+pub fn verdict_for(
+    prompt_text: &str,
+    seed: u64,
+    config: &ServerConfig,
+    style: VerdictStyle,
+) -> String {
+    let draw = |salt: &str| {
+        let mut hasher = Sha256::new();
+        hasher.update(salt.as_bytes());
+        hasher.update(prompt_text.as_bytes());
+        hasher.update(seed.to_le_bytes());
+        unit(&hasher.finalize())
+    };
+    let tag = &hex::encode(Sha256::digest(prompt_text.as_bytes()))[..8];
+    if draw("unparseable") < config.verdict_unparseable {
+        return format!("Feedback: {tag} both responses have merits; I cannot choose.");
+    }
+    let p = config
+        .verdict_p_first
+        .unwrap_or_else(|| p_first(prompt_text));
+    let letter = if draw("") < p { "A" } else { "B" };
+    match style {
+        VerdictStyle::Prometheus => {
+            format!(
+                "Feedback: Response {letter} follows the rubric more closely ({tag}). [RESULT] {letter}"
+            )
+        }
+        VerdictStyle::Brackets => {
+            format!("Comparing the two ({tag}), my final verdict is: [[{letter}]]")
+        }
+        VerdictStyle::Letter => format!("Let me weigh them ({tag}).\nThe answer is: ({letter})"),
+    }
 }
 
 /// The candidates of each generated position of a judgment, most probable first.

@@ -189,6 +189,14 @@ impl Model for Governed {
         .await
     }
 
+    async fn verdict(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        let usage = |generation: &Generation| generation.usage;
+        self.call(prompt, self.max_tokens, usage, || {
+            self.inner.verdict(prompt, seed)
+        })
+        .await
+    }
+
     fn prompt_tokens(&self, prompt: &Prompt) -> u64 {
         self.inner.prompt_tokens(prompt)
     }

@@ -101,6 +101,26 @@ impl Model for MockModel {
         })
     }
 
+    /// A vote for (A) with the probability the mock's judgment gives (A) for this prompt,
+    /// drawn with the seed, written in every built-in verdict format at once so that any of
+    /// them reads it.
+    async fn verdict(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        self.serve(seed).await;
+        let p_a = mock_p_first(&self.digest(prompt, 0));
+        let draw = self.digest(prompt, seed);
+        let unit = u32::from_le_bytes([draw[0], draw[1], draw[2], draw[3]]) as f64 / 2f64.powi(32);
+        let letter = if unit < p_a { "A" } else { "B" };
+        let text = format!(
+            "Mock feedback {} from {}. The answer is: ({letter}) [[{letter}]] [RESULT] {letter}",
+            hex::encode(&draw[..6]),
+            self.name
+        );
+        Ok(Generation {
+            usage: usage(prompt, &text),
+            text,
+        })
+    }
+
     async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError> {
         self.serve(seed).await;
         let digest = self.digest(prompt, 0);

@@ -16,6 +16,7 @@ pub mod local;
 pub mod mock;
 pub mod openai;
 pub mod replicas;
+pub mod verdicts;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -259,6 +260,11 @@ pub trait Model: Send + Sync {
     async fn generate(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError>;
     /// Returns the top next-token log-probabilities at the first few generated positions.
     async fn judge(&self, prompt: &Prompt, seed: u64) -> Result<Judgment, ModelError>;
+    /// Writes a judge's verdict, sampled with `seed` (verdict mode's votes). A verdict is a
+    /// generation; the mock overrides it to write a vote its parsers read.
+    async fn verdict(&self, prompt: &Prompt, seed: u64) -> Result<Generation, ModelError> {
+        self.generate(prompt, seed).await
+    }
     /// The prompt tokens of a request estimated from its text, a token per four characters
     /// (rounded up), for the `tpm` limit before the server has counted them.
     fn prompt_tokens(&self, prompt: &Prompt) -> u64 {

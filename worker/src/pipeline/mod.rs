@@ -209,6 +209,23 @@ impl SampleRun<'_> {
         Ok(generation.text)
     }
 
+    /// One verdict of verdict mode: a generation through the judge's `verdict`, traced as
+    /// `describe` says (the vote read and the text).
+    async fn vote(
+        &mut self,
+        info: StepInfo<'_>,
+        prompt: &Prompt,
+        describe: impl Fn(&Generation) -> String,
+    ) -> Result<String, StepError> {
+        let (model, seed) = self.model_for(&info)?;
+        let generation: Generation = self
+            .cached_call(&info, describe, || async {
+                model.verdict(prompt, seed).await
+            })
+            .await?;
+        Ok(generation.text)
+    }
+
     async fn judge(
         &mut self,
         info: StepInfo<'_>,

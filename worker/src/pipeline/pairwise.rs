@@ -6,7 +6,11 @@
 //! order-corrected readings `p_first(xy)` and `1 - p_first(yx)` are averaged (position-bias
 //! calibration); without it, one order is drawn at random. In `cot` mode the model reasons first,
 //! then the answer is read and each reading is clamped. A reading with no letter in the top
-//! log-probabilities is retried once, then the sample fails: a label is never guessed.
+//! log-probabilities is retried once, then the sample fails: a label is never guessed. In
+//! `verdict` mode the judge writes its answer instead, and the reading is the share of its
+//! sampled votes for the first-shown option (`verdict`).
+
+mod verdict;
 
 use cai_common::constitution::Principle;
 use cai_common::job::{BackendSpec, Candidates, Endpoint, JudgeMode, ModelSpec, PairwiseSpec};
@@ -15,6 +19,7 @@ use cai_common::result::{Output, PreferenceRow, Reading};
 
 use super::{SampleRun, StepError, StepInfo, conversation_turns};
 use crate::model::letters::{self, LetterReading};
+use crate::model::verdicts::VerdictParser;
 use crate::model::{Judgment, Prompt, Speaker, Turn};
 
 /// The assistant's opening of a chain of thought, as in the paper.
@@ -51,6 +56,10 @@ pub(super) async fn run(run: &mut SampleRun<'_>, spec: &PairwiseSpec) -> Result<
         }
     };
 
+    let parser = match &spec.verdict {
+        Some(verdict) => Some(VerdictParser::new(&verdict.format).map_err(StepError::Job)?),
+        None => None,
+    };
     let mut readings = Vec::new();
     let mut corrected = Vec::new();
     let mut consistent = true;
@@ -69,20 +78,36 @@ pub(super) async fn run(run: &mut SampleRun<'_>, spec: &PairwiseSpec) -> Result<
                 ("yx", &y, &x)
             };
             let step = format!("judge-{label}-{order}");
-            let reading = read_option(run, spec, &step, &principle, a, b).await?;
-            let p_first = reading.p_a;
+            let mut reading = Reading {
+                principle_id: principle.id.clone(),
+                order: order.into(),
+                p_first: 0.0,
+                letter_mass: None,
+                votes: None,
+                parsed: None,
+            };
+            match (&spec.verdict, &parser) {
+                (Some(settings), Some(parser)) => {
+                    let tally =
+                        verdict::read(run, spec, settings, parser, &step, &principle, a, b).await?;
+                    reading.p_first = tally.p_first();
+                    reading.votes = Some(tally.votes);
+                    reading.parsed = Some(tally.parsed());
+                }
+                _ => {
+                    let letters = read_option(run, spec, &step, &principle, a, b).await?;
+                    reading.p_first = letters.p_a;
+                    reading.letter_mass = Some(letters.letter_mass);
+                }
+            }
+            let p_first = reading.p_first;
             let mut p_x = if x_first { p_first } else { 1.0 - p_first };
             if spec.mode == JudgeMode::Cot {
                 p_x = p_x.clamp(spec.clamp[0], spec.clamp[1]);
             }
             corrected.push(p_x);
             firsts.push((x_first, p_first));
-            readings.push(Reading {
-                principle_id: principle.id.clone(),
-                order: order.into(),
-                p_first,
-                letter_mass: Some(reading.letter_mass),
-            });
+            readings.push(reading);
         }
         if let [(true, xy), (false, yx)] = firsts[..] {
             consistent &= (xy >= 0.5) == (yx < 0.5);
@@ -122,7 +147,7 @@ fn multiple_choice(
         JudgeMode::Logprobs => format!(
             "Consider the following conversation between a human and an assistant:\n\n{conversation}\n\n{question}\nOptions:\n(A) {a}\n(B) {b}\nThe answer is:"
         ),
-        JudgeMode::Cot => format!(
+        JudgeMode::Cot | JudgeMode::Verdict => format!(
             "Consider the following conversation between a human and an assistant:\n\n{conversation}\n\n{question}\n(A) {a}\n(B) {b}"
         ),
     }
@@ -240,6 +265,11 @@ async fn read_option(
                 reply_as: None,
                 prefill: Some(" (".into()),
             }
+        }
+        JudgeMode::Verdict => {
+            return Err(StepError::Job(
+                "verdict mode counts written votes; it reads no log-probabilities".into(),
+            ));
         }
         // The paper's dialogue form: the assistant's turn opens with "Let's think
         // step-by-step:"; a chat server that cannot be given that opening is asked for it.
