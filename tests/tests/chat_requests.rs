@@ -1,11 +1,11 @@
 //! Every chat request the pipelines can send, through a strict chat template (Mistral's refuses
 //! two user turns in a row, an assistant turn first, or a system turn in the middle): every
-//! mode of both pipelines, with few-shot demonstrations, kept history, a given first answer,
+//! mode of both pipelines (verdict mode's templates included), with few-shot demonstrations, kept history, a given first answer,
 //! system turns and multi-turn conversations; and round 1 of `keep_history` critiques the
 //! first answer.
 
 use cai_tests::harness::{JobDir, read_jsonl, repo_file, run_job};
-use cai_tests::model_server::{ModelServer, RecordedCall, ServerConfig};
+use cai_tests::model_server::{ModelServer, RecordedCall, ServerConfig, VerdictStyle};
 use serde_json::{Value, json};
 
 /// Conversations of every shape a corpus line can hold, with two candidate answers.
@@ -93,8 +93,11 @@ fn roles(call: &RecordedCall) -> Vec<String> {
 
 #[tokio::test]
 async fn every_chat_request_passes_a_strict_chat_template() {
+    // Every generation is answered with a verdict, so verdict mode's votes parse; the other
+    // modes take it as any text.
     let server = ModelServer::start(ServerConfig {
         strict_chat: true,
+        verdict: Some(VerdictStyle::Prometheus),
         ..ServerConfig::default()
     })
     .await;
@@ -135,6 +138,16 @@ async fn every_chat_request_passes_a_strict_chat_template() {
             "pw-cot-prefill",
             "[pairwise]\njudge = \"m\"\nmode = \"cot\"\ngenerate = { model = \"m\" }",
             true,
+        ),
+        (
+            "pw-verdict",
+            "[pairwise]\njudge = \"m\"\ncandidates = [\"good\", \"bad\"]\nmode = \"verdict\"\nvotes = 2",
+            false,
+        ),
+        (
+            "pw-prometheus2",
+            "[pairwise]\njudge = \"m\"\ngenerate = { model = \"m\" }\nmode = \"verdict\"\njudge_template = \"prometheus2\"",
+            false,
         ),
     ];
     for (name, section, prefill) in modes {

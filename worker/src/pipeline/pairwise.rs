@@ -166,7 +166,8 @@ struct Example {
 /// The constitution's judge demonstrations as examples "formatted in the same manner, with an
 /// independently sampled principle" (the paper, section 4.1): a demonstration's own principle,
 /// or one drawn for this sample and step; the better answer alternately (A) and (B), so the
-/// examples teach no position. Cot mode shows only those with a written chain of thought. None
+/// examples teach no position. Cot mode shows only those with a written chain of thought
+/// (verdict mode shows every one, with its reasoning where it has one). None
 /// when the job sets `few_shot = false`.
 fn examples(run: &SampleRun<'_>, mode: JudgeMode, step: &str) -> Vec<Example> {
     if !run.ctx.spec.constitution.few_shot {
@@ -177,7 +178,7 @@ fn examples(run: &SampleRun<'_>, mode: JudgeMode, step: &str) -> Vec<Example> {
         .judge_demonstrations
         .iter()
         .enumerate()
-        .filter(|(_, demo)| mode == JudgeMode::Logprobs || demo.reasoning.is_some())
+        .filter(|(_, demo)| mode != JudgeMode::Cot || demo.reasoning.is_some())
         .map(|(index, demo)| {
             let principle = demo
                 .principle

@@ -149,20 +149,15 @@ fn paper(
 ) -> Prompt {
     let request = verdict_request(format);
     let mut turns = Vec::new();
-    for example in examples(run, JudgeMode::Logprobs, step) {
+    for example in examples(run, JudgeMode::Verdict, step) {
         let letter = example.answer.trim().chars().nth(1).unwrap_or('A');
         let verdict = verdict_line(format, letter);
         let answer = match &example.reasoning {
             Some(reasoning) => format!("{reasoning}\n\n{verdict}"),
             None => verdict,
         };
-        let ask = example
-            .ask
-            .strip_suffix("\nOptions:")
-            .map(str::to_owned)
-            .unwrap_or(example.ask);
         turns.extend([
-            Turn::new(Speaker::Human, format!("{ask}\n\n{request}")),
+            Turn::new(Speaker::Human, format!("{}\n\n{request}", example.ask)),
             Turn::new(Speaker::Assistant, answer),
         ]);
     }
