@@ -514,3 +514,88 @@ fn status_shows_the_report_s_headline_figures() {
     );
     assert!(text.contains("failures: none"), "{text}");
 }
+
+/// `cai validate --json` estimates the calls before any is made, and they are the calls the run
+/// then makes, in total and per model, for each pipeline and judge mode (duplicates are not
+/// counted, votes and swap are); the price follows the tokens and the model's prices.
+#[test]
+fn the_estimate_is_the_calls_a_run_then_makes() {
+    let sections = [
+        "pipeline = \"critique-revise\"\n[critique_revise]\nmodel = \"policy\"\nrevisions = 3\nkeep_history = true",
+        "pipeline = \"pairwise\"\n[pairwise]\njudge = \"feedback\"\ngenerate = { model = \"policy\" }\nmode = \"verdict\"\nvotes = 3\nprinciples_per_label = 2",
+        "pipeline = \"pairwise\"\n[pairwise]\njudge = \"feedback\"\ngenerate = { model = \"policy\" }\nmode = \"cot\"\nswap = false",
+    ];
+    for section in sections {
+        let dir = tempfile::tempdir().unwrap();
+        let corpus: String = ["a knife", "a cleaner", "a gift", "a knife", "a bike"]
+            .iter()
+            .map(|topic| format!("{{\"prompt\": \"Tell me about {topic}.\"}}\n"))
+            .collect();
+        std::fs::write(dir.path().join("corpus.jsonl"), corpus).unwrap();
+        let job = dir.path().join("job.toml");
+        let (head, rest) = section.split_once('\n').unwrap();
+        std::fs::write(
+            &job,
+            format!(
+                "name = \"estimate\"\n{head}\noutput = \"out\"\n[input]\npath = \"corpus.jsonl\"\n\
+                 prompt = \"prompt\"\n[constitution]\npath = \"{}\"\n{rest}\n\
+                 [models.policy]\nbackend = \"mock\"\nprice_in = 1.0\nprice_out = 2.0\n\
+                 max_tokens = 100\n[models.feedback]\nbackend = \"mock\"\n",
+                default_constitution().display()
+            ),
+        )
+        .unwrap();
+        let validate = cai(&["validate", "--json", job.to_str().unwrap()]);
+        assert_eq!(validate.status.code(), Some(0), "{}", stderr(&validate));
+        let report: Value = serde_json::from_slice(&validate.stdout).unwrap();
+        assert_eq!(
+            (report["samples"].as_u64(), report["duplicates"].as_u64()),
+            (Some(4), Some(1))
+        );
+        let estimate = &report["estimate"];
+        assert!(
+            !dir.path().join("out").exists(),
+            "validate calls nothing, writes nothing"
+        );
+
+        let run = cai(&["run", job.to_str().unwrap()]);
+        assert_eq!(run.status.code(), Some(0), "{}", stderr(&run));
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join("out/manifest.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            estimate["calls"], manifest["model_calls"],
+            "{section}: {estimate}"
+        );
+        let mut per_model: std::collections::BTreeMap<String, u64> = Default::default();
+        for trace in rows(&dir.path().join("out/traces.jsonl")) {
+            for step in trace["steps"].as_array().unwrap() {
+                *per_model
+                    .entry(step["model"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        for (model, calls) in &per_model {
+            assert_eq!(
+                estimate["by_model"][model]["calls"], *calls,
+                "{section}: {model}"
+            );
+        }
+        let policy = &estimate["by_model"]["policy"];
+        let usd = (policy["input_tokens"].as_f64().unwrap()
+            + 2.0 * policy["output_tokens"].as_f64().unwrap())
+            / 1e6;
+        assert!(
+            (policy["cost_usd"].as_f64().unwrap() - usd).abs() < 1e-12,
+            "{policy}"
+        );
+        let readable = cai(&["validate", job.to_str().unwrap()]);
+        let text = stdout(&readable);
+        assert!(
+            text.contains(&format!("estimate: {} calls", estimate["calls"])),
+            "{text}"
+        );
+        assert!(text.contains("tokens are approximate"), "{text}");
+    }
+}

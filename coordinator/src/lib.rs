@@ -26,6 +26,7 @@ pub mod corpus;
 pub mod distributed;
 pub mod embedded;
 pub mod error;
+pub mod estimate;
 pub mod label_stats;
 pub mod ledger;
 pub mod manifest;

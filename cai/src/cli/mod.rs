@@ -64,10 +64,14 @@ pub enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
-    /// Check a job file, its constitution and its whole corpus without calling any model.
+    /// Check a job file, its constitution and its whole corpus without calling any model, and
+    /// estimate what running it will cost.
     Validate {
         /// The job file.
         job: PathBuf,
+        /// Print the counts and the estimate as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Write OUTPUT_DIR/report.html (plots and a sample browser, one self-contained file) from
     /// a finished or running job's output, and rewrite a finished job's dataset card (README.md).
@@ -256,7 +260,7 @@ pub fn main(cli: Cli) -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Init { pipeline, dir } => init::init(pipeline, &dir),
-            Command::Validate { job } => validate::validate(&job).await,
+            Command::Validate { job, json } => validate::validate(&job, json).await,
             Command::Worker(args) => worker::worker(args).await,
             Command::Report { dir, out } => report::report(&dir, out.as_deref()),
             Command::Status {

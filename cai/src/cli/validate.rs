@@ -1,17 +1,31 @@
 //! `cai validate`: the planning step of `cai run` alone, plus a full read of the corpus.
-//! Calls no model; reports counts, duplicates and the first bad lines with their line numbers.
+//! Calls no model; reports counts, duplicates and the first bad lines with their line numbers,
+//! and an estimate of the calls, tokens and price of running the job
+//! ([`cai_coordinator::estimate`]), readable or as JSON (`--json`).
 
 use std::path::Path;
 
 use cai_worker::model::Models;
 
 use cai_coordinator::corpus::{self, CorpusItem};
+use cai_coordinator::estimate::{Cost, Estimate, Estimator};
 use cai_coordinator::plan::Plan;
+use serde_json::json;
 
 /// Bad lines printed in full; the rest are only counted.
 const SHOWN: usize = 20;
 
-pub(super) async fn validate(job: &Path) -> u8 {
+/// What reading the corpus found.
+struct Read {
+    lines: u64,
+    items: u64,
+    samples: u64,
+    duplicates: u64,
+    rejected: Vec<String>,
+    estimate: Estimate,
+}
+
+pub(super) async fn validate(job: &Path, as_json: bool) -> u8 {
     let plan = match Plan::load(job) {
         Ok(plan) => plan,
         Err(error) => {
@@ -20,11 +34,17 @@ pub(super) async fn validate(job: &Path) -> u8 {
         }
     };
     for note in Models::preflight(&plan.spec().models) {
-        println!("note: {note}");
+        if as_json {
+            eprintln!("note: {note}");
+        } else {
+            println!("note: {note}");
+        }
     }
     let spec = plan.spec().clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<_, String> {
+    let constitution = plan.constitution.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Read, String> {
         let reader = corpus::open(&spec).map_err(|e| e.to_string())?;
+        let mut estimator = Estimator::new(&spec, &constitution);
         let (mut lines, mut items, mut samples, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
         let mut last_line = None;
         let mut rejected = Vec::new();
@@ -35,24 +55,61 @@ pub(super) async fn validate(job: &Path) -> u8 {
                 last_line = Some(item.line());
             }
             match item {
-                CorpusItem::Sample(_) => samples += 1,
+                CorpusItem::Sample(sample) => {
+                    samples += 1;
+                    estimator.add(&sample);
+                }
                 CorpusItem::Duplicate { .. } => duplicates += 1,
                 CorpusItem::Rejected(rejection) => {
                     rejected.push(rejection.message(&spec.input.path))
                 }
             }
         }
-        Ok((lines, items, samples, duplicates, rejected))
+        Ok(Read {
+            lines,
+            items,
+            samples,
+            duplicates,
+            rejected,
+            estimate: estimator.finish(),
+        })
     })
     .await
     .expect("the corpus reader does not panic");
-    let (lines, items, samples, duplicates, rejected) = match read {
-        Ok(counts) => counts,
+    let read = match read {
+        Ok(read) => read,
         Err(error) => {
             eprintln!("error: {error}");
             return 2;
         }
     };
+    if as_json {
+        let report = json!({
+            "job": plan.spec().name,
+            "pipeline": plan.spec().kind(),
+            "lines": read.lines,
+            "samples": read.samples,
+            "duplicates": read.duplicates,
+            "rejected": read.rejected.len(),
+            "rejected_lines": read.rejected.iter().take(SHOWN).collect::<Vec<_>>(),
+            "estimate": read.estimate,
+        });
+        println!("{report:#}");
+    } else {
+        print_summary(&plan, &read);
+    }
+    if read.rejected.is_empty() { 0 } else { 1 }
+}
+
+fn print_summary(plan: &Plan, read: &Read) {
+    let Read {
+        lines,
+        items,
+        samples,
+        duplicates,
+        rejected,
+        estimate,
+    } = read;
     println!("job {:?} ({:?})", plan.spec().name, plan.spec().kind());
     println!(
         "constitution: {} principles ({} critique/revision, {} judge), {} demonstrations, {} judge \
@@ -81,5 +138,25 @@ pub(super) async fn validate(job: &Path) -> u8 {
     if rejected.len() > SHOWN {
         println!("  … and {} more rejected lines", rejected.len() - SHOWN);
     }
-    if rejected.is_empty() { 0 } else { 1 }
+    println!("estimate: {}", describe(&estimate.total));
+    for (name, cost) in &estimate.by_model {
+        println!("  model {name}: {}", describe(cost));
+    }
+    println!("  tokens are {}", estimate.tokens);
+}
+
+/// One line of the estimate.
+fn describe(cost: &Cost) -> String {
+    let mut text = format!(
+        "{} calls, ~{} tokens in, ~{} tokens out",
+        cost.calls, cost.input_tokens, cost.output_tokens
+    );
+    match cost.cost_usd {
+        Some(usd) => text.push_str(&format!(", ~${usd:.4}")),
+        None => text.push_str(", no price set"),
+    }
+    if let Some(seconds) = cost.duration_s {
+        text.push_str(&format!(", ~{seconds:.1} s"));
+    }
+    text
 }
