@@ -677,3 +677,103 @@ async fn the_mock_judge_writes_verdicts() {
     }
     assert_eq!(summary.usage.calls, (SAMPLES * 2 * 4) as u64);
 }
+
+/// A job on Anthropic's Messages API, against a stand-in that refuses what the API refuses
+/// (headers, system placement, alternation, max_tokens, a prefill's trailing whitespace) and
+/// answers some requests with its overloaded (529) and rate-limit (429) errors: the policy's
+/// answers and the judge's verdicts both come from it, the errors are retried, and a wrong key
+/// stops the job.
+#[tokio::test]
+async fn a_job_on_anthropic_generates_and_votes_through_its_errors() {
+    // Cargo sets CARGO_PKG_NAME for tests: a variable with a known value to serve as the key.
+    let key = std::env::var("CARGO_PKG_NAME").unwrap();
+    let config = |key: String| ServerConfig {
+        verdict: Some(VerdictStyle::Prometheus),
+        api_key: Some(key),
+        faults: cai_tests::model_server::Faults {
+            error_500: 0.05,
+            rate_limited_429: 0.05,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server = ModelServer::start(config(key.clone())).await;
+    let dir = JobDir::new();
+    const PROMPTS: &str = "hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl";
+    dir.head(PROMPTS, 10, "prompts.jsonl");
+    let text = |url: &str| {
+        format!(
+            r#"
+name = "pw-anthropic"
+pipeline = "pairwise"
+output = "out"
+
+[input]
+path = "prompts.jsonl"
+prompt = "prompt"
+
+[constitution]
+path = "{constitution}"
+
+[pairwise]
+judge = "claude"
+generate = {{ model = "claude" }}
+mode = "verdict"
+votes = 3
+judge_template = "prometheus2"
+
+[models.claude]
+backend = "anthropic"
+url = "{url}"
+model = "claude-test"
+api_key_env = "CARGO_PKG_NAME"
+temperature = 0.8
+max_tokens = 200
+max_retries = 8
+"#,
+            constitution = repo_file("constitutions/default.toml").display()
+        )
+    };
+    let job = dir.write("job.toml", text(&server.url()));
+    let summary = run_job(&job).await.unwrap();
+    assert_eq!((summary.counts.done, summary.counts.failed), (10, 0));
+    let calls = server.calls();
+    assert!(calls.iter().all(|c| c.endpoint == "messages"));
+    let faults = calls.iter().filter(|c| c.fault.is_some()).count();
+    assert!(faults > 0, "some requests were refused and retried");
+    // 2 candidates, 2 orders × 3 votes, for each of 10 samples, beside the refused ones.
+    assert_eq!(calls.len() - faults, 10 * (2 + 2 * 3));
+    for call in &calls {
+        assert_eq!(call.body["max_tokens"], 200);
+        assert!(call.body.get("seed").is_none(), "the API takes no seed");
+    }
+    let votes = calls
+        .iter()
+        .filter(|c| c.body.get("system").is_some())
+        .count();
+    assert!(
+        votes >= 10 * 2 * 3,
+        "Prometheus 2's system prompt goes on top"
+    );
+    for row in dir.rows("preferences.jsonl") {
+        for r in row["readings"].as_array().unwrap() {
+            assert_eq!(
+                (r["votes"].as_u64(), r["parsed"].as_u64()),
+                (Some(3), Some(3))
+            );
+        }
+    }
+
+    let refused = ModelServer::start(config(format!("not-{key}"))).await;
+    let dir = JobDir::new();
+    dir.head(PROMPTS, 10, "prompts.jsonl");
+    let error = run_job(&dir.write("job.toml", text(&refused.url())))
+        .await
+        .unwrap_err();
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("authentication_error") && message.contains("CARGO_PKG_NAME"),
+        "{message}"
+    );
+    assert!(!message.contains(&key), "no key in the error: {message}");
+}
