@@ -4,8 +4,10 @@
 //! The calls are exact for a run on a fresh output directory in which no call fails and no
 //! reading is retried: they follow the pipeline's steps (see `docs/METHOD.md`, calls per
 //! sample). The tokens are an approximation, stated as such: a token per four characters of the
-//! texts each call sends (the rule the client layer's `tpm` estimate uses), with every text a
-//! model writes counted at its `max_tokens`, so generated context and output are upper bounds.
+//! texts each call sends (the rule the client layer's `tpm` estimate uses), or for a model
+//! given a tokenizer ([`Estimator::tokenizer`], a `local` model's) the characters per token
+//! its tokenizer finds in the corpus's own texts; every text a model writes is counted at its
+//! `max_tokens`, so generated context and output are upper bounds.
 
 use std::collections::BTreeMap;
 
@@ -59,9 +61,15 @@ pub struct Estimate {
 pub struct Estimator<'a> {
     spec: &'a JobSpec,
     constitution: &'a Constitution,
-    /// Characters of what each model is sent and writes, and its calls.
+    /// Characters of what each model is sent, characters it writes, and its calls.
     counts: BTreeMap<String, (u64, u64, u64)>,
+    /// The models counted with a tokenizer of their own: it, and the characters and tokens it
+    /// found in the corpus's texts so far.
+    tokenizers: BTreeMap<String, (TokenCount, u64, u64)>,
 }
+
+/// Counts the tokens of a text.
+pub type TokenCount = Box<dyn Fn(&str) -> u64 + Send>;
 
 /// Characters of `max_tokens` tokens of a model's writing.
 fn written(spec: &JobSpec, model: &str) -> u64 {
@@ -82,7 +90,14 @@ impl<'a> Estimator<'a> {
             spec,
             constitution,
             counts: BTreeMap::new(),
+            tokenizers: BTreeMap::new(),
         }
+    }
+
+    /// Counts model `name`'s input tokens with its own tokenizer: at the ratio of tokens to
+    /// characters it finds in the samples' texts.
+    pub fn tokenizer(&mut self, name: &str, count: TokenCount) {
+        self.tokenizers.insert(name.to_owned(), (count, 0, 0));
     }
 
     fn call(&mut self, model: &str, sent: u64, writes: u64) {
@@ -94,6 +109,14 @@ impl<'a> Estimator<'a> {
 
     /// Adds the calls one sample makes.
     pub fn add(&mut self, sample: &Sample) {
+        for (count, chars, tokens) in self.tokenizers.values_mut() {
+            let texts = sample.messages.iter().map(|m| m.content.as_str());
+            let candidates = sample.candidates.iter().flatten().map(String::as_str);
+            for text in texts.chain(candidates) {
+                *chars += text.len() as u64;
+                *tokens += count(text);
+            }
+        }
         let conversation: u64 = sample
             .messages
             .iter()
@@ -213,7 +236,11 @@ impl<'a> Estimator<'a> {
     /// The estimate, priced.
     pub fn finish(self) -> Estimate {
         let mut estimate = Estimate {
-            tokens: "approximate: a token per 4 characters of what each call sends, every text a model writes counted at its max_tokens",
+            tokens: if self.tokenizers.is_empty() {
+                "approximate: a token per 4 characters of what each call sends, every text a model writes counted at its max_tokens"
+            } else {
+                "approximate: a token per 4 characters of what each call sends (for a local model, its tokenizer's characters per token on the corpus), every text a model writes counted at its max_tokens"
+            },
             ..Estimate::default()
         };
         let mut priced = false;
@@ -221,10 +248,13 @@ impl<'a> Estimator<'a> {
         for (name, (sent, writes, calls)) in self.counts {
             let model = &self.spec.models[&name];
             let prices = model.prices();
-            let (input_tokens, output_tokens) = (
-                sent.div_ceil(CHARS_PER_TOKEN),
-                writes.div_ceil(CHARS_PER_TOKEN),
-            );
+            let input_tokens = match self.tokenizers.get(&name) {
+                Some((_, chars, tokens)) if *chars > 0 => {
+                    (sent as f64 * *tokens as f64 / *chars as f64).ceil() as u64
+                }
+                _ => sent.div_ceil(CHARS_PER_TOKEN),
+            };
+            let output_tokens = writes.div_ceil(CHARS_PER_TOKEN);
             let cost_usd = (prices.price_in.is_some() || prices.price_out.is_some()).then(|| {
                 (prices.price_in.unwrap_or(0.0) * input_tokens as f64
                     + prices.price_out.unwrap_or(0.0) * output_tokens as f64)
@@ -267,5 +297,60 @@ impl<'a> Estimator<'a> {
             estimate.total.duration_s = Some(durations.iter().flatten().sum());
         }
         estimate
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cai_common::job::Job;
+    use cai_common::message::Message;
+
+    #[test]
+    fn a_tokenizer_counts_the_input_at_its_own_ratio() {
+        let text = r#"
+name = "e"
+pipeline = "critique-revise"
+[input]
+path = "c.jsonl"
+prompt = "prompt"
+[constitution]
+path = "c.toml"
+few_shot = false
+[critique_revise]
+model = "policy"
+revisions = 1
+[models.policy]
+backend = "mock"
+max_tokens = 10
+"#;
+        let job = Job::parse(text, std::path::Path::new("job.toml")).unwrap();
+        let constitution = Constitution::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../constitutions/default.toml"),
+        )
+        .unwrap();
+        let sample = Sample::new(None, 0, vec![Message::user("x".repeat(4000))], None, None);
+        let estimate = |tokenizer: Option<TokenCount>| {
+            let mut estimator = Estimator::new(&job.spec, &constitution);
+            if let Some(count) = tokenizer {
+                estimator.tokenizer("policy", count);
+            }
+            estimator.add(&sample);
+            estimator.finish()
+        };
+        let plain = estimate(None);
+        // One token per two characters: about twice the tokens of the four-character rule.
+        let counted = estimate(Some(Box::new(|text: &str| text.len() as u64 / 2)));
+        assert_eq!((plain.total.calls, counted.total.calls), (3, 3));
+        let (plain_in, counted_in) = (plain.total.input_tokens, counted.total.input_tokens);
+        assert!(
+            counted_in.abs_diff(2 * plain_in) <= 3,
+            "{plain_in} vs {counted_in}"
+        );
+        assert_eq!(
+            (plain.total.output_tokens, counted.total.output_tokens),
+            (30, 30)
+        );
+        assert!(counted.tokens.contains("tokenizer") && !plain.tokens.contains("tokenizer"));
     }
 }

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
+use cai_common::job::BackendSpec;
 use cai_worker::model::Models;
+use cai_worker::model::local::TokenCounter;
 
 use cai_coordinator::corpus::{self, CorpusItem};
 use cai_coordinator::estimate::{Cost, Estimate, Estimator};
@@ -45,6 +47,15 @@ pub(super) async fn validate(job: &Path, as_json: bool) -> u8 {
     let read = tokio::task::spawn_blocking(move || -> Result<Read, String> {
         let reader = corpus::open(&spec).map_err(|e| e.to_string())?;
         let mut estimator = Estimator::new(&spec, &constitution);
+        // A local model's tokens are counted with its own tokenizer, read from the file's
+        // header (no weights); without the file here, with the four-character rule.
+        for (name, model) in &spec.models {
+            if let BackendSpec::Local(local) = &model.backend
+                && let Ok(counter) = TokenCounter::open(&local.path)
+            {
+                estimator.tokenizer(name, Box::new(move |text| counter.count(text)));
+            }
+        }
         let (mut lines, mut items, mut samples, mut duplicates) = (0u64, 0u64, 0u64, 0u64);
         let mut last_line = None;
         let mut rejected = Vec::new();

@@ -72,6 +72,25 @@ struct Engine {
     context: usize,
 }
 
+/// A GGUF file's tokenizer alone, read from its metadata without its weights: what `cai
+/// validate` counts a local model's tokens with.
+pub struct TokenCounter(Tokenizer);
+
+impl TokenCounter {
+    /// Reads the tokenizer of the GGUF file at `path` (its header only).
+    pub fn open(path: &Path) -> Result<Self, String> {
+        let mut reader = BufReader::new(File::open(path).map_err(|e| e.to_string())?);
+        let content =
+            gguf_file::Content::read(&mut reader).map_err(|e| format!("not a GGUF file: {e}"))?;
+        Ok(Self(Tokenizer::from_metadata(&content.metadata)?))
+    }
+
+    /// The tokens of a text.
+    pub fn count(&self, text: &str) -> u64 {
+        self.0.encode(text).len() as u64
+    }
+}
+
 impl LocalModel {
     /// Loads the model's GGUF file (`spec.path`), or shares it if this process already has.
     /// Blocks while reading the file. Fails job-fatally on a missing, unreadable or
