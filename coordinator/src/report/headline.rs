@@ -334,6 +334,18 @@ impl Headline {
                 ),
             ]);
         }
+        if let Some(labels) = self.labels.as_ref().filter(|l| l.parse_rate.is_some()) {
+            let percent =
+                |x: Option<f64>| x.map_or(UNKNOWN.into(), |x| format!("{:.1} %", 100.0 * x));
+            figures.extend([
+                figure("parse-rate", "votes parsed", percent(labels.parse_rate)),
+                figure(
+                    "vote-agreement",
+                    "vote agreement",
+                    percent(labels.vote_agreement),
+                ),
+            ]);
+        }
         if let Some(agreement) = self.labels.as_ref().and_then(|l| l.human_agreement) {
             figures.push(figure(
                 "human-agreement",
@@ -550,5 +562,19 @@ mod tests {
         assert_eq!(value("eta"), "5.0 s");
         assert_eq!(value("models"), "judge: openai m");
         assert_eq!(value("progress"), "5 of 10 lines settled (50.0 %)");
+        assert!(
+            figures.iter().all(|f| f.id != "parse-rate"),
+            "no votes, no parse rate"
+        );
+        let mut verdicts = headline;
+        verdicts.labels = Some(crate::label_stats::LabelStats {
+            parse_rate: Some(0.75),
+            vote_agreement: Some(0.9),
+            ..Default::default()
+        });
+        let figures = verdicts.figures();
+        let value = |id: &str| figures.iter().find(|f| f.id == id).unwrap().value.clone();
+        assert_eq!(value("parse-rate"), "75.0 %");
+        assert_eq!(value("vote-agreement"), "90.0 %");
     }
 }
