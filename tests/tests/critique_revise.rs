@@ -257,29 +257,3 @@ async fn completions_endpoint_sends_the_paper_transcript() {
             .all(|c| c.body["stop"].as_array().is_some_and(|s| !s.is_empty()))
     );
 }
-
-/// Critique → revise on Anthropic's Messages API (the stand-in refuses what the API refuses):
-/// every round's critique and revision go as alternating messages from a user turn, with the
-/// demonstrations, and the rows and usage come back.
-#[tokio::test]
-async fn critique_revise_runs_on_anthropic() {
-    let server = ModelServer::start(ServerConfig::default()).await;
-    let dir = JobDir::new();
-    let path = job(&dir, &server.url(), "chat", 1, 2, "every");
-    let text = std::fs::read_to_string(&path)
-        .unwrap()
-        .replace("backend = \"openai\"", "backend = \"anthropic\"")
-        .replace("endpoint = \"chat\"\n", "");
-    let summary = run_job(&dir.write("job.toml", text)).await.unwrap();
-    assert_eq!(summary.counts.done, SAMPLES as u64);
-    // One initial answer and two rounds of critique and revision per sample.
-    let calls = server.calls();
-    assert_eq!(calls.len(), SAMPLES * 5);
-    assert!(
-        calls
-            .iter()
-            .all(|c| c.endpoint == "messages" && c.body["max_tokens"] == 64)
-    );
-    assert_eq!(dir.rows("sft.jsonl").len(), 2 * SAMPLES);
-    assert!(summary.usage.tokens_out > 0 && summary.usage.cost_micro_usd > 0);
-}

@@ -1,4 +1,4 @@
-//! The `openai` backend, and the `anthropic` one, against the in-process test model server.
+//! The `openai` backend against the in-process test model server.
 
 use std::time::{Duration, Instant};
 
@@ -305,89 +305,5 @@ async fn concurrency_is_bounded_and_slow_replies_time_out() {
             ..
         }) => assert!(message.contains("no reply within 1 s"), "{message}"),
         other => panic!("expected a timeout, got {other:?}"),
-    }
-}
-
-/// The `anthropic` backend's requests pass the stand-in's strict checks of the Messages API:
-/// the key as `x-api-key`, `anthropic-version`, the system turn on top, roles alternating from
-/// `user`, `max_tokens`, and a prefill as a final assistant message without trailing
-/// whitespace; its overloaded (529) and rate-limit (429) replies are retryable and overloaded.
-#[tokio::test]
-async fn the_anthropic_backend_speaks_the_messages_api() {
-    let key = std::env::var(KEY_VAR).unwrap();
-    let server = ModelServer::start(ServerConfig {
-        api_key: Some(key.clone()),
-        ..ServerConfig::default()
-    })
-    .await;
-    let anthropic = |url: &str| -> ModelSpec {
-        serde_json::from_value(json!({
-            "backend": "anthropic", "url": url, "model": "claude-test",
-            "api_key_env": KEY_VAR, "max_tokens": 64, "max_retries": 0,
-        }))
-        .unwrap()
-    };
-    let model = cai_worker::model::build("claude", &anthropic(&server.url())).unwrap();
-    let mut asked = prompt("What is 2 + 2?");
-    asked
-        .turns
-        .insert(0, Turn::new(Speaker::System, "Be brief."));
-    asked.prefill = Some(" The answer is ".into());
-    let generation = model.generate(&asked, 1).await.unwrap();
-    assert!(generation.text.starts_with("reply "), "{}", generation.text);
-    assert!(generation.usage.tokens_in > 0 && generation.usage.tokens_out > 0);
-    let body = &server.calls()[0].body;
-    assert_eq!(body["system"], "Be brief.");
-    assert_eq!(body["max_tokens"], 64);
-    let messages = body["messages"].as_array().unwrap();
-    let roles: Vec<&str> = messages
-        .iter()
-        .map(|m| m["role"].as_str().unwrap())
-        .collect();
-    assert_eq!(roles, ["user", "assistant", "user", "assistant"]);
-    assert_eq!(messages[3]["content"], " The answer is");
-    // A logprobs judgment is not something this API gives.
-    assert!(matches!(
-        model.judge(&asked, 1).await,
-        Err(ModelError::JobFatal(_))
-    ));
-
-    for (faults, code) in [
-        (
-            cai_tests::model_server::Faults {
-                error_500: 1.0,
-                ..Default::default()
-            },
-            "529",
-        ),
-        (
-            cai_tests::model_server::Faults {
-                rate_limited_429: 1.0,
-                retry_after_s: 3,
-                ..Default::default()
-            },
-            "429",
-        ),
-    ] {
-        let failing = ModelServer::start(ServerConfig {
-            faults,
-            ..ServerConfig::default()
-        })
-        .await;
-        let spec: ModelSpec = serde_json::from_value(json!({
-            "backend": "anthropic", "url": failing.url(), "model": "claude-test", "max_retries": 0,
-        }))
-        .unwrap();
-        let model = cai_worker::model::build("claude", &spec).unwrap();
-        match model.generate(&prompt("hi"), 1).await {
-            Err(ModelError::Retryable {
-                overloaded: true,
-                message,
-                ..
-            }) => {
-                assert!(message.contains(code), "{message}");
-            }
-            other => panic!("{code}: {other:?}"),
-        }
     }
 }

@@ -305,27 +305,12 @@ fn verdict_spec(section: &PairwiseFile) -> Result<Option<VerdictSpec>, SpecError
     Ok(Some(VerdictSpec { votes, format }))
 }
 
-/// What a pairwise job asks of its judge that the judge's settings cannot give: log-probabilities
-/// from an API that returns none; several votes sampled at temperature 0, which repeat one
-/// answer, so they would be paid for and say nothing more.
+/// What a pairwise job asks of its judge that the judge's settings cannot give: several votes
+/// sampled at temperature 0 repeat one answer, so they would be paid for and say nothing more.
 fn check_judge(pipeline: &Pipeline, models: &BTreeMap<String, ModelSpec>) -> Result<(), SpecError> {
     let Pipeline::Pairwise(pairwise) = pipeline else {
         return Ok(());
     };
-    if matches!(
-        models[&pairwise.judge].backend,
-        super::BackendSpec::Anthropic(_)
-    ) && pairwise.mode != JudgeMode::Verdict
-    {
-        return fail(
-            "pairwise.mode",
-            format!(
-                "models.{} is on backend \"anthropic\", whose API returns no \
-                 log-probabilities: set mode = \"verdict\" to read the judge's written answer",
-                pairwise.judge
-            ),
-        );
-    }
     if let Some(verdict) = &pairwise.verdict
         && verdict.votes > 1
         && models[&pairwise.judge].sampling.temperature == 0.0

@@ -16,7 +16,7 @@ use super::handler::{Api, prompt_text};
 /// One request the server received.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RecordedCall {
-    /// `"chat"`, `"completions"` or `"messages"` (Anthropic's API).
+    /// `"chat"` or `"completions"`.
     pub endpoint: &'static str,
     /// The JSON body (a JSON string holding the raw text if it was not JSON).
     pub body: Value,
@@ -36,9 +36,6 @@ pub struct RecordedCall {
 impl RecordedCall {
     /// The prompt text the server derived the reply from (see the module documentation).
     pub fn prompt_text(&self) -> Option<String> {
-        if self.endpoint == "messages" {
-            return super::messages::prompt_text(&self.body);
-        }
         let api = if self.endpoint == "chat" {
             Api::Chat
         } else {

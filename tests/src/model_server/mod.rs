@@ -78,7 +78,6 @@
 //!   handlers share;
 //! - `faults`: the injected faults ([`Faults`]) and their deterministic draw;
 //! - `handler`: the two endpoints: the steps every request goes through, and the reply;
-//! - `messages`: Anthropic's Messages API (`POST /v1/messages`), checked strictly;
 //! - `batch`: the Batch API (files, batches), answering each line through `handler`'s reply,
 //!   with `multipart` reading the file uploads;
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
@@ -98,7 +97,6 @@ mod batch;
 mod calls;
 mod faults;
 mod handler;
-mod messages;
 mod multipart;
 mod reply;
 
@@ -220,7 +218,6 @@ impl ModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
-            .route("/v1/messages", post(messages::messages))
             // A batch input file may be far larger than a request (OpenAI takes 200 MB).
             .route(
                 "/v1/files",

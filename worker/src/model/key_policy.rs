@@ -63,21 +63,17 @@ impl KeyPolicy {
         Ok(Self { bound })
     }
 
-    /// Checks every model of a job before any of them is built: an `openai` or `anthropic` model's
+    /// Checks every model of a job before any of them is built: an `openai` model's
     /// `api_key_env` must be allowed, and every host of its URLs bound to it. The error is
     /// job-fatal and names the model, the variable and the host, never the value (which is
     /// not read).
     pub fn check(&self, specs: &BTreeMap<String, ModelSpec>) -> Result<(), ModelError> {
         let bound = &self.bound;
         for (name, spec) in specs {
-            let (var, urls) = match &spec.backend {
-                BackendSpec::Openai(openai) => (&openai.api_key_env, openai.urls.clone()),
-                BackendSpec::Anthropic(anthropic) => {
-                    (&anthropic.api_key_env, vec![anthropic.url.clone()])
-                }
-                BackendSpec::Local(_) | BackendSpec::Mock(_) => continue,
+            let BackendSpec::Openai(openai) = &spec.backend else {
+                continue;
             };
-            let Some(var) = var else {
+            let Some(var) = &openai.api_key_env else {
                 continue;
             };
             let fatal = |why: String| ModelError::JobFatal(format!("model {name}: {why}"));
@@ -88,7 +84,7 @@ impl KeyPolicy {
                      sent to with --allow-key {var}=HOST"
                 )));
             };
-            for url in &urls {
+            for url in &openai.urls {
                 let host = host_of(url).ok_or_else(|| fatal(format!("{url:?} has no host")))?;
                 if !hosts.contains(&host) {
                     return Err(fatal(format!(

@@ -6,7 +6,6 @@
 //! a chat endpoint sees ordinary user/assistant messages while a completions endpoint sees the
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
-pub mod anthropic;
 pub mod batch;
 pub mod client;
 pub mod concurrency;
@@ -293,7 +292,6 @@ pub fn endpoint(spec: &ModelSpec) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         BackendSpec::Mock(_) => "mock".into(),
-        BackendSpec::Anthropic(anthropic) => openai::redact(&anthropic.url),
         BackendSpec::Local(local) => format!("local:{}", local.path.display()),
     }
 }
@@ -319,12 +317,6 @@ pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError>
             Duration::from_secs(spec.policy.timeout_s),
         )?),
         BackendSpec::Local(local) => Arc::new(local::LocalModel::new(name, local, &spec.sampling)?),
-        BackendSpec::Anthropic(anthropic) => Arc::new(anthropic::AnthropicModel::new(
-            name,
-            anthropic,
-            &spec.sampling,
-            Duration::from_secs(spec.policy.timeout_s),
-        )?),
     };
     Ok(Arc::new(client::Governed::new(name, spec, backend)))
 }
@@ -367,14 +359,9 @@ impl Models {
                         ));
                     }
                 }
-                BackendSpec::Openai(_) | BackendSpec::Anthropic(_) => {
+                BackendSpec::Openai(openai) => {
                     let unset = |var: &String| std::env::var_os(var).is_none_or(|v| v.is_empty());
-                    let var = match &spec.backend {
-                        BackendSpec::Openai(openai) => openai.api_key_env.as_ref(),
-                        BackendSpec::Anthropic(anthropic) => anthropic.api_key_env.as_ref(),
-                        _ => None,
-                    };
-                    if let Some(var) = var.filter(|var| unset(var)) {
+                    if let Some(var) = openai.api_key_env.as_ref().filter(|var| unset(var)) {
                         notes.push(format!(
                             "model {name:?}: ${var} is not set here; the workers that run the job need it"
                         ));

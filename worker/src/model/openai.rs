@@ -495,7 +495,7 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 
 /// The server's error message from an error body (OpenAI `{"error": {"message"}}`, vLLM
 /// `{"message"}`, TGI and Ollama `{"error": "…"}`), else the body itself, shortened.
-pub(super) fn server_message(body: &str) -> String {
+fn server_message(body: &str) -> String {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let message = parsed
         .as_ref()

@@ -228,7 +228,7 @@ fn cot_templates(run: &SampleRun<'_>, step: &str) -> Vec<Turn> {
 fn continues_reply(spec: &ModelSpec) -> bool {
     match &spec.backend {
         BackendSpec::Openai(openai) => openai.endpoint == Endpoint::Completions || openai.prefill,
-        BackendSpec::Local(_) | BackendSpec::Mock(_) | BackendSpec::Anthropic(_) => true,
+        BackendSpec::Local(_) | BackendSpec::Mock(_) => true,
     }
 }
 

@@ -8,9 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::super::concurrency::{Concurrency, MaxConcurrency};
 use super::{
-    ANTHROPIC_URL, AnthropicSpec, Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE,
-    DEFAULT_BATCH_WAIT_S, Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec,
-    Sampling,
+    Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_S,
+    Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Sampling,
 };
 
 /// A model's table as the job file writes it: every key of every backend, flat. Only
@@ -150,44 +149,27 @@ impl ModelFile {
     /// The keys set (to other than their default) that belong to a backend other than this
     /// model's: a job that sets `url` on a mock means something the mock would silently ignore.
     fn foreign_keys(&self) -> Vec<(&'static str, Backend)> {
-        // The HTTP APIs share how they are reached: their first owner names the key's backend.
-        const HTTP: &[Backend] = &[Backend::Openai, Backend::Anthropic];
-        let owned: [(bool, &str, &[Backend]); 12] = [
-            (self.url.is_some(), "url", HTTP),
-            (
-                self.replicas_from_dns,
-                "replicas_from_dns",
-                &[Backend::Openai],
-            ),
+        let owned = [
+            (self.url.is_some(), "url", Backend::Openai),
+            (self.replicas_from_dns, "replicas_from_dns", Backend::Openai),
             (
                 self.dns_refresh_s.is_some(),
                 "dns_refresh_s",
-                &[Backend::Openai],
+                Backend::Openai,
             ),
-            (self.model.is_some(), "model", HTTP),
-            (
-                self.endpoint != Endpoint::Chat,
-                "endpoint",
-                &[Backend::Openai],
-            ),
-            (self.prefill, "prefill", &[Backend::Openai]),
-            (self.api_key_env.is_some(), "api_key_env", HTTP),
-            (self.path.is_some(), "path", &[Backend::Local]),
-            (self.threads.is_some(), "threads", &[Backend::Local]),
-            (self.latency_ms != 0, "latency_ms", &[Backend::Mock]),
-            (self.batch, "batch", &[Backend::Openai]),
-            (
-                self.url
-                    .as_ref()
-                    .is_some_and(|url| matches!(url, Urls::Many(_))),
-                "url (a list of replicas)",
-                &[Backend::Openai],
-            ),
+            (self.model.is_some(), "model", Backend::Openai),
+            (self.endpoint != Endpoint::Chat, "endpoint", Backend::Openai),
+            (self.prefill, "prefill", Backend::Openai),
+            (self.api_key_env.is_some(), "api_key_env", Backend::Openai),
+            (self.path.is_some(), "path", Backend::Local),
+            (self.threads.is_some(), "threads", Backend::Local),
+            (self.latency_ms != 0, "latency_ms", Backend::Mock),
+            (self.batch, "batch", Backend::Openai),
         ];
         owned
             .into_iter()
-            .filter(|&(set, _, owners)| set && !owners.contains(&self.backend))
-            .map(|(_, key, owners)| (key, owners[0]))
+            .filter(|&(set, _, owner)| set && owner != self.backend)
+            .map(|(_, key, owner)| (key, owner))
             .collect()
     }
 
@@ -305,28 +287,6 @@ impl ModelFile {
             Backend::Mock => BackendSpec::Mock(MockSpec {
                 latency_ms: self.latency_ms,
             }),
-            Backend::Anthropic => {
-                let url = match &self.url {
-                    Some(Urls::One(url)) => url.clone(),
-                    _ => ANTHROPIC_URL.to_owned(),
-                };
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err("`url` must start with http:// or https://".into());
-                }
-                if self.temperature > 1.0 {
-                    return Err(
-                        "`temperature` must be between 0 and 1 for backend \"anthropic\"".into(),
-                    );
-                }
-                BackendSpec::Anthropic(AnthropicSpec {
-                    url,
-                    model: self
-                        .model
-                        .clone()
-                        .ok_or("`model` is required for backend \"anthropic\"")?,
-                    api_key_env: self.api_key_env.clone(),
-                })
-            }
         })
     }
 }
@@ -458,11 +418,6 @@ impl From<ModelSpec> for ModelFile {
                 file.threads = local.threads;
             }
             BackendSpec::Mock(mock) => file.latency_ms = mock.latency_ms,
-            BackendSpec::Anthropic(anthropic) => {
-                file.url = Some(Urls::One(anthropic.url));
-                file.model = Some(anthropic.model);
-                file.api_key_env = anthropic.api_key_env;
-            }
         }
         file
     }

@@ -29,8 +29,6 @@ pub enum Backend {
     Mock,
     /// A GGUF model run in-process on the CPU.
     Local,
-    /// Anthropic's Messages API.
-    Anthropic,
 }
 
 impl Backend {
@@ -40,7 +38,6 @@ impl Backend {
             Self::Openai => "openai",
             Self::Mock => "mock",
             Self::Local => "local",
-            Self::Anthropic => "anthropic",
         }
     }
 }
@@ -78,8 +75,6 @@ pub enum BackendSpec {
     Local(LocalSpec),
     /// The deterministic mock.
     Mock(MockSpec),
-    /// Anthropic's Messages API.
-    Anthropic(AnthropicSpec),
 }
 
 impl BackendSpec {
@@ -89,24 +84,9 @@ impl BackendSpec {
             Self::Openai(_) => Backend::Openai,
             Self::Local(_) => Backend::Local,
             Self::Mock(_) => Backend::Mock,
-            Self::Anthropic(_) => Backend::Anthropic,
         }
     }
 }
-
-/// How Anthropic's Messages API is reached.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AnthropicSpec {
-    /// The API's base URL; requests go to `{url}/messages`.
-    pub url: String,
-    /// The model's name, e.g. `claude-sonnet-4-5`.
-    pub model: String,
-    /// Name of the environment variable holding the API key, sent as `x-api-key`.
-    pub api_key_env: Option<String>,
-}
-
-/// Where Anthropic's API is unless `url` says otherwise.
-pub const ANTHROPIC_URL: &str = "https://api.anthropic.com/v1";
 
 /// How an OpenAI-compatible server is reached.
 #[derive(Clone, Debug, PartialEq)]
