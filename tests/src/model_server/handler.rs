@@ -231,7 +231,15 @@ pub(super) fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result
         (text, render(format, &positions), "length")
     } else {
         let seed = request.get("seed").and_then(Value::as_u64).unwrap_or(0);
-        (reply_for(&prompt, seed), Value::Null, "stop")
+        let scripted = config
+            .replies
+            .iter()
+            .find(|(marker, _)| prompt.contains(marker.as_str()));
+        let text = match scripted {
+            Some((_, reply)) => reply.clone(),
+            None => reply_for(&prompt, seed),
+        };
+        (text, Value::Null, "stop")
     };
     let choice = match api {
         Api::Chat => json!({

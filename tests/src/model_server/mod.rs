@@ -15,7 +15,8 @@
 //!
 //! # Generation
 //! A request without log-probabilities gets [`reply_for`]`(prompt_text, seed)` (the request's
-//! `seed`, 0 when absent), e.g. `"reply 3fa9c2d1: seed 7, a test answer"`.
+//! `seed`, 0 when absent), e.g. `"reply 3fa9c2d1: seed 7, a test answer"`, unless
+//! [`ServerConfig::replies`] scripts its reply.
 //!
 //! # Judging
 //! A request asking for log-probabilities (chat: `"logprobs": true`; completions: a numeric
@@ -143,6 +144,10 @@ pub struct ServerConfig {
     pub capacity: Option<usize>,
     /// How batches of the Batch API behave (how long they take, their faults).
     pub batch: BatchConfig,
+    /// Scripted generations: a request whose prompt text contains the first string of a pair
+    /// (the first pair that matches) is answered with the second instead of [`reply_for`], as
+    /// a user model that ends a conversation on cue would be.
+    pub replies: Vec<(String, String)>,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.
