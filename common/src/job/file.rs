@@ -71,6 +71,7 @@ impl TryFrom<JobFile> for JobSpec {
             model_exists(&models, field, name)
         })?;
         check_input(&file.input, &pipeline)?;
+        check_judge(&pipeline, &models)?;
         Ok(Self {
             name: file.name,
             seed: file.seed,
@@ -323,6 +324,31 @@ fn pairwise_spec(
         clamp: section.clamp,
         min_letter_mass: section.min_letter_mass,
     })
+}
+
+/// A judge that reads log-probabilities must be served by a backend that returns them.
+fn check_judge(
+    pipeline: &Pipeline,
+    models: &BTreeMap<String, super::ModelSpec>,
+) -> Result<(), SpecError> {
+    let Pipeline::Pairwise(pairwise) = pipeline else {
+        return Ok(());
+    };
+    let backend = models[&pairwise.judge].backend.kind();
+    if backend.has_logprobs() {
+        return Ok(());
+    }
+    fail(
+        "pairwise.judge",
+        format!(
+            "model {:?} is served by backend {:?}, which returns no token log-probabilities, and \
+             mode {} reads the label from them: judge with a model of backend \"openai\", \
+             \"local\" or \"mock\"",
+            pairwise.judge,
+            backend.name(),
+            serde_json::to_string(&pairwise.mode).expect("a mode serialises")
+        ),
+    )
 }
 
 /// The input settings that depend on the pipeline: which conversation field is needed, and

@@ -24,8 +24,9 @@ pub use concurrency::{Concurrency, DEFAULT_AUTO_LIMIT};
 pub use fingerprint::describe_changes;
 pub use input::{ConversationField, InputSpec, Turns};
 pub use models::{
-    Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_S,
-    Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Prices, Sampling,
+    ANTHROPIC_URL, AnthropicSpec, Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_WAIT_S, Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec,
+    Prices, Sampling,
 };
 pub use pipeline::{
     Candidates, CritiqueReviseSpec, DialogueSpec, JudgeMode, PairwiseSpec, Pipeline, PipelineKind,

@@ -1,7 +1,8 @@
 //! A deterministic OpenAI-compatible model server that runs inside the test process.
 //!
 //! [`ModelServer::start`] binds `127.0.0.1:0`, serves `POST /v1/chat/completions` and
-//! `POST /v1/completions` from a tokio task, and records every request ([`ModelServer::calls`]).
+//! `POST /v1/completions` (and Anthropic's `POST /v1/messages`, see the `anthropic` module) from
+//! a tokio task, and records every request ([`ModelServer::calls`]).
 //! The same request body always gets the same reply. It serves the Batch API too (see
 //! [`BatchConfig`] and the `batch` module): every line of a batch is answered as a direct call
 //! of its body would be, and recorded as a request of its own.
@@ -73,6 +74,7 @@
 //!   handlers share;
 //! - `faults`: the injected faults ([`Faults`]) and their deterministic draw;
 //! - `handler`: the two endpoints: the steps every request goes through, and the reply;
+//! - `anthropic`: Anthropic's Messages API (`/v1/messages`), checked strictly;
 //! - `batch`: the Batch API (files, batches), answering each line through `handler`'s reply,
 //!   with `multipart` reading the file uploads;
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
@@ -88,6 +90,7 @@ use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod batch;
 mod calls;
 mod faults;
@@ -148,6 +151,10 @@ pub struct ServerConfig {
     /// (the first pair that matches) is answered with the second instead of [`reply_for`], as
     /// a user model that ends a conversation on cue would be.
     pub replies: Vec<(String, String)>,
+    /// The first requests to the Messages API stand-in (`/v1/messages`), one per entry, are
+    /// answered with that HTTP status and Anthropic error type (`retry-after: 0` on a 429 or
+    /// a 529) instead of a reply.
+    pub anthropic_errors: Vec<(u16, String)>,
 }
 
 /// Where a judgment's letters are, at the probability [`p_first`] gives.
@@ -198,6 +205,7 @@ impl ModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/messages", post(anthropic::messages))
             // A batch input file may be far larger than a request (OpenAI takes 200 MB).
             .route(
                 "/v1/files",
