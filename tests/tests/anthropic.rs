@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use cai_tests::harness::{JobDir, cai_process, repo_file};
-use cai_tests::model_server::{ModelServer, ServerConfig};
+use cai_tests::model_server::{ModelServer, RecordedCall, ServerConfig};
 use serde_json::{Value, json};
 
 const KEY_VAR: &str = "CAI_TEST_ANTHROPIC_KEY";
@@ -256,4 +256,96 @@ async fn the_stand_in_refuses_what_the_messages_api_refuses() {
         assert_eq!(status, 400, "accepted: {body}");
         assert_eq!(reply["type"], "error");
     }
+}
+
+/// The first 120 red-team prompts with critique → revise on the Message Batches API: batches
+/// of a second, 3 % of their lines failing, at $1 / $5 per million tokens by batch.
+fn batch_job(dir: &JobDir, url: &str) -> PathBuf {
+    dir.head(
+        "hh-rlhf/red-team-prompts/harmless-base_test_prompts.jsonl",
+        120,
+        "prompts.jsonl",
+    );
+    dir.write(
+        "job.toml",
+        format!(
+            "name = \"anthropic-batch\"\npipeline = \"critique-revise\"\noutput = \"out\"\n\
+             [input]\npath = \"prompts.jsonl\"\nprompt = \"prompt\"\n\
+             [constitution]\npath = \"{}\"\nfew_shot = false\n\
+             [critique_revise]\nmodel = \"policy\"\nrevisions = 1\n\
+             [models.policy]\nbackend = \"anthropic\"\nurl = \"{url}\"\nmodel = \"claude-test\"\n\
+             api_key_env = \"{KEY_VAR}\"\nmax_tokens = 100\nmax_retries = 8\nbatch = true\n\
+             batch_size = 50\nbatch_wait_s = 1\nbatch_price_in = 1.0\nbatch_price_out = 5.0\n",
+            repo_file("constitutions/default.toml").display()
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_a_message_batch_in_flight_pays_no_request_twice() {
+    let server = ModelServer::start(ServerConfig {
+        api_key: Some(KEY.into()),
+        batch: cai_tests::model_server::BatchConfig {
+            duration: std::time::Duration::from_secs(1),
+            failed_lines: 0.03,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let dir = JobDir::new();
+    let path = batch_job(&dir, &server.url());
+    let mut child = cai_process()
+        .arg("run")
+        .arg(&path)
+        .env(KEY_VAR, KEY)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    cai_tests::harness::wait_until(
+        std::time::Duration::from_secs(120),
+        "a batch is in flight after two finished",
+        || {
+            let (created, in_progress) = server.message_batches();
+            created >= 3 && in_progress >= 1
+        },
+    )
+    .await;
+    child.start_kill().unwrap();
+    assert!(!child.wait().await.unwrap().success());
+    let (code, stderr) = cai(&["run", path.to_str().unwrap()], KEY).await;
+    assert_eq!(code, 0, "{stderr}");
+
+    // The first 120 prompts are distinct; three calls each, all by batch, none
+    // answered twice, and every failed line sent again.
+    let out = dir.path("out");
+    cai_tests::scenario::check_exactly_once(&out, "sft.jsonl", 120);
+    let calls = server.calls();
+    assert!(calls.iter().all(|call| call.batch), "a call went direct");
+    assert_eq!(server.repeated_answers(), 0, "a request was answered twice");
+    let answered: std::collections::HashSet<String> = calls
+        .iter()
+        .filter(|call| call.fault.is_none())
+        .map(|call| call.body.to_string())
+        .collect();
+    assert_eq!(answered.len(), 120 * 3);
+    let failed: Vec<&RecordedCall> = calls.iter().filter(|call| call.fault.is_some()).collect();
+    assert!(!failed.is_empty(), "no line failed");
+    assert!(
+        failed
+            .iter()
+            .all(|call| answered.contains(&call.body.to_string()))
+    );
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).unwrap()).unwrap();
+    let count = |field: &str| manifest[field].as_u64().unwrap();
+    assert_eq!(
+        (count("model_calls"), count("batch_calls")),
+        (120 * 3, 120 * 3)
+    );
+    let price = (count("tokens_in") as f64 + count("tokens_out") as f64 * 5.0) / 1e6;
+    assert!(
+        (manifest["cost_usd"].as_f64().unwrap() - price).abs() < 1e-5,
+        "{manifest}"
+    );
 }

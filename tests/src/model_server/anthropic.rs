@@ -12,11 +12,25 @@
 //! [`ServerConfig::replies`] scripts it, and whose usage counts a token per four characters.
 //! [`ServerConfig::anthropic_errors`] answers the first requests with given errors instead
 //! (`retry-after: 0` on 429 and 529). Requests are recorded with the endpoint `"messages"`.
+//!
+//! # Message Batches
+//! `POST /v1/messages/batches` (`{"requests": [{"custom_id", "params"}]}`, ids of 1 to 64
+//! characters from `a-zA-Z0-9_-`, no two alike), `GET /v1/messages/batches` (newest first),
+//! `GET /v1/messages/batches/{id}` and `GET /v1/messages/batches/{id}/results`, with the same
+//! headers checked. A batch is `in_progress` for [`BatchConfig::duration`](super::BatchConfig),
+//! then each request is answered as a direct request of its `params` would be (`succeeded` with
+//! the message, or `errored` with the error a direct request would get), a share
+//! [`BatchConfig::failed_lines`](super::BatchConfig) of them `errored` with an `api_error`
+//! instead, and the batch is `ended` with a `results_url`. The reply to a create is held back
+//! [`BatchConfig::create_reply_delay`](super::BatchConfig). Every request answered is recorded
+//! with [`RecordedCall::batch`] set.
 
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, PoisonError};
+use std::time::SystemTime;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::header::{HOST, RETRY_AFTER};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -224,4 +238,230 @@ fn error(status: StatusCode, kind: &str, message: &str) -> Response {
         axum::Json(json!({"type": "error", "error": {"type": kind, "message": message}})),
     )
         .into_response()
+}
+
+/// The message batches the stand-in holds.
+#[derive(Default)]
+pub(super) struct MessageBatches {
+    /// Batch id → its object and, once ended, its results (JSON lines).
+    batches: BTreeMap<String, (Value, Option<String>)>,
+    /// Batches created so far.
+    created: u64,
+}
+
+impl MessageBatches {
+    /// `(batches created, batches in progress)`.
+    pub(super) fn counts(&self) -> (usize, usize) {
+        let running = self
+            .batches
+            .values()
+            .filter(|(object, _)| object["processing_status"] == "in_progress")
+            .count();
+        (self.batches.len(), running)
+    }
+}
+
+/// `POST /v1/messages/batches`.
+pub(super) async fn create_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err((status, kind, message)) = check_headers(&shared.config, &headers) {
+        return error(status, kind, &message);
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&body) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "The body is not JSON.",
+        );
+    };
+    let Some(requests) = request["requests"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+        .cloned()
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "requests: at least one request is required",
+        );
+    };
+    let mut ids = HashSet::new();
+    for (index, entry) in requests.iter().enumerate() {
+        let id = entry["custom_id"].as_str().unwrap_or("");
+        let valid = (1..=64).contains(&id.len())
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !valid || !ids.insert(id.to_owned()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("requests.{index}.custom_id: missing, malformed or repeated"),
+            );
+        }
+        if !entry["params"].is_object() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                &format!("requests.{index}.params: Field required"),
+            );
+        }
+    }
+    let host = headers
+        .get(HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let (id, object) = {
+        let mut batches = shared
+            .message_batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        batches.created += 1;
+        let id = format!("msgbatch_{:06}", batches.created);
+        let object = json!({
+            "id": id,
+            "type": "message_batch",
+            "processing_status": "in_progress",
+            "request_counts": {"processing": requests.len(), "succeeded": 0, "errored": 0,
+                "canceled": 0, "expired": 0},
+            "ended_at": null,
+            "created_at": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            "expires_at": null,
+            "cancel_initiated_at": null,
+            "results_url": null,
+        });
+        batches.batches.insert(id.clone(), (object.clone(), None));
+        (id, object)
+    };
+    let runner = shared.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = tokio::time::sleep(runner.config.batch.duration) => {}
+            () = runner.stopping.cancelled() => return,
+        }
+        let results_url = format!("http://{host}/v1/messages/batches/{id}/results");
+        end_batch(&runner, &id, &requests, results_url);
+    });
+    tokio::time::sleep(shared.config.batch.create_reply_delay).await;
+    axum::Json(object).into_response()
+}
+
+/// Answers every request of batch `id` and ends it.
+fn end_batch(shared: &Shared, id: &str, requests: &[Value], results_url: String) {
+    let (mut results, mut succeeded, mut errored) = (String::new(), 0u64, 0u64);
+    for entry in requests {
+        let params = &entry["params"];
+        let raw = serde_json::to_vec(params).expect("JSON encodes");
+        let fails = shared.draw_line_failure(&raw);
+        shared.record(
+            &raw,
+            RecordedCall {
+                endpoint: "messages",
+                body: params.clone(),
+                judge: false,
+                fault: fails.then_some("500"),
+                host: None,
+                batch: true,
+            },
+        );
+        let result = match answer(&shared.config, params) {
+            _ if fails => json!({"type": "errored", "error": {"type": "error",
+                "error": {"type": "api_error", "message": "Internal server error"}}}),
+            Ok(message) => {
+                shared.answered(&raw);
+                json!({"type": "succeeded", "message": message})
+            }
+            Err(message) => json!({"type": "errored", "error": {"type": "error",
+                "error": {"type": "invalid_request_error", "message": message}}}),
+        };
+        if result["type"] == "succeeded" {
+            succeeded += 1;
+        } else {
+            errored += 1;
+        }
+        results.push_str(&json!({"custom_id": entry["custom_id"], "result": result}).to_string());
+        results.push('\n');
+    }
+    let mut batches = shared
+        .message_batches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some((object, stored)) = batches.batches.get_mut(id) {
+        object["processing_status"] = "ended".into();
+        object["ended_at"] = humantime::format_rfc3339_millis(SystemTime::now())
+            .to_string()
+            .into();
+        object["request_counts"] = json!({"processing": 0, "succeeded": succeeded,
+            "errored": errored, "canceled": 0, "expired": 0});
+        object["results_url"] = results_url.into();
+        *stored = Some(results);
+    }
+}
+
+/// `GET /v1/messages/batches`: every batch, newest first.
+pub(super) async fn list_batches(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err((status, kind, message)) = check_headers(&shared.config, &headers) {
+        return error(status, kind, &message);
+    }
+    let batches = shared
+        .message_batches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let data: Vec<Value> = batches
+        .batches
+        .values()
+        .rev()
+        .map(|(o, _)| o.clone())
+        .collect();
+    axum::Json(json!({"data": data, "has_more": false})).into_response()
+}
+
+/// `GET /v1/messages/batches/{id}`.
+pub(super) async fn get_batch(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err((status, kind, message)) = check_headers(&shared.config, &headers) {
+        return error(status, kind, &message);
+    }
+    let batches = shared
+        .message_batches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match batches.batches.get(&id) {
+        Some((object, _)) => axum::Json(object.clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, "not_found_error", "no such batch"),
+    }
+}
+
+/// `GET /v1/messages/batches/{id}/results`: one JSON line per request, once the batch ended.
+pub(super) async fn batch_results(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err((status, kind, message)) = check_headers(&shared.config, &headers) {
+        return error(status, kind, &message);
+    }
+    let batches = shared
+        .message_batches
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match batches.batches.get(&id) {
+        Some((_, Some(results))) => results.clone().into_response(),
+        Some((_, None)) => error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request_error",
+            "the batch has not ended",
+        ),
+        None => error(StatusCode::NOT_FOUND, "not_found_error", "no such batch"),
+    }
 }

@@ -206,6 +206,17 @@ impl ModelServer {
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
             .route("/v1/messages", post(anthropic::messages))
+            .route(
+                "/v1/messages/batches",
+                post(anthropic::create_batch)
+                    .get(anthropic::list_batches)
+                    .layer(DefaultBodyLimit::max(256 << 20)),
+            )
+            .route("/v1/messages/batches/{id}", get(anthropic::get_batch))
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(anthropic::batch_results),
+            )
             // A batch input file may be far larger than a request (OpenAI takes 200 MB).
             .route(
                 "/v1/files",
@@ -294,6 +305,16 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         (batches.created(), batches.in_progress())
+    }
+
+    /// `(message batches created, message batches in progress)` so far, of the Anthropic
+    /// stand-in.
+    pub fn message_batches(&self) -> (usize, usize) {
+        self.shared
+            .message_batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts()
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have

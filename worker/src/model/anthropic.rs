@@ -44,6 +44,8 @@ pub struct AnthropicModel {
     name: String,
     /// The model name the API knows.
     model: String,
+    /// The API's base URL, without a trailing `/`.
+    base: String,
     /// `{url}/messages`.
     endpoint: String,
     /// The endpoint without userinfo, query or fragment, for errors.
@@ -78,7 +80,8 @@ impl AnthropicModel {
                 )));
             }
         };
-        let endpoint = format!("{}/messages", spec.url.trim_end_matches('/'));
+        let base = spec.url.trim_end_matches('/').to_owned();
+        let endpoint = format!("{base}/messages");
         let mut secrets = vec![api_key.clone()];
         secrets.extend(
             reqwest::Url::parse(&spec.url)
@@ -94,6 +97,7 @@ impl AnthropicModel {
             name: name.to_owned(),
             model: spec.model.clone(),
             shown: redact(&endpoint),
+            base,
             endpoint,
             client,
             api_key_env: var.clone(),
@@ -142,13 +146,31 @@ impl AnthropicModel {
         Ok(body)
     }
 
+    /// The API's base URL (the Message Batches API is below it).
+    pub(super) fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// A request of the API at `url`, with the key and the version headers.
+    pub(super) fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, url)
+            .header("x-api-key", &self.api_key)
+            .header("anthropic-version", ANTHROPIC_VERSION)
+    }
+
+    /// The generation a reply holds.
+    pub(super) fn generation(reply: Reply) -> Generation {
+        Generation {
+            text: reply.text.trim().to_owned(),
+            usage: reply.usage,
+        }
+    }
+
     /// Sends one request and reads its reply.
     async fn send(&self, body: &Value) -> Result<Reply, ModelError> {
         let response = self
-            .client
-            .post(&self.endpoint)
-            .header("x-api-key", &self.api_key)
-            .header("anthropic-version", ANTHROPIC_VERSION)
+            .request(reqwest::Method::POST, &self.endpoint)
             .json(body)
             .send()
             .await
@@ -166,7 +188,7 @@ impl AnthropicModel {
     }
 
     /// A failure to send the request or to read the reply: always retryable.
-    fn transport_error(&self, error: reqwest::Error) -> ModelError {
+    pub(super) fn transport_error(&self, error: reqwest::Error) -> ModelError {
         let error = error.without_url();
         let unreachable = error.is_connect();
         let what = if unreachable {
@@ -280,7 +302,7 @@ impl AnthropicModel {
     }
 
     /// Removes every secret from a message.
-    fn scrub(&self, mut message: String) -> String {
+    pub(super) fn scrub(&self, mut message: String) -> String {
         for secret in &self.secrets {
             if !secret.is_empty() {
                 message = message.replace(secret.as_str(), "[redacted]");
@@ -300,10 +322,7 @@ pub(super) struct Reply {
 impl Model for AnthropicModel {
     async fn generate(&self, prompt: &Prompt, _seed: u64) -> Result<Generation, ModelError> {
         let reply = self.send(&self.body(prompt)?).await?;
-        Ok(Generation {
-            text: reply.text.trim().to_owned(),
-            usage: reply.usage,
-        })
+        Ok(Self::generation(reply))
     }
 
     async fn judge(&self, _prompt: &Prompt, _seed: u64) -> Result<Judgment, ModelError> {
@@ -358,6 +377,7 @@ mod tests {
             url: "https://user:hunter2@api.example.com/v1/".into(),
             model: "claude-test".into(),
             api_key_env: KEY_VAR.into(),
+            batch: None,
         };
         let sampling = Sampling {
             temperature: 0.7,

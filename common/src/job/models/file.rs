@@ -164,7 +164,7 @@ impl ModelFile {
             (self.path.is_some(), "path", &[Backend::Local]),
             (self.threads.is_some(), "threads", &[Backend::Local]),
             (self.latency_ms != 0, "latency_ms", &[Backend::Mock]),
-            (self.batch, "batch", OPENAI),
+            (self.batch, "batch", HTTP),
         ];
         owned
             .into_iter()
@@ -205,6 +205,17 @@ impl ModelFile {
             }
         }
         Ok(())
+    }
+
+    /// Writes batch mode's settings, when it is on.
+    fn set_batch(&mut self, batch: Option<BatchSpec>) {
+        if let Some(batch) = batch {
+            self.batch = true;
+            self.batch_size = Some(batch.size);
+            self.batch_wait_s = Some(batch.wait_s);
+            self.batch_price_in = batch.price_in;
+            self.batch_price_out = batch.price_out;
+        }
     }
 
     /// The batch settings, when `batch = true`; a batch setting without it is refused.
@@ -320,6 +331,7 @@ impl ModelFile {
             url,
             model,
             api_key_env,
+            batch: self.batch_spec()?,
         })
     }
 }
@@ -438,13 +450,7 @@ impl From<ModelSpec> for ModelFile {
                 file.endpoint = openai.endpoint;
                 file.prefill = openai.prefill;
                 file.api_key_env = openai.api_key_env;
-                if let Some(batch) = openai.batch {
-                    file.batch = true;
-                    file.batch_size = Some(batch.size);
-                    file.batch_wait_s = Some(batch.wait_s);
-                    file.batch_price_in = batch.price_in;
-                    file.batch_price_out = batch.price_out;
-                }
+                file.set_batch(openai.batch);
             }
             BackendSpec::Local(local) => {
                 file.path = Some(local.path);
@@ -457,6 +463,7 @@ impl From<ModelSpec> for ModelFile {
                 file.url = (anthropic.url != ANTHROPIC_URL).then_some(Urls::One(anthropic.url));
                 file.model = Some(anthropic.model);
                 file.api_key_env = Some(anthropic.api_key_env);
+                file.set_batch(anthropic.batch);
             }
         }
         file

@@ -135,6 +135,9 @@ pub struct AnthropicSpec {
     /// Name of the environment variable holding the API key, sent as `x-api-key` (the key
     /// itself is never stored). Required: the API takes no request without one.
     pub api_key_env: String,
+    /// `batch = true`: every call goes as a request of a batch of the Message Batches API, at
+    /// the batch price.
+    pub batch: Option<BatchSpec>,
 }
 
 /// The Messages API's base URL when a model sets no `url`.
@@ -231,7 +234,8 @@ impl ModelSpec {
     pub fn batch(&self) -> Option<&BatchSpec> {
         match &self.backend {
             BackendSpec::Openai(openai) => openai.batch.as_ref(),
-            _ => None,
+            BackendSpec::Anthropic(anthropic) => anthropic.batch.as_ref(),
+            BackendSpec::Local(_) | BackendSpec::Mock(_) => None,
         }
     }
 
