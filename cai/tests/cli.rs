@@ -517,13 +517,15 @@ fn status_shows_the_report_s_headline_figures() {
 
 /// `cai validate --json` estimates the calls before any is made, and they are the calls the run
 /// then makes, in total and per model, for each pipeline and judge mode (duplicates are not
-/// counted, votes and swap are); the price follows the tokens and the model's prices.
+/// counted, votes and swap are; a dialogue's, which a user model could end early, as a most);
+/// the price follows the tokens and the model's prices.
 #[test]
 fn the_estimate_is_the_calls_a_run_then_makes() {
     let sections = [
         "pipeline = \"critique-revise\"\n[critique_revise]\nmodel = \"policy\"\nrevisions = 3\nkeep_history = true",
         "pipeline = \"pairwise\"\n[pairwise]\njudge = \"feedback\"\ngenerate = { model = \"policy\" }\nmode = \"verdict\"\nvotes = 3\nprinciples_per_label = 2",
         "pipeline = \"pairwise\"\n[pairwise]\njudge = \"feedback\"\ngenerate = { model = \"policy\" }\nmode = \"cot\"\nswap = false",
+        "pipeline = \"dialogue\"\n[dialogue]\nuser = \"feedback\"\nassistant = \"policy\"\nturns = 3\nrevisions = 2",
     ];
     for section in sections {
         let dir = tempfile::tempdir().unwrap();
@@ -567,6 +569,11 @@ fn the_estimate_is_the_calls_a_run_then_makes() {
         assert_eq!(
             estimate["calls"], manifest["model_calls"],
             "{section}: {estimate}"
+        );
+        assert_eq!(
+            estimate.get("calls_at_most").is_some(),
+            section.contains("dialogue"),
+            "{estimate}"
         );
         let mut per_model: std::collections::BTreeMap<String, u64> = Default::default();
         for trace in rows(&dir.path().join("out/traces.jsonl")) {

@@ -117,6 +117,22 @@ pub struct RevisionPreferenceRow {
     pub principle_ids: Vec<String>,
 }
 
+/// One conversation of a dialogue job (TRL conversational format), as written to `sft.jsonl`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DialogueRow {
+    /// Sample id.
+    pub id: String,
+    /// The corpus's opening (any system message, then the first user turn), then the user
+    /// model's turns and the revised assistant turns alternating, ending with an assistant turn.
+    pub messages: Vec<Message>,
+    /// Assistant turns in `messages`: the job's `turns`, or fewer when the user model ended the
+    /// conversation.
+    pub turns: u32,
+    /// Whether the user model ended the conversation before `turns` assistant turns (an empty
+    /// turn or the stop phrase), its last turn left out.
+    pub ended_by_user: bool,
+}
+
 /// The output rows of a completed sample.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -133,6 +149,14 @@ pub enum Output {
     Preference {
         /// The row.
         row: PreferenceRow,
+    },
+    /// A dialogue.
+    Dialogue {
+        /// The conversation.
+        row: DialogueRow,
+        /// With `preferences = true`: per assistant turn, revision ≻ first answer.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        preferences: Vec<RevisionPreferenceRow>,
     },
 }
 

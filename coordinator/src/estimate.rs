@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 
 use cai_common::constitution::Constitution;
 use cai_common::job::{
-    BackendSpec, Candidates, CritiqueReviseSpec, JobSpec, JudgeMode, PairwiseSpec, Pipeline,
+    BackendSpec, Candidates, CritiqueReviseSpec, DialogueSpec, JobSpec, JudgeMode, PairwiseSpec,
+    Pipeline,
 };
 use cai_common::sample::Sample;
 use serde::Serialize;
@@ -54,6 +55,9 @@ pub struct Estimate {
     pub by_model: BTreeMap<String, Cost>,
     /// How the tokens were counted.
     pub tokens: &'static str,
+    /// The calls are a most, not exact: a dialogue's user model may end a conversation early.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub calls_at_most: bool,
 }
 
 /// Sums a job's calls sample by sample ([`Estimator::add`]), then prices them
@@ -125,6 +129,32 @@ impl<'a> Estimator<'a> {
         match &self.spec.pipeline {
             Pipeline::CritiqueRevise(spec) => self.critique_revise(spec, sample, conversation),
             Pipeline::Pairwise(spec) => self.pairwise(spec, sample, conversation),
+            Pipeline::Dialogue(spec) => self.dialogue(spec, conversation),
+        }
+    }
+
+    /// A dialogue of `turns` assistant turns, each answered and revised `revisions` times
+    /// (its critique principles' requests and no demonstrations counted), the user model
+    /// writing every turn after the first: as many calls as the conversation runs to its end.
+    fn dialogue(&mut self, spec: &DialogueSpec, conversation: u64) {
+        let (user, assistant) = (spec.user.as_str(), spec.assistant.as_str());
+        let (asked, answer) = (written(self.spec, user), written(self.spec, assistant));
+        let principles = self.constitution.critique_principles();
+        let critique = mean_len(principles.iter().filter_map(|p| p.critique.as_deref()));
+        let revision = mean_len(principles.iter().filter_map(|p| p.revision.as_deref()));
+        let mut history = conversation;
+        for turn in 1..=spec.turns {
+            if turn > 1 {
+                self.call(user, history + JUDGE_WORDING_CHARS, asked);
+                history += asked;
+            }
+            self.call(assistant, history, answer);
+            for _ in 0..spec.revisions {
+                let ask = history + answer + critique;
+                self.call(assistant, ask, answer);
+                self.call(assistant, ask + answer + revision, answer);
+            }
+            history += answer;
         }
     }
 
@@ -243,6 +273,7 @@ impl<'a> Estimator<'a> {
             },
             ..Estimate::default()
         };
+        estimate.calls_at_most = matches!(self.spec.pipeline, Pipeline::Dialogue(_));
         let mut priced = false;
         let mut durations = Vec::new();
         for (name, (sent, writes, calls)) in self.counts {

@@ -420,6 +420,15 @@ impl Ledger {
                 self.append(DataFile::Preferences, row)?;
                 Status::Done
             }
+            Outcome::Done {
+                output: Output::Dialogue { row, preferences },
+            } => {
+                self.append(DataFile::Sft, row)?;
+                for preference in preferences {
+                    self.append(DataFile::Preferences, preference)?;
+                }
+                Status::Done
+            }
             Outcome::Failed { reason, attempts } => {
                 self.append(
                     DataFile::Failed,

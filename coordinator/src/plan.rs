@@ -107,13 +107,16 @@ impl Plan {
                  constitutions/default.toml, or a directory of Anthropic's prompt files with \
                  RLMadisonInstructions.json"
             )),
-            PipelineKind::CritiqueRevise if constitution.critique_principles().is_empty() => {
+            kind @ (PipelineKind::CritiqueRevise | PipelineKind::Dialogue)
+                if constitution.critique_principles().is_empty() =>
+            {
                 Some(format!(
-                    "the critique-revise pipeline draws from the principles with a critique and \
+                    "the {} pipeline draws from the principles with a critique and \
                      a revision request (`critique`, `revision`), and none of the {count} \
                      principles has them: use a constitution such as constitutions/default.toml, \
                      or a directory of Anthropic's prompt files with \
-                     CritiqueRevisionInstructions.json"
+                     CritiqueRevisionInstructions.json",
+                    kind.as_str()
                 ))
             }
             _ => None,
@@ -152,9 +155,10 @@ impl Plan {
                     .path
                     .file_name()
                     .map_or_else(String::new, |name| name.to_string_lossy().into_owned()),
-                principles: match self.spec().kind() {
-                    PipelineKind::Pairwise => self.constitution.judge_principles().len(),
-                    PipelineKind::CritiqueRevise => self.constitution.critique_principles().len(),
+                principles: if self.spec().kind().critiques() {
+                    self.constitution.critique_principles().len()
+                } else {
+                    self.constitution.judge_principles().len()
                 },
             }),
         }

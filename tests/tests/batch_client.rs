@@ -1,6 +1,6 @@
-//! Batch mode of the `openai` backend against the test server's Batch API: calls are gathered
-//! into batches and answered as direct calls are, failed lines go into later batches (and only
-//! they), a refused line fails its call, and a process that meets calls recorded in a batch
+//! Batch mode of the `openai` and `anthropic` backends against the test server's batch APIs:
+//! calls are gathered into batches and answered as direct calls are, failed lines go into later
+//! batches (and only they), a refused line fails its call, and a process that meets calls recorded in a batch
 //! another process submitted waits for that batch instead of paying for them again.
 
 use std::sync::Arc;
@@ -297,4 +297,78 @@ async fn a_batch_that_cannot_be_read_is_waited_for_later_not_submitted_again() {
     assert_eq!(generation.text, reply_for("question 0", 0));
     assert_eq!(server.batches().0, 1, "the line was submitted again");
     assert_eq!(server.calls().len(), 1);
+}
+
+/// An `anthropic` model in batch mode on the Message Batches stand-in at `url`, its key the
+/// value of `PATH` (always set; the stand-in takes any key when none is configured).
+fn anthropic_spec(url: &str, extra: Value) -> ModelSpec {
+    let mut spec = json!({
+        "backend": "anthropic",
+        "url": url,
+        "model": "claude-test",
+        "api_key_env": "PATH",
+        "max_tokens": 64,
+        "batch": true,
+        "batch_size": 10,
+        "batch_wait_s": 1,
+    });
+    for (key, value) in extra.as_object().expect("extra fields are an object") {
+        spec[key] = value.clone();
+    }
+    serde_json::from_value(spec).expect("a valid model spec")
+}
+
+/// Makes calls `0..calls` at once and checks that each got the stand-in's reply to its prompt
+/// (the Messages API takes no seed).
+async fn answers_all_unseeded(model: &Arc<dyn Model>, calls: usize) {
+    for (n, result) in generate_all(model, calls).await.into_iter().enumerate() {
+        assert_eq!(result.unwrap().text, reply_for(&format!("question {n}"), 0));
+    }
+}
+
+#[tokio::test]
+async fn a_message_batch_whose_create_reply_was_lost_is_found_not_made_again() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            create_reply_delay: Duration::from_secs(3),
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let spec = anthropic_spec(&server.url(), json!({"timeout_s": 1}));
+    answers_all_unseeded(&model(&spec, &state()), 5).await;
+    assert_eq!(server.message_batches().0, 1, "the batch was created twice");
+    assert_eq!(server.calls().len(), 5);
+}
+
+#[tokio::test]
+async fn a_message_batch_created_by_a_process_killed_before_it_recorded_it_is_found() {
+    let server = ModelServer::start(ServerConfig {
+        batch: BatchConfig {
+            create_reply_delay: Duration::from_secs(30),
+            ..BatchConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let state = state();
+    let spec = anthropic_spec(&server.url(), json!({}));
+    let first = tokio::runtime::Runtime::new().unwrap();
+    let calls = {
+        let (spec, state) = (spec.clone(), state.clone());
+        first.spawn(async move { generate_all(&model(&spec, &state), 10).await })
+    };
+    // Killed after the create, before its reply came back: the record names no batch, and the
+    // Message Batches API has no input file to find the batch by.
+    wait_until(Duration::from_secs(30), "the batch is created", || {
+        server.message_batches().0 == 1
+    })
+    .await;
+    first.shutdown_background();
+    assert!(calls.await.unwrap_err().is_cancelled());
+    answers_all_unseeded(&model(&spec, &state), 10).await;
+    assert_eq!(server.message_batches().0, 1, "the batch was created again");
+    assert_eq!(server.calls().len(), 10);
+    assert_eq!(server.repeated_answers(), 0);
 }

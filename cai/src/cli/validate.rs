@@ -149,7 +149,15 @@ fn print_summary(plan: &Plan, read: &Read) {
     if rejected.len() > SHOWN {
         println!("  … and {} more rejected lines", rejected.len() - SHOWN);
     }
-    println!("estimate: {}", describe(&estimate.total));
+    println!(
+        "estimate: {}{}",
+        describe(&estimate.total),
+        if estimate.calls_at_most {
+            " (calls at most: a user model may end a conversation early)"
+        } else {
+            ""
+        }
+    );
     for (name, cost) in &estimate.by_model {
         println!("  model {name}: {}", describe(cost));
     }

@@ -13,8 +13,8 @@ use super::models::ModelFile;
 use super::pipeline::{GenerateFile, PairwiseFile};
 use super::verdict::{MAX_VOTES, VerdictFormat, VerdictSpec};
 use super::{
-    Candidates, ConstitutionSpec, CritiqueReviseSpec, InputSpec, JobSpec, JudgeMode, JudgeTemplate,
-    ModelSpec, PairwiseSpec, Pipeline, PipelineKind, SpecError, Turns,
+    Candidates, ConstitutionSpec, CritiqueReviseSpec, DialogueSpec, InputSpec, JobSpec, JudgeMode,
+    JudgeTemplate, ModelSpec, PairwiseSpec, Pipeline, PipelineKind, SpecError, Turns,
 };
 
 /// The whole job file, as written.
@@ -33,6 +33,8 @@ pub(super) struct JobFile {
     pub(super) critique_revise: Option<CritiqueReviseSpec>,
     #[serde(default)]
     pub(super) pairwise: Option<PairwiseFile>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) dialogue: Option<DialogueSpec>,
     #[serde(default)]
     pub(super) models: BTreeMap<String, ModelFile>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,12 +63,14 @@ impl TryFrom<JobFile> for JobSpec {
                 .or_else(|message| fail(&format!("models.{name}"), message))?;
             models.insert(name, model);
         }
-        let pipeline = pipeline(
-            file.pipeline,
-            file.critique_revise,
-            file.pairwise,
-            &|field, name| model_exists(&models, field, name),
-        )?;
+        let sections = Sections {
+            critique_revise: file.critique_revise,
+            pairwise: file.pairwise,
+            dialogue: file.dialogue,
+        };
+        let pipeline = pipeline(file.pipeline, sections, &|field, name| {
+            model_exists(&models, field, name)
+        })?;
         check_input(&file.input, &pipeline)?;
         check_judge(&pipeline, &models)?;
         Ok(Self {
@@ -85,9 +89,10 @@ impl TryFrom<JobFile> for JobSpec {
 impl From<JobSpec> for JobFile {
     fn from(spec: JobSpec) -> Self {
         let kind = spec.pipeline.kind();
-        let (critique_revise, pairwise) = match spec.pipeline {
-            Pipeline::CritiqueRevise(critique_revise) => (Some(critique_revise), None),
-            Pipeline::Pairwise(pairwise) => (None, Some(pairwise.into())),
+        let (critique_revise, pairwise, dialogue) = match spec.pipeline {
+            Pipeline::CritiqueRevise(critique_revise) => (Some(critique_revise), None, None),
+            Pipeline::Pairwise(pairwise) => (None, Some(pairwise.into()), None),
+            Pipeline::Dialogue(dialogue) => (None, None, Some(dialogue)),
         };
         Self {
             name: spec.name,
@@ -98,6 +103,7 @@ impl From<JobSpec> for JobFile {
             constitution: spec.constitution,
             critique_revise,
             pairwise,
+            dialogue,
             models: spec
                 .models
                 .into_iter()
@@ -167,37 +173,54 @@ fn model_exists(
     )
 }
 
-/// The pipeline of `kind` from its section; a missing section is an error naming it.
-fn pipeline(
-    kind: PipelineKind,
+/// The pipelines' sections as written, each optional: the one the pipeline reads must be
+/// there, and the others must not.
+struct Sections {
     critique_revise: Option<CritiqueReviseSpec>,
     pairwise: Option<PairwiseFile>,
+    dialogue: Option<DialogueSpec>,
+}
+
+/// The pipeline of `kind` from its section; a missing section, or another pipeline's, is an
+/// error naming it.
+fn pipeline(
+    kind: PipelineKind,
+    sections: Sections,
     model_exists: &dyn Fn(&str, &str) -> Result<(), SpecError>,
 ) -> Result<Pipeline, SpecError> {
-    let other = match kind {
-        PipelineKind::CritiqueRevise => pairwise.is_some().then_some("pairwise"),
-        PipelineKind::Pairwise => critique_revise.is_some().then_some("critique_revise"),
-    };
-    if let Some(section) = other {
-        let pipeline = match kind {
-            PipelineKind::CritiqueRevise => "critique-revise",
-            PipelineKind::Pairwise => "pairwise",
-        };
+    let present = [
+        (
+            PipelineKind::CritiqueRevise,
+            sections.critique_revise.is_some(),
+        ),
+        (PipelineKind::Pairwise, sections.pairwise.is_some()),
+        (PipelineKind::Dialogue, sections.dialogue.is_some()),
+    ];
+    if let Some((other, _)) = present.iter().find(|(k, there)| *there && *k != kind) {
+        let section = other.section();
         return fail(
             section,
             format!(
-                "pipeline \"{pipeline}\" does not read a [{section}] section: remove it, or \
-                 run it as a job of its own"
+                "pipeline \"{}\" does not read a [{section}] section: remove it, or run it as \
+                 a job of its own",
+                kind.as_str()
             ),
         );
     }
+    let missing = || {
+        fail(
+            kind.section(),
+            format!(
+                "pipeline \"{}\" needs a [{}] section",
+                kind.as_str(),
+                kind.section()
+            ),
+        )
+    };
     match kind {
         PipelineKind::CritiqueRevise => {
-            let Some(section) = critique_revise else {
-                return fail(
-                    "critique_revise",
-                    "pipeline \"critique-revise\" needs a [critique_revise] section",
-                );
+            let Some(section) = sections.critique_revise else {
+                return missing();
             };
             model_exists("critique_revise.model", &section.model)?;
             if !(1..=64).contains(&section.revisions) {
@@ -206,15 +229,55 @@ fn pipeline(
             Ok(Pipeline::CritiqueRevise(section))
         }
         PipelineKind::Pairwise => {
-            let Some(section) = pairwise else {
-                return fail(
-                    "pairwise",
-                    "pipeline \"pairwise\" needs a [pairwise] section",
-                );
+            let Some(section) = sections.pairwise else {
+                return missing();
             };
             Ok(Pipeline::Pairwise(pairwise_spec(section, model_exists)?))
         }
+        PipelineKind::Dialogue => {
+            let Some(section) = sections.dialogue else {
+                return missing();
+            };
+            Ok(Pipeline::Dialogue(dialogue_spec(section, model_exists)?))
+        }
     }
+}
+
+fn dialogue_spec(
+    section: DialogueSpec,
+    model_exists: &dyn Fn(&str, &str) -> Result<(), SpecError>,
+) -> Result<DialogueSpec, SpecError> {
+    model_exists("dialogue.user", &section.user)?;
+    model_exists("dialogue.assistant", &section.assistant)?;
+    if !(1..=32).contains(&section.turns) {
+        return fail("dialogue.turns", "must be between 1 and 32");
+    }
+    if section.revisions > 16 {
+        return fail("dialogue.revisions", "must be between 0 and 16");
+    }
+    if section.preferences && section.revisions == 0 {
+        return fail(
+            "dialogue.preferences",
+            "needs at least one revision: with `revisions = 0` a turn has no revision to prefer",
+        );
+    }
+    if section
+        .persona
+        .as_deref()
+        .is_some_and(|p| p.trim().is_empty())
+    {
+        return fail(
+            "dialogue.persona",
+            "empty: leave it out for the built-in persona",
+        );
+    }
+    if section.stop.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        return fail(
+            "dialogue.stop",
+            "empty: an empty user turn already ends a conversation; leave it out",
+        );
+    }
+    Ok(section)
 }
 
 fn pairwise_spec(
@@ -305,12 +368,27 @@ fn verdict_spec(section: &PairwiseFile) -> Result<Option<VerdictSpec>, SpecError
     Ok(Some(VerdictSpec { votes, format }))
 }
 
-/// What a pairwise job asks of its judge that the judge's settings cannot give: several votes
-/// sampled at temperature 0 repeat one answer, so they would be paid for and say nothing more.
+/// What a pairwise job asks of its judge that the judge cannot give: log-probabilities from a
+/// backend that returns none (a verdict judge only needs text); several votes sampled at
+/// temperature 0, which repeat one verdict, so they would be paid for and say nothing more.
 fn check_judge(pipeline: &Pipeline, models: &BTreeMap<String, ModelSpec>) -> Result<(), SpecError> {
     let Pipeline::Pairwise(pairwise) = pipeline else {
         return Ok(());
     };
+    let backend = models[&pairwise.judge].backend.kind();
+    if !backend.has_logprobs() && pairwise.mode != JudgeMode::Verdict {
+        return fail(
+            "pairwise.judge",
+            format!(
+                "model {:?} is served by backend {:?}, which returns no token log-probabilities, and \
+                 mode {} reads the label from them: set mode = \"verdict\" to read the judge's \
+                 written answer, or judge with a model of backend \"openai\", \"local\" or \"mock\"",
+                pairwise.judge,
+                backend.name(),
+                serde_json::to_string(&pairwise.mode).expect("a mode serialises")
+            ),
+        );
+    }
     if let Some(verdict) = &pairwise.verdict
         && verdict.votes > 1
         && models[&pairwise.judge].sampling.temperature == 0.0
@@ -318,7 +396,8 @@ fn check_judge(pipeline: &Pipeline, models: &BTreeMap<String, ModelSpec>) -> Res
         return fail(
             "pairwise.votes",
             format!(
-                "{} votes at the judge's temperature 0 would repeat one verdict: give                  models.{} a temperature above 0, or set votes = 1",
+                "{} votes at the judge's temperature 0 would repeat one verdict: give \
+                 models.{} a temperature above 0, or set votes = 1",
                 verdict.votes, pairwise.judge
             ),
         );
@@ -353,6 +432,13 @@ fn check_input(input: &InputSpec, pipeline: &Pipeline) -> Result<(), SpecError> 
         }
     }
     if input.turns == Turns::Each {
+        if matches!(pipeline, Pipeline::Dialogue(_)) {
+            return fail(
+                "input.turns",
+                "\"each\" cannot be used with pipeline \"dialogue\": a dialogue grows from the \
+                 conversation's first human turn, and its models write the turns after it",
+            );
+        }
         if pairs_from_corpus {
             return fail(
                 "input.turns",

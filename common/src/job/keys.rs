@@ -8,7 +8,7 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 use super::file::JobFile;
 use super::models::ModelFile;
 use super::pipeline::{GenerateFile, PairwiseFile};
-use super::{ConstitutionSpec, CritiqueReviseSpec, InputSpec};
+use super::{ConstitutionSpec, CritiqueReviseSpec, DialogueSpec, InputSpec};
 
 /// Every section of the job file (`""` for the top level, `models.NAME` for each model) with
 /// the keys it accepts; a key that opens a section of its own is listed as that section.
@@ -19,6 +19,7 @@ pub fn accepted_keys() -> Vec<(&'static str, Vec<&'static str>)> {
         ("critique_revise", fields::<CritiqueReviseSpec>()),
         ("pairwise", without(fields::<PairwiseFile>(), &["generate"])),
         ("pairwise.generate", fields::<GenerateFile>()),
+        ("dialogue", fields::<DialogueSpec>()),
         ("models.NAME", fields::<ModelFile>()),
     ];
     let top = without(
@@ -28,6 +29,7 @@ pub fn accepted_keys() -> Vec<(&'static str, Vec<&'static str>)> {
             "constitution",
             "critique_revise",
             "pairwise",
+            "dialogue",
             "models",
         ],
     );

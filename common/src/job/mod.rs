@@ -25,12 +25,13 @@ pub use concurrency::{Concurrency, DEFAULT_AUTO_LIMIT};
 pub use fingerprint::describe_changes;
 pub use input::{ConversationField, InputSpec, Turns};
 pub use models::{
-    Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_S,
-    Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Prices, Sampling,
+    ANTHROPIC_URL, AnthropicSpec, Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_WAIT_S, Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec,
+    Prices, Sampling,
 };
 pub use pipeline::{
-    Candidates, CritiqueReviseSpec, JudgeMode, JudgeTemplate, PairwiseSpec, Pipeline, PipelineKind,
-    SftMode,
+    Candidates, CritiqueReviseSpec, DialogueSpec, JudgeMode, JudgeTemplate, PairwiseSpec, Pipeline,
+    PipelineKind, SftMode,
 };
 pub use verdict::{MAX_VOTES, VerdictFormat, VerdictSpec};
 
@@ -848,5 +849,73 @@ backend = "mock"
             message.contains("`replicas_from_dns`") && message.contains("\"openai\""),
             "{message}"
         );
+    }
+
+    /// [`EXAMPLE`] as a dialogue job between `person` and `policy`, with `dialogue` as the
+    /// section's keys.
+    fn dialogue(dialogue: &str) -> String {
+        EXAMPLE
+            .replace("pipeline = \"critique-revise\"", "pipeline = \"dialogue\"")
+            .replace(
+                "[critique_revise]\nmodel = \"policy\"\nrevisions = 4",
+                &format!("[dialogue]\n{dialogue}"),
+            )
+            + "[models.person]\nbackend = \"mock\"\n"
+    }
+
+    #[test]
+    fn a_dialogue_section_is_checked_and_keeps_old_fingerprints_unchanged() {
+        let job = parse(&dialogue("user = \"person\"\nassistant = \"policy\"")).unwrap();
+        let Pipeline::Dialogue(spec) = &job.spec.pipeline else {
+            panic!("dialogue: {:?}", job.spec.pipeline);
+        };
+        assert_eq!((spec.turns, spec.revisions), (3, 1));
+        assert!(spec.persona.is_none() && spec.stop.is_none() && !spec.preferences);
+        // A critique-revise spec's JSON gains no `dialogue` key, so its fingerprint holds.
+        let old = serde_json::to_value(parse(EXAMPLE).unwrap().spec).unwrap();
+        assert!(old.get("dialogue").is_none(), "{old}");
+
+        let cases = [
+            ("user = \"nobody\"\nassistant = \"policy\"", "dialogue.user"),
+            (
+                "user = \"person\"\nassistant = \"nobody\"",
+                "dialogue.assistant",
+            ),
+            (
+                "user = \"person\"\nassistant = \"policy\"\nturns = 0",
+                "dialogue.turns",
+            ),
+            (
+                "user = \"person\"\nassistant = \"policy\"\nrevisions = 17",
+                "dialogue.revisions",
+            ),
+            (
+                "user = \"person\"\nassistant = \"policy\"\nrevisions = 0\npreferences = true",
+                "dialogue.preferences",
+            ),
+            (
+                "user = \"person\"\nassistant = \"policy\"\nstop = \" \"",
+                "dialogue.stop",
+            ),
+            (
+                "user = \"person\"\nassistant = \"policy\"\npersona = \"\"",
+                "dialogue.persona",
+            ),
+        ];
+        for (keys, field) in cases {
+            assert_eq!(invalid(&dialogue(keys)).0, field, "{keys}");
+        }
+        let each = dialogue("user = \"person\"\nassistant = \"policy\"")
+            .replace("limit = 1000", "turns = \"each\"");
+        let (field, message) = invalid(&each);
+        assert_eq!(field, "input.turns");
+        assert!(message.contains("first human turn"), "{message}");
+        let missing = EXAMPLE.replace("pipeline = \"critique-revise\"", "pipeline = \"dialogue\"");
+        let (field, message) = invalid(&missing);
+        assert_eq!(field, "critique_revise", "{message}");
+        let without = dialogue("user = \"person\"").replace("[dialogue]\nuser = \"person\"\n", "");
+        let (field, message) = invalid(&without);
+        assert_eq!(field, "dialogue");
+        assert!(message.contains("needs a [dialogue] section"), "{message}");
     }
 }

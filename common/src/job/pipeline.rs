@@ -1,4 +1,4 @@
-//! The settings of the two pipelines: critique → revise and pairwise feedback, as a
+//! The settings of the three pipelines: critique → revise, pairwise feedback and dialogue, as a
 //! [`Pipeline`] with one variant per pipeline. The job file writes `pipeline = "…"` and a section
 //! per pipeline; [`super::JobSpec`]'s conversion keeps the one section the pipeline reads and
 //! refuses the rest, so a pipeline's code never finds its section missing.
@@ -17,6 +17,9 @@ pub enum Pipeline {
     CritiqueRevise(CritiqueReviseSpec),
     /// RL-CAI: a feedback model labels a pair of answers under a principle.
     Pairwise(PairwiseSpec),
+    /// Multi-turn SL-CAI: a user model and the policy grow a conversation, and every assistant
+    /// turn is critiqued and revised before the conversation goes on.
+    Dialogue(DialogueSpec),
 }
 
 impl Pipeline {
@@ -25,11 +28,12 @@ impl Pipeline {
         match self {
             Self::CritiqueRevise(_) => PipelineKind::CritiqueRevise,
             Self::Pairwise(_) => PipelineKind::Pairwise,
+            Self::Dialogue(_) => PipelineKind::Dialogue,
         }
     }
 }
 
-/// Which of the two CAI pipelines a job runs: the `pipeline` key.
+/// Which of the CAI pipelines a job runs: the `pipeline` key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PipelineKind {
@@ -37,6 +41,33 @@ pub enum PipelineKind {
     CritiqueRevise,
     /// RL-CAI: a feedback model labels a pair of answers under a principle.
     Pairwise,
+    /// Multi-turn SL-CAI between a user model and the policy.
+    Dialogue,
+}
+
+impl PipelineKind {
+    /// The `pipeline` value as written in a job file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CritiqueRevise => "critique-revise",
+            Self::Pairwise => "pairwise",
+            Self::Dialogue => "dialogue",
+        }
+    }
+
+    /// The job file section this pipeline reads its settings from.
+    pub fn section(self) -> &'static str {
+        match self {
+            Self::CritiqueRevise => "critique_revise",
+            Self::Pairwise => "pairwise",
+            Self::Dialogue => "dialogue",
+        }
+    }
+
+    /// Whether the pipeline draws critique principles (rather than judge questions).
+    pub fn critiques(self) -> bool {
+        !matches!(self, Self::Pairwise)
+    }
 }
 
 /// Which revisions become SFT rows.
@@ -71,6 +102,34 @@ pub struct CritiqueReviseSpec {
     /// Also write `preferences.jsonl`: the final revision as `chosen` over the initial answer
     /// as `rejected` (Hugging Face's CAI recipe: revision ≻ initial, no judge). Left out of the
     /// spec when off, so jobs from before the setting keep their fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub preferences: bool,
+}
+
+/// Settings of the dialogue pipeline (the `[dialogue]` section as written).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DialogueSpec {
+    /// The model that plays the person: it writes every user turn after the corpus's opening.
+    pub user: String,
+    /// The policy: it answers, critiques and revises every assistant turn.
+    pub assistant: String,
+    /// Assistant turns per conversation (fewer when the user model ends it early).
+    #[serde(default = "default_dialogue_turns")]
+    pub turns: u32,
+    /// Critique → revision rounds on each assistant turn, a principle drawn for each.
+    #[serde(default = "default_dialogue_revisions")]
+    pub revisions: u32,
+    /// The instruction the user model is given as the first message of its conversation, in
+    /// place of the built-in red-teamer that presses the opening request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persona: Option<String>,
+    /// A phrase that, in a user turn, ends the conversation (as an empty user turn does); the
+    /// user model is told to write it when it has nothing more to ask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+    /// Also write `preferences.jsonl`: per assistant turn, its final revision as `chosen` over
+    /// its first answer as `rejected`, the conversation up to that turn as the prompt.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub preferences: bool,
 }
@@ -193,6 +252,12 @@ fn default_two() -> u32 {
 }
 fn default_revisions() -> u32 {
     4
+}
+fn default_dialogue_turns() -> u32 {
+    3
+}
+fn default_dialogue_revisions() -> u32 {
+    1
 }
 fn default_sft() -> SftMode {
     SftMode::Final

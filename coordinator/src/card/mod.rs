@@ -53,6 +53,9 @@ struct Card {
     configs: Vec<Config>,
     default_config: &'static str,
     revision_preferences: bool,
+    /// A dialogue job's `[dialogue]` settings, from the manifest, to describe how the
+    /// conversations were grown.
+    dialogue: Option<serde_json::Value>,
 }
 
 /// Whether the file at `path` is a card cai wrote (so cai may replace or remove it).
@@ -108,6 +111,9 @@ pub fn render(dir: &Path) -> anyhow::Result<Option<String>> {
         },
         size_category: size_category(largest),
         revision_preferences: !pairwise && configs.iter().any(|c| c.name == "preferences"),
+        dialogue: crate::manifest::read(dir)
+            .map(|manifest| manifest["spec"]["dialogue"].clone())
+            .filter(|dialogue| dialogue.is_object()),
         configs,
         default_config,
         headline,

@@ -2,6 +2,7 @@
 //! job reads taken from it; and the [`Bad`] every reader of a field returns.
 
 use cai_common::job::{Candidates, ConversationField, JobSpec, Pipeline, Turns};
+use cai_common::message::{Message, Role};
 use cai_common::sample::Sample;
 use serde_json::{Map, Value};
 
@@ -79,6 +80,19 @@ pub(super) struct Fields {
     /// first answer answer the whole conversation, so with any of them a line is read whole
     /// ([`JobSpec::check`] refuses `"each"` with the last two).
     pub(super) turns: Turns,
+    /// A dialogue job reads only the opening of a conversation: its system messages and its
+    /// first user turn (the models write the rest), so the key covers what is used.
+    pub(super) opening: bool,
+}
+
+/// The opening of a line's conversation: read as with `turns = "each"` (a transcript may go on
+/// after its first human turn), then cut after the first user turn.
+fn opening(object: &Map<String, Value>, selector: &ConversationField) -> Result<Vec<Message>, Bad> {
+    let mut messages = conversation(object, selector, Turns::Each)?;
+    if let Some(first) = messages.iter().position(|m| m.role == Role::User) {
+        messages.truncate(first + 1);
+    }
+    Ok(messages)
 }
 
 /// A readable line: its id (the `input.id` field's value, when the job sets one) and its
@@ -99,6 +113,7 @@ impl Fields {
                 Candidates::Generate { .. } => (None, None),
             },
             Pipeline::CritiqueRevise(critique_revise) => (None, critique_revise.initial.clone()),
+            Pipeline::Dialogue(_) => (None, None),
         };
         let conversation = spec.input.conversation_field();
         let whole = candidates.is_some()
@@ -114,6 +129,7 @@ impl Fields {
             } else {
                 spec.input.turns
             },
+            opening: matches!(spec.pipeline, Pipeline::Dialogue(_)),
         }
     }
 
@@ -129,6 +145,7 @@ impl Fields {
                 (messages, Some(pair))
             }
             None => match &self.conversation {
+                Some(selector) if self.opening => (opening(object, selector)?, None),
                 Some(selector) => (conversation(object, selector, self.turns)?, None),
                 None => {
                     let reason =

@@ -52,7 +52,7 @@ pub struct FailureKind {
 pub struct Headline {
     /// Job name.
     pub name: String,
-    /// `critique-revise` or `pairwise`.
+    /// `critique-revise`, `pairwise` or `dialogue`.
     pub pipeline: String,
     /// Short fingerprint of the spec.
     pub fingerprint: String,

@@ -54,19 +54,30 @@ struct Round {
     unchanged: u64,
 }
 
-/// Reads the critique-revise figures of an output directory.
+/// A step's name within its turn: a dialogue's `turn-2-revision-1` is its turn's
+/// `revision-1`, so each assistant turn counts as one answer revised in rounds.
+fn within_turn(step: &str) -> &str {
+    step.strip_prefix("turn-")
+        .and_then(|rest| rest.split_once('-'))
+        .filter(|(turn, _)| turn.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(step, |(_, name)| name)
+}
+
+/// Reads the critique-revise figures of an output directory (a dialogue's too: each of its
+/// assistant turns is an answer revised in rounds).
 pub fn read(dir: &Path) -> std::io::Result<RevisionSection> {
     let mut principles: BTreeMap<String, f64> = BTreeMap::new();
     let mut rounds: BTreeMap<u32, Round> = BTreeMap::new();
     for_each_row(&dir.join(DataFile::Traces.name()), |trace: Trace| {
         let mut previous: Option<&str> = None;
         for step in &trace.steps {
-            let round = if step.step == "initial" {
+            let name = within_turn(&step.step);
+            let round = if name == "initial" {
                 0
-            } else if let Some(r) = step.step.strip_prefix("revision-") {
+            } else if let Some(r) = name.strip_prefix("revision-") {
                 r.parse().unwrap_or(0)
             } else {
-                if step.step.starts_with("critique-") {
+                if name.starts_with("critique-") {
                     if let Some(id) = &step.principle_id {
                         *principles.entry(id.clone()).or_default() += 1.0;
                     }

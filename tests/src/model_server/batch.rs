@@ -487,7 +487,7 @@ impl Shared {
 
     /// Whether this arrival of a line's body fails: a draw from SHA-256 of the body and its
     /// arrival as a batch line, below [`BatchConfig::failed_lines`].
-    fn draw_line_failure(&self, raw: &[u8]) -> bool {
+    pub(super) fn draw_line_failure(&self, raw: &[u8]) -> bool {
         let share = self.config.batch.failed_lines;
         if share <= 0.0 {
             return false;

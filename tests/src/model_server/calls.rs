@@ -81,6 +81,8 @@ pub(super) struct Shared {
     pub(super) counted: Mutex<Counted>,
     /// The Batch API's files and batches.
     pub(super) batches: Mutex<super::batch::Batches>,
+    /// The Message Batches of the Anthropic stand-in.
+    pub(super) message_batches: Mutex<super::anthropic::MessageBatches>,
     /// Cancelled when the server stops: ends hanging requests.
     pub(super) stopping: CancellationToken,
     /// Requests being served now (refused ones not counted).
@@ -96,6 +98,7 @@ impl Shared {
             arrivals: Mutex::new(HashMap::new()),
             counted: Mutex::new(Counted::default()),
             batches: Mutex::new(super::batch::Batches::default()),
+            message_batches: Mutex::new(super::anthropic::MessageBatches::default()),
             stopping: CancellationToken::new(),
             in_flight: AtomicUsize::new(0),
         }

@@ -231,9 +231,14 @@ pub(super) fn answer(config: &ServerConfig, api: Api, request: &Value) -> Result
         (text, render(format, &positions), "length")
     } else {
         let seed = request.get("seed").and_then(Value::as_u64).unwrap_or(0);
-        let text = match config.verdict {
-            Some(style) => verdict_for(&prompt, seed, config, style),
-            None => reply_for(&prompt, seed),
+        let scripted = config
+            .replies
+            .iter()
+            .find(|(marker, _)| prompt.contains(marker.as_str()));
+        let text = match (scripted, config.verdict) {
+            (Some((_, reply)), _) => reply.clone(),
+            (None, Some(style)) => verdict_for(&prompt, seed, config, style),
+            (None, None) => reply_for(&prompt, seed),
         };
         (text, Value::Null, "stop")
     };

@@ -1,7 +1,8 @@
 //! A deterministic OpenAI-compatible model server that runs inside the test process.
 //!
 //! [`ModelServer::start`] binds `127.0.0.1:0`, serves `POST /v1/chat/completions` and
-//! `POST /v1/completions` from a tokio task, and records every request ([`ModelServer::calls`]).
+//! `POST /v1/completions` (and Anthropic's `POST /v1/messages`, see the `anthropic` module) from
+//! a tokio task, and records every request ([`ModelServer::calls`]).
 //! The same request body always gets the same reply. It serves the Batch API too (see
 //! [`BatchConfig`] and the `batch` module): every line of a batch is answered as a direct call
 //! of its body would be, and recorded as a request of its own.
@@ -15,7 +16,8 @@
 //!
 //! # Generation
 //! A request without log-probabilities gets [`reply_for`]`(prompt_text, seed)` (the request's
-//! `seed`, 0 when absent), e.g. `"reply 3fa9c2d1: seed 7, a test answer"`.
+//! `seed`, 0 when absent), e.g. `"reply 3fa9c2d1: seed 7, a test answer"`, unless
+//! [`ServerConfig::replies`] scripts its reply.
 //!
 //! # Judging
 //! A request asking for log-probabilities (chat: `"logprobs": true`; completions: a numeric
@@ -78,6 +80,7 @@
 //!   handlers share;
 //! - `faults`: the injected faults ([`Faults`]) and their deterministic draw;
 //! - `handler`: the two endpoints: the steps every request goes through, and the reply;
+//! - `anthropic`: Anthropic's Messages API (`/v1/messages`), checked strictly;
 //! - `batch`: the Batch API (files, batches), answering each line through `handler`'s reply,
 //!   with `multipart` reading the file uploads;
 //! - `reply`: what a reply says: the generation text ([`reply_for`]), a judgment's positions
@@ -93,6 +96,7 @@ use axum::routing::{get, post};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod batch;
 mod calls;
 mod faults;
@@ -149,6 +153,14 @@ pub struct ServerConfig {
     pub capacity: Option<usize>,
     /// How batches of the Batch API behave (how long they take, their faults).
     pub batch: BatchConfig,
+    /// Scripted generations: a request whose prompt text contains the first string of a pair
+    /// (the first pair that matches) is answered with the second instead of [`reply_for`], as
+    /// a user model that ends a conversation on cue would be.
+    pub replies: Vec<(String, String)>,
+    /// The first requests to the Messages API stand-in (`/v1/messages`), one per entry, are
+    /// answered with that HTTP status and Anthropic error type (`retry-after: 0` on a 429 or
+    /// a 529) instead of a reply.
+    pub anthropic_errors: Vec<(u16, String)>,
     /// Answer every generation call with a written verdict in this style ([`verdict_for`]),
     /// as a judge model trained to write one does; `None`: [`reply_for`].
     pub verdict: Option<VerdictStyle>,
@@ -218,6 +230,18 @@ impl ModelServer {
         let app = Router::new()
             .route("/v1/chat/completions", post(chat))
             .route("/v1/completions", post(completions))
+            .route("/v1/messages", post(anthropic::messages))
+            .route(
+                "/v1/messages/batches",
+                post(anthropic::create_batch)
+                    .get(anthropic::list_batches)
+                    .layer(DefaultBodyLimit::max(256 << 20)),
+            )
+            .route("/v1/messages/batches/{id}", get(anthropic::get_batch))
+            .route(
+                "/v1/messages/batches/{id}/results",
+                get(anthropic::batch_results),
+            )
             // A batch input file may be far larger than a request (OpenAI takes 200 MB).
             .route(
                 "/v1/files",
@@ -306,6 +330,16 @@ impl ModelServer {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         (batches.created(), batches.in_progress())
+    }
+
+    /// `(message batches created, message batches in progress)` so far, of the Anthropic
+    /// stand-in.
+    pub fn message_batches(&self) -> (usize, usize) {
+        self.shared
+            .message_batches
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .counts()
     }
 
     /// Shuts the server down and waits until it has stopped listening and its connections have

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use cai_common::job::{BackendSpec, ModelSpec};
+use cai_common::job::ModelSpec;
 
 use super::ModelError;
 
@@ -63,17 +63,14 @@ impl KeyPolicy {
         Ok(Self { bound })
     }
 
-    /// Checks every model of a job before any of them is built: an `openai` model's
-    /// `api_key_env` must be allowed, and every host of its URLs bound to it. The error is
+    /// Checks every model of a job before any of them is built: an `openai` or `anthropic`
+    /// model's `api_key_env` must be allowed, and every host of its URLs bound to it. The error is
     /// job-fatal and names the model, the variable and the host, never the value (which is
     /// not read).
     pub fn check(&self, specs: &BTreeMap<String, ModelSpec>) -> Result<(), ModelError> {
         let bound = &self.bound;
         for (name, spec) in specs {
-            let BackendSpec::Openai(openai) = &spec.backend else {
-                continue;
-            };
-            let Some(var) = &openai.api_key_env else {
+            let Some(var) = spec.api_key_env() else {
                 continue;
             };
             let fatal = |why: String| ModelError::JobFatal(format!("model {name}: {why}"));
@@ -84,7 +81,7 @@ impl KeyPolicy {
                      sent to with --allow-key {var}=HOST"
                 )));
             };
-            for url in &openai.urls {
+            for url in spec.urls() {
                 let host = host_of(url).ok_or_else(|| fatal(format!("{url:?} has no host")))?;
                 if !hosts.contains(&host) {
                     return Err(fatal(format!(
@@ -193,5 +190,28 @@ mod tests {
             policy(&[], None).check(&models(Some("KEY"), &["https://llm.internal/v1"])),
             Err(ModelError::JobFatal(_))
         ));
+    }
+
+    #[test]
+    fn an_anthropic_key_goes_only_to_its_bound_host() {
+        let anthropic = |url: Option<&str>| {
+            let mut json = serde_json::json!({
+                "backend": "anthropic", "model": "claude", "api_key_env": "ANTHROPIC_API_KEY"});
+            if let Some(url) = url {
+                json["url"] = url.into();
+            }
+            let spec: ModelSpec = serde_json::from_value(json).expect("a model spec");
+            BTreeMap::from([("policy".to_owned(), spec)])
+        };
+        let allowed = policy(&["ANTHROPIC_API_KEY=api.anthropic.com"], None);
+        allowed
+            .check(&anthropic(None))
+            .expect("the default URL's host is bound");
+        let elsewhere = allowed
+            .check(&anthropic(Some("https://proxy.example/v1")))
+            .unwrap_err()
+            .to_string();
+        assert!(elsewhere.contains("proxy.example"), "{elsewhere}");
+        assert!(policy(&[], None).check(&anthropic(None)).is_err());
     }
 }

@@ -6,6 +6,7 @@
 //! a chat endpoint sees ordinary user/assistant messages while a completions endpoint sees the
 //! paper's `"\n\nHuman: …\n\nCritiqueRequest: …\n\nCritique:"` transcript.
 
+pub mod anthropic;
 pub mod batch;
 pub mod client;
 pub mod concurrency;
@@ -293,6 +294,7 @@ pub fn endpoint(spec: &ModelSpec) -> String {
             .join(", "),
         BackendSpec::Mock(_) => "mock".into(),
         BackendSpec::Local(local) => format!("local:{}", local.path.display()),
+        BackendSpec::Anthropic(anthropic) => openai::redact(&anthropic.url),
     }
 }
 
@@ -317,6 +319,12 @@ pub fn build(name: &str, spec: &ModelSpec) -> Result<Arc<dyn Model>, ModelError>
             Duration::from_secs(spec.policy.timeout_s),
         )?),
         BackendSpec::Local(local) => Arc::new(local::LocalModel::new(name, local, &spec.sampling)?),
+        BackendSpec::Anthropic(anthropic) => Arc::new(anthropic::AnthropicModel::new(
+            name,
+            anthropic,
+            &spec.sampling,
+            Duration::from_secs(spec.policy.timeout_s),
+        )?),
     };
     Ok(Arc::new(client::Governed::new(name, spec, backend)))
 }
@@ -359,9 +367,9 @@ impl Models {
                         ));
                     }
                 }
-                BackendSpec::Openai(openai) => {
+                BackendSpec::Openai(_) | BackendSpec::Anthropic(_) => {
                     let unset = |var: &String| std::env::var_os(var).is_none_or(|v| v.is_empty());
-                    if let Some(var) = openai.api_key_env.as_ref().filter(|var| unset(var)) {
+                    if let Some(var) = spec.api_key_env().filter(|var| unset(var)) {
                         notes.push(format!(
                             "model {name:?}: ${var} is not set here; the workers that run the job need it"
                         ));

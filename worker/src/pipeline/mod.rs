@@ -1,4 +1,4 @@
-//! The two CAI pipelines, run one sample at a time, depth-first: a sample's whole chain runs
+//! The CAI pipelines, run one sample at a time, depth-first: a sample's whole chain runs
 //! before its task finishes, so samples complete steadily from the start.
 //!
 //! Every model call is a named step (`initial`, `critique-2`, `judge-1-yx`, …). A step's result
@@ -6,6 +6,7 @@
 //! resumes at the step where it stopped and never pays twice for a finished call.
 
 pub mod critique_revise;
+pub mod dialogue;
 pub mod pairwise;
 
 use std::sync::Arc;
@@ -131,6 +132,7 @@ impl JobContext {
         let outcome = match &self.spec.pipeline {
             Pipeline::CritiqueRevise(spec) => critique_revise::run(&mut run, spec).await,
             Pipeline::Pairwise(spec) => pairwise::run(&mut run, spec).await,
+            Pipeline::Dialogue(spec) => dialogue::run(&mut run, spec).await,
         };
         let outcome = match outcome {
             Ok(output) => Outcome::Done { output },
@@ -173,9 +175,10 @@ impl SampleRun<'_> {
     /// the job's pipeline's set: critique principles or judge principles (the plan checks that it
     /// is not empty).
     fn draw_principle(&self, decision: &str) -> &Principle {
-        let principles = match self.ctx.spec.pipeline {
-            Pipeline::CritiqueRevise(_) => self.ctx.constitution.critique_principles(),
-            Pipeline::Pairwise(_) => self.ctx.constitution.judge_principles(),
+        let principles = if self.ctx.spec.kind().critiques() {
+            self.ctx.constitution.critique_principles()
+        } else {
+            self.ctx.constitution.judge_principles()
         };
         let mut rng = seed::rng_for(self.ctx.spec.seed, &self.sample.key, decision);
         principles[rng.random_range(0..principles.len())]

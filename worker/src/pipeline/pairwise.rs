@@ -224,11 +224,12 @@ fn cot_templates(run: &SampleRun<'_>, step: &str) -> Vec<Turn> {
 }
 
 /// Whether the model's reply can be started for it (a completions transcript, the in-process
-/// model, or a chat server set to continue an assistant message).
+/// model, a chat server set to continue an assistant message, or the Messages API, which
+/// always continues a final assistant message).
 fn continues_reply(spec: &ModelSpec) -> bool {
     match &spec.backend {
         BackendSpec::Openai(openai) => openai.endpoint == Endpoint::Completions || openai.prefill,
-        BackendSpec::Local(_) | BackendSpec::Mock(_) => true,
+        BackendSpec::Local(_) | BackendSpec::Mock(_) | BackendSpec::Anthropic(_) => true,
     }
 }
 

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::super::concurrency::{Concurrency, MaxConcurrency};
 use super::{
-    Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE, DEFAULT_BATCH_WAIT_S,
-    Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec, Sampling,
+    ANTHROPIC_URL, AnthropicSpec, Backend, BackendSpec, BatchSpec, CallPolicy, DEFAULT_BATCH_SIZE,
+    DEFAULT_BATCH_WAIT_S, Endpoint, LocalSpec, MAX_BATCH_SIZE, MockSpec, ModelSpec, OpenaiSpec,
+    Sampling,
 };
 
 /// A model's table as the job file writes it: every key of every backend, flat. Only
@@ -146,30 +147,29 @@ impl ModelFile {
         }
     }
 
-    /// The keys set (to other than their default) that belong to a backend other than this
-    /// model's: a job that sets `url` on a mock means something the mock would silently ignore.
-    fn foreign_keys(&self) -> Vec<(&'static str, Backend)> {
-        let owned = [
-            (self.url.is_some(), "url", Backend::Openai),
-            (self.replicas_from_dns, "replicas_from_dns", Backend::Openai),
-            (
-                self.dns_refresh_s.is_some(),
-                "dns_refresh_s",
-                Backend::Openai,
-            ),
-            (self.model.is_some(), "model", Backend::Openai),
-            (self.endpoint != Endpoint::Chat, "endpoint", Backend::Openai),
-            (self.prefill, "prefill", Backend::Openai),
-            (self.api_key_env.is_some(), "api_key_env", Backend::Openai),
-            (self.path.is_some(), "path", Backend::Local),
-            (self.threads.is_some(), "threads", Backend::Local),
-            (self.latency_ms != 0, "latency_ms", Backend::Mock),
-            (self.batch, "batch", Backend::Openai),
+    /// The keys set (to other than their default) that belong to backends other than this
+    /// model's, with the backends they belong to: a job that sets `url` on a mock means
+    /// something the mock would silently ignore.
+    fn foreign_keys(&self) -> Vec<(&'static str, &'static [Backend])> {
+        const HTTP: &[Backend] = &[Backend::Openai, Backend::Anthropic];
+        const OPENAI: &[Backend] = &[Backend::Openai];
+        let owned: [(bool, &'static str, &'static [Backend]); 11] = [
+            (self.url.is_some(), "url", HTTP),
+            (self.replicas_from_dns, "replicas_from_dns", OPENAI),
+            (self.dns_refresh_s.is_some(), "dns_refresh_s", OPENAI),
+            (self.model.is_some(), "model", HTTP),
+            (self.endpoint != Endpoint::Chat, "endpoint", OPENAI),
+            (self.prefill, "prefill", OPENAI),
+            (self.api_key_env.is_some(), "api_key_env", HTTP),
+            (self.path.is_some(), "path", &[Backend::Local]),
+            (self.threads.is_some(), "threads", &[Backend::Local]),
+            (self.latency_ms != 0, "latency_ms", &[Backend::Mock]),
+            (self.batch, "batch", HTTP),
         ];
         owned
             .into_iter()
-            .filter(|&(set, _, owner)| set && owner != self.backend)
-            .map(|(_, key, owner)| (key, owner))
+            .filter(|&(set, _, owners)| set && !owners.contains(&self.backend))
+            .map(|(_, key, owners)| (key, owners))
             .collect()
     }
 
@@ -207,6 +207,17 @@ impl ModelFile {
         Ok(())
     }
 
+    /// Writes batch mode's settings, when it is on.
+    fn set_batch(&mut self, batch: Option<BatchSpec>) {
+        if let Some(batch) = batch {
+            self.batch = true;
+            self.batch_size = Some(batch.size);
+            self.batch_wait_s = Some(batch.wait_s);
+            self.batch_price_in = batch.price_in;
+            self.batch_price_out = batch.price_out;
+        }
+    }
+
     /// The batch settings, when `batch = true`; a batch setting without it is refused.
     fn batch_spec(&self) -> Result<Option<BatchSpec>, String> {
         if !self.batch {
@@ -238,10 +249,11 @@ impl ModelFile {
     }
 
     fn backend_spec(&self) -> Result<BackendSpec, String> {
-        if let Some((key, owner)) = self.foreign_keys().first() {
+        if let Some((key, owners)) = self.foreign_keys().first() {
+            let owners: Vec<String> = owners.iter().map(|b| format!("{:?}", b.name())).collect();
             return Err(format!(
-                "`{key}` is a setting of backend {:?}, not of {:?}: remove it",
-                owner.name(),
+                "`{key}` is a setting of backend {}, not of {:?}: remove it",
+                owners.join(" or "),
                 self.backend.name()
             ));
         }
@@ -287,6 +299,39 @@ impl ModelFile {
             Backend::Mock => BackendSpec::Mock(MockSpec {
                 latency_ms: self.latency_ms,
             }),
+            Backend::Anthropic => BackendSpec::Anthropic(self.anthropic()?),
+        })
+    }
+
+    /// An `anthropic` model: one `url` (default [`ANTHROPIC_URL`]), a model and a key variable;
+    /// its temperature within the API's 0 to 1.
+    fn anthropic(&self) -> Result<AnthropicSpec, String> {
+        let url = match &self.url {
+            None => ANTHROPIC_URL.to_owned(),
+            Some(Urls::One(url)) if url.starts_with("http://") || url.starts_with("https://") => {
+                url.clone()
+            }
+            Some(Urls::One(_)) => return Err("`url` must start with http:// or https://".into()),
+            Some(Urls::Many(_)) => {
+                return Err("`url` of backend \"anthropic\" is one URL, not a list".into());
+            }
+        };
+        let model = self
+            .model
+            .clone()
+            .ok_or("`model` is required for backend \"anthropic\" (e.g. \"claude-sonnet-4-5\")")?;
+        let api_key_env = self.api_key_env.clone().ok_or(
+            "`api_key_env` is required for backend \"anthropic\": the name of the variable \
+             holding the key, e.g. \"ANTHROPIC_API_KEY\"",
+        )?;
+        if self.temperature > 1.0 {
+            return Err("`temperature` must be between 0 and 1 for backend \"anthropic\"".into());
+        }
+        Ok(AnthropicSpec {
+            url,
+            model,
+            api_key_env,
+            batch: self.batch_spec()?,
         })
     }
 }
@@ -405,19 +450,21 @@ impl From<ModelSpec> for ModelFile {
                 file.endpoint = openai.endpoint;
                 file.prefill = openai.prefill;
                 file.api_key_env = openai.api_key_env;
-                if let Some(batch) = openai.batch {
-                    file.batch = true;
-                    file.batch_size = Some(batch.size);
-                    file.batch_wait_s = Some(batch.wait_s);
-                    file.batch_price_in = batch.price_in;
-                    file.batch_price_out = batch.price_out;
-                }
+                file.set_batch(openai.batch);
             }
             BackendSpec::Local(local) => {
                 file.path = Some(local.path);
                 file.threads = local.threads;
             }
             BackendSpec::Mock(mock) => file.latency_ms = mock.latency_ms,
+            BackendSpec::Anthropic(anthropic) => {
+                // The default URL is left out, so a job that names it and one that does not
+                // are the same job.
+                file.url = (anthropic.url != ANTHROPIC_URL).then_some(Urls::One(anthropic.url));
+                file.model = Some(anthropic.model);
+                file.api_key_env = Some(anthropic.api_key_env);
+                file.set_batch(anthropic.batch);
+            }
         }
         file
     }

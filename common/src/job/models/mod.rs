@@ -29,6 +29,8 @@ pub enum Backend {
     Mock,
     /// A GGUF model run in-process on the CPU.
     Local,
+    /// Anthropic's Messages API.
+    Anthropic,
 }
 
 impl Backend {
@@ -38,7 +40,14 @@ impl Backend {
             Self::Openai => "openai",
             Self::Mock => "mock",
             Self::Local => "local",
+            Self::Anthropic => "anthropic",
         }
+    }
+
+    /// Whether the backend returns token log-probabilities, which a `logprobs` or `cot` judge
+    /// reads its label from.
+    pub fn has_logprobs(self) -> bool {
+        !matches!(self, Self::Anthropic)
     }
 }
 
@@ -75,6 +84,8 @@ pub enum BackendSpec {
     Local(LocalSpec),
     /// The deterministic mock.
     Mock(MockSpec),
+    /// Anthropic's Messages API.
+    Anthropic(AnthropicSpec),
 }
 
 impl BackendSpec {
@@ -84,6 +95,7 @@ impl BackendSpec {
             Self::Openai(_) => Backend::Openai,
             Self::Local(_) => Backend::Local,
             Self::Mock(_) => Backend::Mock,
+            Self::Anthropic(_) => Backend::Anthropic,
         }
     }
 }
@@ -112,6 +124,24 @@ pub struct OpenaiSpec {
     /// batch price, instead of as a request of its own.
     pub batch: Option<BatchSpec>,
 }
+
+/// How Anthropic's Messages API is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AnthropicSpec {
+    /// The API's base URL (default [`ANTHROPIC_URL`]); requests go to `{url}/messages`.
+    pub url: String,
+    /// The model name, e.g. `claude-sonnet-4-5`.
+    pub model: String,
+    /// Name of the environment variable holding the API key, sent as `x-api-key` (the key
+    /// itself is never stored). Required: the API takes no request without one.
+    pub api_key_env: String,
+    /// `batch = true`: every call goes as a request of a batch of the Message Batches API, at
+    /// the batch price.
+    pub batch: Option<BatchSpec>,
+}
+
+/// The Messages API's base URL when a model sets no `url`.
+pub const ANTHROPIC_URL: &str = "https://api.anthropic.com/v1";
 
 /// How the calls of a model in batch mode (`batch = true`) are gathered into batches and what
 /// they cost.
@@ -204,7 +234,26 @@ impl ModelSpec {
     pub fn batch(&self) -> Option<&BatchSpec> {
         match &self.backend {
             BackendSpec::Openai(openai) => openai.batch.as_ref(),
-            _ => None,
+            BackendSpec::Anthropic(anthropic) => anthropic.batch.as_ref(),
+            BackendSpec::Local(_) | BackendSpec::Mock(_) => None,
+        }
+    }
+
+    /// The environment variable holding the model's API key, if its backend sends one.
+    pub fn api_key_env(&self) -> Option<&String> {
+        match &self.backend {
+            BackendSpec::Openai(openai) => openai.api_key_env.as_ref(),
+            BackendSpec::Anthropic(anthropic) => Some(&anthropic.api_key_env),
+            BackendSpec::Local(_) | BackendSpec::Mock(_) => None,
+        }
+    }
+
+    /// The base URLs the model's calls go to (and its API key with them), if it has any.
+    pub fn urls(&self) -> &[String] {
+        match &self.backend {
+            BackendSpec::Openai(openai) => &openai.urls,
+            BackendSpec::Anthropic(anthropic) => std::slice::from_ref(&anthropic.url),
+            BackendSpec::Local(_) | BackendSpec::Mock(_) => &[],
         }
     }
 

@@ -1,209 +1,124 @@
-//! The Batch API of an OpenAI-compatible server, one request per method: upload an input file
-//! (`POST /files`, multipart, `purpose=batch`), create a batch (`POST /batches`), find the batch
-//! of an input file (`GET /batches`), read a batch (`GET /batches/{id}`) and a file's content
-//! (`GET /files/{id}/content`). Failures are classified as the direct calls' are (the same
-//! [`OpenAiModel`] does it), and carry no secret.
+//! The provider's batch API, as the batcher uses it whoever serves it: OpenAI's Batch API
+//! ([`super::openai_api`]: an uploaded input file, a batch created from it, output and error
+//! files) or Anthropic's Message Batches API ([`super::anthropic_api`]: the requests inline, a
+//! results file). Each step of a batch's life ([`super::run`]) is one method here.
 
-use std::sync::Arc;
-
-use reqwest::RequestBuilder;
-use serde_json::{Value, json};
-
-use super::super::ModelError;
-use super::super::openai::{OpenAiModel, redact, retry_after};
-
-/// How many of the newest batches are searched for the batch of an input file.
-const LISTED: u32 = 100;
+use super::anthropic_api::AnthropicBatches;
+use super::lines::{self, Answers};
+use super::openai_api::OpenaiBatches;
+use super::records::Record;
+use crate::model::ModelError;
 
 /// The state of a batch, as far as waiting for it goes.
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct BatchObject {
     /// The batch's id.
     pub(super) id: String,
-    /// `validating`, `in_progress`, `finalizing`, `completed`, `failed`, `expired`,
-    /// `cancelling` or `cancelled`.
+    /// The provider's status word, for messages.
     pub(super) status: String,
-    /// The answered lines, once finished.
-    pub(super) output_file_id: Option<String>,
-    /// The failed lines, once finished.
-    pub(super) error_file_id: Option<String>,
-    /// Why a `failed` batch failed, as the server said.
+    /// Whether the batch will not change any more.
+    pub(super) finished: bool,
+    /// Where its answers are, once finished: files or URLs to read.
+    pub(super) results: Vec<String>,
+    /// Why a failed batch failed, as the server said.
     pub(super) errors: Option<String>,
 }
 
-impl BatchObject {
-    /// Whether the batch will not change any more.
-    pub(super) fn is_final(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "completed" | "failed" | "expired" | "cancelled"
-        )
-    }
-
-    fn read(value: &Value) -> Option<Self> {
-        let text = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_owned);
-        Some(Self {
-            id: text("id")?,
-            status: text("status")?,
-            output_file_id: text("output_file_id"),
-            error_file_id: text("error_file_id"),
-            errors: value
-                .get("errors")
-                .filter(|errors| !errors.is_null())
-                .map(Value::to_string),
-        })
-    }
-}
-
-/// The Batch API at the base URL of a model's server.
-pub(super) struct BatchApi {
-    /// The direct backend: its client, key, and error classification.
-    openai: Arc<OpenAiModel>,
-    /// The base URL, without a trailing `/`.
-    base: String,
-    /// The base URL without secrets, for messages.
-    shown: String,
-    /// The job's name for the model, for messages.
-    name: String,
+/// A provider's batch API.
+pub(super) enum BatchApi {
+    /// OpenAI's Batch API (and the servers that copy it).
+    Openai(OpenaiBatches),
+    /// Anthropic's Message Batches API.
+    Anthropic(AnthropicBatches),
 }
 
 impl BatchApi {
     /// The server's base URL without secrets, for messages.
     pub(super) fn shown(&self) -> &str {
-        &self.shown
-    }
-
-    /// The Batch API of the server at `base` that `openai` calls.
-    pub(super) fn new(name: &str, base: &str, openai: Arc<OpenAiModel>) -> Self {
-        Self {
-            openai,
-            base: base.trim_end_matches('/').to_owned(),
-            shown: redact(base),
-            name: name.to_owned(),
+        match self {
+            Self::Openai(api) => api.shown(),
+            Self::Anthropic(api) => api.shown(),
         }
     }
 
-    /// Uploads a batch input file; returns its id.
-    pub(super) async fn upload(&self, jsonl: Vec<u8>) -> Result<String, ModelError> {
-        let form = reqwest::multipart::Form::new()
-            .text("purpose", "batch")
-            .part(
-                "file",
-                reqwest::multipart::Part::bytes(jsonl)
-                    .file_name("batch.jsonl")
-                    .mime_str("application/jsonl")
-                    .expect("a valid MIME type"),
-            );
-        let (client, _) = self.openai.client();
-        let reply = self
-            .json(client.post(format!("{}/files", self.base)).multipart(form))
-            .await?;
-        reply
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| self.unreadable("file upload", &reply))
+    /// Makes the lines ready for a batch and returns the key its record is kept under:
+    /// OpenAI's uploads them as an input file (its id is the key); Anthropic's, which takes the
+    /// requests inline, needs nothing sent.
+    pub(super) async fn prepare(&self, lines: &[(String, String)]) -> Result<String, ModelError> {
+        match self {
+            Self::Openai(api) => {
+                let mut jsonl = String::new();
+                for (_, line) in lines {
+                    jsonl.push_str(line);
+                    jsonl.push('\n');
+                }
+                api.upload(jsonl.into_bytes()).await
+            }
+            Self::Anthropic(_) => Ok(AnthropicBatches::record_key(lines)),
+        }
     }
 
-    /// Creates a batch of the lines of input file `file` for `endpoint` (`/v1/chat/completions`
-    /// or `/v1/completions`), to be done within 24 hours.
+    /// Creates the batch recorded under `key`. OpenAI's is created from the input file;
+    /// Anthropic's needs the lines themselves, which a process that only found the record does
+    /// not have (`None`): those lines then go into a new batch.
     pub(super) async fn create(
         &self,
-        file: &str,
+        key: &str,
+        lines: Option<&[(String, String)]>,
         endpoint: &str,
     ) -> Result<BatchObject, ModelError> {
-        let (client, _) = self.openai.client();
-        let body = json!({"input_file_id": file, "endpoint": endpoint, "completion_window": "24h"});
-        let reply = self
-            .json(client.post(format!("{}/batches", self.base)).json(&body))
-            .await?;
-        BatchObject::read(&reply).ok_or_else(|| self.unreadable("batch creation", &reply))
+        match (self, lines) {
+            (Self::Openai(api), _) => api.create(key, endpoint).await,
+            (Self::Anthropic(api), Some(lines)) => api.create(lines).await,
+            (Self::Anthropic(api), None) => Err(ModelError::Retryable {
+                message: format!(
+                    "the batch recorded as {key} at {} was never created; its lines go into a \
+                     new batch",
+                    api.shown()
+                ),
+                retry_after: None,
+                unreachable: false,
+                overloaded: false,
+                attempts: 1,
+            }),
+        }
     }
 
-    /// The batch created from input file `file`, if one is among the newest batches: after a
-    /// create whose reply was lost, or a process killed before it recorded the batch, this
-    /// tells whether it exists (creating it again would pay its lines twice).
-    pub(super) async fn find(&self, file: &str) -> Result<Option<BatchObject>, ModelError> {
-        let (client, _) = self.openai.client();
-        let reply = self
-            .json(client.get(format!("{}/batches?limit={LISTED}", self.base)))
-            .await?;
-        let data = reply
-            .get("data")
-            .and_then(Value::as_array)
-            .ok_or_else(|| self.unreadable("batch list", &reply))?;
-        Ok(data
-            .iter()
-            .find(|batch| batch.get("input_file_id").and_then(Value::as_str) == Some(file))
-            .and_then(BatchObject::read))
+    /// The batch recorded under `key`, if the provider has it although the record names none
+    /// (a create whose reply was lost).
+    pub(super) async fn find(
+        &self,
+        key: &str,
+        record: &Record,
+    ) -> Result<Option<BatchObject>, ModelError> {
+        match self {
+            Self::Openai(api) => api.find(key).await,
+            Self::Anthropic(api) => api.find(record).await,
+        }
     }
 
     /// The batch `id` as it stands.
     pub(super) async fn get(&self, id: &str) -> Result<BatchObject, ModelError> {
-        let (client, _) = self.openai.client();
-        let reply = self
-            .json(client.get(format!("{}/batches/{id}", self.base)))
-            .await?;
-        BatchObject::read(&reply).ok_or_else(|| self.unreadable("batch", &reply))
-    }
-
-    /// The content of file `id`.
-    pub(super) async fn content(&self, id: &str) -> Result<String, ModelError> {
-        let (client, _) = self.openai.client();
-        self.send(client.get(format!("{}/files/{id}/content", self.base)))
-            .await
-    }
-
-    /// Sends a request with the key and reads a JSON reply.
-    async fn json(&self, request: RequestBuilder) -> Result<Value, ModelError> {
-        let text = self.send(request).await?;
-        serde_json::from_str(&text).map_err(|e| ModelError::Retryable {
-            message: self.openai.scrub(format!(
-                "model {}: the Batch API at {} answered with other than JSON ({e})",
-                self.name, self.shown
-            )),
-            retry_after: None,
-            unreachable: false,
-            overloaded: false,
-            attempts: 1,
-        })
-    }
-
-    /// Sends a request with the key; the body of a 2xx reply, or the failure classified.
-    async fn send(&self, request: RequestBuilder) -> Result<String, ModelError> {
-        let (_, key) = self.openai.client();
-        let request = match key {
-            Some(key) => request.bearer_auth(key),
-            None => request,
-        };
-        let response = request
-            .send()
-            .await
-            .map_err(|e| self.openai.transport_error(e, &self.shown))?;
-        let status = response.status();
-        let wait = retry_after(response.headers());
-        let text = response
-            .text()
-            .await
-            .map_err(|e| self.openai.transport_error(e, &self.shown))?;
-        if status.is_success() {
-            Ok(text)
-        } else {
-            Err(self.openai.status_error(status, wait, &text, &self.shown))
+        match self {
+            Self::Openai(api) => api.get(id).await,
+            Self::Anthropic(api) => api.get(id).await,
         }
     }
 
-    fn unreadable(&self, what: &str, reply: &Value) -> ModelError {
-        let shown: String = reply.to_string().chars().take(300).collect();
-        ModelError::Retryable {
-            message: self.openai.scrub(format!(
-                "model {}: the {what} reply of the Batch API at {} is not one: {shown}",
-                self.name, self.shown
-            )),
-            retry_after: None,
-            unreachable: false,
-            overloaded: false,
-            attempts: 1,
+    /// The text of one of a finished batch's [`BatchObject::results`].
+    pub(super) async fn content(&self, results: &str) -> Result<String, ModelError> {
+        match self {
+            Self::Openai(api) => api.content(results).await,
+            Self::Anthropic(api) => api.content(results).await,
+        }
+    }
+
+    /// Reads a results text into `answers`: each line's reply body, or its failure classified
+    /// as the same direct call's would be.
+    pub(super) fn read(&self, name: &str, text: &str, answers: &mut Answers) {
+        match self {
+            Self::Openai(api) => lines::read(api.openai(), name, api.shown(), text, answers),
+            Self::Anthropic(api) => api.read(text, answers),
         }
     }
 }

@@ -19,7 +19,6 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::super::ModelError;
-use super::super::openai::Reply;
 use super::records::Record;
 use super::run::{self, Context, Finished, Work};
 
@@ -33,10 +32,11 @@ pub(super) const RECORD_GRACE: Duration = Duration::from_secs(60);
 struct Call {
     custom_id: String,
     line: String,
-    reply: oneshot::Sender<Result<Reply, ModelError>>,
+    reply: oneshot::Sender<Result<String, ModelError>>,
 }
 
-/// The handle of a model's batcher task; dropping it ends the task.
+/// The handle of a model's batcher task; dropping it ends the task. A call's answer is the
+/// body of its line's reply, already checked to read as one.
 pub(super) struct Batcher {
     calls: mpsc::UnboundedSender<Call>,
 }
@@ -74,7 +74,7 @@ impl Batcher {
     }
 
     /// Makes a call as line `line` of a batch: its reply once the batch is finished.
-    pub(super) async fn call(&self, custom_id: String, line: String) -> Result<Reply, ModelError> {
+    pub(super) async fn call(&self, custom_id: String, line: String) -> Result<String, ModelError> {
         let (reply, answer) = oneshot::channel();
         let gone = || ModelError::JobFatal("the batcher of the model stopped".into());
         self.calls
@@ -92,7 +92,7 @@ impl Batcher {
 struct Waiting {
     line: String,
     /// Every caller waiting for it (the same call asked twice waits once).
-    replies: Vec<oneshot::Sender<Result<Reply, ModelError>>>,
+    replies: Vec<oneshot::Sender<Result<String, ModelError>>>,
     /// Times it was sent again.
     retries: u32,
     /// The batch it waits for, if it is not gathered for the next one.
@@ -300,8 +300,9 @@ impl Gatherer {
             });
             let reply = answer.and_then(|body| {
                 self.context
-                    .openai
-                    .parse_reply(&body, self.context.api.shown())
+                    .direct
+                    .check(&body, self.context.api.shown())
+                    .map(|()| body)
             });
             self.resolve(custom_id, reply);
         }
@@ -321,7 +322,7 @@ impl Gatherer {
     }
 
     /// Answers a call, or gathers it again for a later batch after a failure that may pass.
-    fn resolve(&mut self, custom_id: &str, answer: Result<Reply, ModelError>) {
+    fn resolve(&mut self, custom_id: &str, answer: Result<String, ModelError>) {
         let retries = self.waiting.get(custom_id).map_or(0, |w| w.retries);
         match answer {
             Err(ModelError::Retryable {
@@ -353,7 +354,7 @@ impl Gatherer {
         }
     }
 
-    fn deliver(&mut self, custom_id: &str, answer: Result<Reply, ModelError>) {
+    fn deliver(&mut self, custom_id: &str, answer: Result<String, ModelError>) {
         if let Some(waiting) = self.waiting.remove(custom_id) {
             for reply in waiting.replies {
                 // A caller that gave up no longer listens.

@@ -14,9 +14,9 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable};
 
 use super::super::ModelError;
-use super::super::openai::OpenAiModel;
+use super::Direct;
 use super::api::{BatchApi, BatchObject};
-use super::lines::{self, Answers};
+use super::lines::Answers;
 use super::records::{Record, Records};
 
 /// The wait before the first poll of a batch.
@@ -33,12 +33,13 @@ pub(super) struct Context {
     /// The job's name for the model, for messages.
     pub(super) name: String,
     /// The direct backend, which reads replies.
-    pub(super) openai: Arc<OpenAiModel>,
+    pub(super) direct: Direct,
     /// The server's Batch API.
     pub(super) api: BatchApi,
     /// The batch records of the job.
     pub(super) records: Records,
-    /// The endpoint every line is for (`/v1/chat/completions` or `/v1/completions`).
+    /// The endpoint every line is for (OpenAI's `/v1/chat/completions` or `/v1/completions`;
+    /// unused by Anthropic's, whose lines are all messages).
     pub(super) endpoint: &'static str,
     /// Requests of the Batch API sent again, and failed polls in a row, before giving up.
     pub(super) max_retries: u32,
@@ -68,14 +69,8 @@ pub(super) async fn run(context: Arc<Context>, work: Work) -> Finished {
     match work {
         Work::Submit(lines) => {
             let custom_ids: Vec<String> = lines.iter().map(|(id, _)| id.clone()).collect();
-            let mut jsonl = String::new();
-            for (_, line) in &lines {
-                jsonl.push_str(line);
-                jsonl.push('\n');
-            }
-            let jsonl = jsonl.into_bytes();
-            let uploaded = again(&context, || context.api.upload(jsonl.clone())).await;
-            let file = match uploaded {
+            let prepared = again(&context, || context.api.prepare(&lines)).await;
+            let file = match prepared {
                 Ok(file) => file,
                 Err(error) => {
                     return Finished {
@@ -86,7 +81,7 @@ pub(super) async fn run(context: Arc<Context>, work: Work) -> Finished {
                 }
             };
             let record = Record::uploaded(custom_ids.clone());
-            let answers = wait(&context, &file, record, false).await;
+            let answers = wait(&context, &file, record, Some(&lines)).await;
             Finished {
                 file: Some(file),
                 custom_ids,
@@ -95,7 +90,7 @@ pub(super) async fn run(context: Arc<Context>, work: Work) -> Finished {
         }
         Work::Attach(file, record) => {
             let custom_ids = record.custom_ids.clone();
-            let answers = wait(&context, &file, record, true).await;
+            let answers = wait(&context, &file, record, None).await;
             Finished {
                 file: Some(file),
                 custom_ids,
@@ -105,21 +100,23 @@ pub(super) async fn run(context: Arc<Context>, work: Work) -> Finished {
     }
 }
 
-/// Records the batch of input file `file`, creates it (unless the record names it, or, when
-/// `recovering`, the server already has it), polls it until it is finished and reads its files.
+/// Records the batch under `file` (the input file's id, or the key the provider's API records
+/// it under), creates it (unless the record names it, or, when recovering a record found
+/// without its `lines`, the server already has it), polls it until it is finished and reads its
+/// results.
 async fn wait(
     context: &Context,
     file: &str,
     mut record: Record,
-    recovering: bool,
+    lines: Option<&[(String, String)]>,
 ) -> Result<Answers, ModelError> {
     let batch = match record.batch_id.clone() {
         Some(batch) => batch,
         None => {
-            if !recovering {
+            if lines.is_some() {
                 context.records.put(file, &record).await?;
             }
-            let batch = create(context, file, recovering).await?;
+            let batch = create(context, file, &record, lines).await?;
             record.batch_id = Some(batch.id.clone());
             context.records.put(file, &record).await?;
             tracing::info!(
@@ -133,20 +130,11 @@ async fn wait(
     };
     let batch = poll(context, &batch).await.map_err(waited_for_later)?;
     let mut answers = Answers::new();
-    for output in [&batch.output_file_id, &batch.error_file_id]
-        .into_iter()
-        .flatten()
-    {
+    for output in &batch.results {
         let text = again(context, || context.api.content(output))
             .await
             .map_err(waited_for_later)?;
-        lines::read(
-            &context.openai,
-            &context.name,
-            context.api.shown(),
-            &text,
-            &mut answers,
-        );
+        context.api.read(&context.name, &text, &mut answers);
     }
     let unanswered = ModelError::Retryable {
         message: format!(
@@ -194,23 +182,24 @@ fn waited_for_later(error: ModelError) -> ModelError {
     }
 }
 
-/// Creates the batch of input file `file`. Before any create but a new batch's first, it looks
+/// Creates the batch recorded under `file`. Before any create but a new batch's first, it looks
 /// for the batch among the server's: a create whose reply was lost, or that a killed process
 /// made without recording it, must not be made twice.
 async fn create(
     context: &Context,
     file: &str,
-    recovering: bool,
+    record: &Record,
+    lines: Option<&[(String, String)]>,
 ) -> Result<BatchObject, ModelError> {
     let mut attempt = 0;
     let mut delay = RETRY_MIN;
     loop {
-        if (recovering || attempt > 0)
-            && let Some(batch) = context.api.find(file).await?
+        if (lines.is_none() || attempt > 0)
+            && let Some(batch) = context.api.find(file, record).await?
         {
             return Ok(batch);
         }
-        match context.api.create(file, context.endpoint).await {
+        match context.api.create(file, lines, context.endpoint).await {
             Err(ModelError::Retryable {
                 unreachable: false, ..
             }) if attempt < context.max_retries => {
@@ -231,7 +220,7 @@ async fn poll(context: &Context, id: &str) -> Result<BatchObject, ModelError> {
         tokio::time::sleep(delay).await;
         delay = delay.mul_f64(1.5).min(POLL_MAX);
         match context.api.get(id).await {
-            Ok(batch) if batch.is_final() => return Ok(batch),
+            Ok(batch) if batch.finished => return Ok(batch),
             Ok(_) => failures = 0,
             Err(error @ ModelError::Retryable { .. }) => {
                 failures += 1;
