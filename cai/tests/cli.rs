@@ -309,6 +309,7 @@ fn init_writes_a_job_that_validates_and_runs_for_each_pipeline() {
     for (pipeline, rows_file) in [
         ("critique-revise", "sft.jsonl"),
         ("pairwise", "preferences.jsonl"),
+        ("dialogue", "sft.jsonl"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("First Job");

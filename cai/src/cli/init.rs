@@ -10,6 +10,7 @@ use super::InitPipeline;
 const CONSTITUTION: &str = include_str!("init/constitution.toml");
 const CRITIQUE_REVISE_JOB: &str = include_str!("init/critique-revise.toml");
 const PAIRWISE_JOB: &str = include_str!("init/pairwise.toml");
+const DIALOGUE_JOB: &str = include_str!("init/dialogue.toml");
 const PROMPTS: &str = include_str!("init/prompts.jsonl");
 const PAIRS: &str = include_str!("init/pairs.jsonl");
 
@@ -18,6 +19,7 @@ pub(super) fn init(pipeline: InitPipeline, dir: &Path) -> u8 {
     let (job, corpus_name, corpus) = match pipeline {
         InitPipeline::CritiqueRevise => (CRITIQUE_REVISE_JOB, "prompts.jsonl", PROMPTS),
         InitPipeline::Pairwise => (PAIRWISE_JOB, "pairs.jsonl", PAIRS),
+        InitPipeline::Dialogue => (DIALOGUE_JOB, "prompts.jsonl", PROMPTS),
     };
     let files = [
         ("job.toml", job.replace("{name}", &name)),

@@ -134,6 +134,8 @@ pub enum InitPipeline {
     CritiqueRevise,
     /// Pairwise AI feedback (preference labels).
     Pairwise,
+    /// Dialogues between a user model and the policy, revised turn by turn (SFT rows).
+    Dialogue,
 }
 
 /// Flags of `cai worker`.

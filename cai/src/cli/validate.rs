@@ -121,7 +121,11 @@ fn print_summary(plan: &Plan, read: &Read) {
         rejected,
         estimate,
     } = read;
-    println!("job {:?} ({})", plan.spec().name, plan.spec().kind().as_str());
+    println!(
+        "job {:?} ({})",
+        plan.spec().name,
+        plan.spec().kind().as_str()
+    );
     println!(
         "constitution: {} principles ({} critique/revision, {} judge), {} demonstrations, {} judge \
          demonstrations, sha256 {}",
