@@ -174,21 +174,22 @@ impl AnthropicModel {
             .json(body)
             .send()
             .await
-            .map_err(|error| self.transport_error(error))?;
+            .map_err(|error| self.transport_error(error, &self.shown))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let text = response
             .text()
             .await
-            .map_err(|error| self.transport_error(error))?;
+            .map_err(|error| self.transport_error(error, &self.shown))?;
         if !status.is_success() {
-            return Err(self.status_error(status, retry_after, &text));
+            return Err(self.status_error(status, retry_after, &text, &self.shown));
         }
         self.parse_reply(&text)
     }
 
-    /// A failure to send the request or to read the reply: always retryable.
-    pub(super) fn transport_error(&self, error: reqwest::Error) -> ModelError {
+    /// A failure to send the request to `shown` (a URL without secrets) or to read the reply:
+    /// always retryable.
+    pub(super) fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
         let error = error.without_url();
         let unreachable = error.is_connect();
         let what = if unreachable {
@@ -206,9 +207,8 @@ impl AnthropicModel {
         }
         ModelError::Retryable {
             message: self.scrub(format!(
-                "model {}: {what} {}: {}",
+                "model {}: {what} {shown}: {}",
                 self.name,
-                self.shown,
                 causes.join(": ")
             )),
             retry_after: None,
@@ -218,12 +218,14 @@ impl AnthropicModel {
         }
     }
 
-    /// A reply with a non-success status, classified by the API's error type, then its status.
+    /// A reply with a non-success status from `shown` (a URL without secrets), classified by
+    /// the API's error type, then its status.
     pub(super) fn status_error(
         &self,
         status: StatusCode,
         retry_after: Option<Duration>,
         body: &str,
+        shown: &str,
     ) -> ModelError {
         let code = status.as_u16();
         let name = &self.name;
@@ -235,10 +237,7 @@ impl AnthropicModel {
             .unwrap_or("");
         let server = self.scrub(server_message(parsed.as_ref(), body));
         let retryable = |overloaded: bool| ModelError::Retryable {
-            message: format!(
-                "model {name}: HTTP {code} {kind} from {}: {server}",
-                self.shown
-            ),
+            message: format!("model {name}: HTTP {code} {kind} from {shown}: {server}"),
             retry_after: retry_after.filter(|_| overloaded),
             unreachable: false,
             overloaded,
@@ -256,8 +255,9 @@ impl AnthropicModel {
                 format!("model {name}: the API refused the request (HTTP {code} {kind}): {server}"),
             ),
             ("not_found_error", _) | (_, 404) => ModelError::JobFatal(format!(
-                "model {name}: the API at {} does not know the model {:?} (HTTP {code}): {server}",
-                self.shown, self.model
+                "model {name}: the API at {shown} does not know the model {:?} (HTTP {code}): \
+                 {server}",
+                self.model
             )),
             _ => ModelError::SampleFatal(format!(
                 "model {name}: the API rejected the request (HTTP {code} {kind}): {server}"
@@ -446,7 +446,12 @@ mod tests {
                 key()
             );
             let status = StatusCode::from_u16(code).unwrap();
-            model.status_error(status, Some(Duration::from_secs(3)), &body)
+            model.status_error(
+                status,
+                Some(Duration::from_secs(3)),
+                &body,
+                "https://api.example.com/v1",
+            )
         };
         let retried = |error: ModelError| match error {
             ModelError::Retryable {

@@ -213,7 +213,9 @@ impl AnthropicBatches {
                     _ => 500,
                 };
                 let status = reqwest::StatusCode::from_u16(status).expect("a status");
-                Err(self.anthropic.status_error(status, None, &body))
+                Err(self
+                    .anthropic
+                    .status_error(status, None, &body, &self.shown))
             }
             other => Err(ModelError::Retryable {
                 message: format!(
@@ -249,17 +251,19 @@ impl AnthropicBatches {
         let response = request
             .send()
             .await
-            .map_err(|e| self.anthropic.transport_error(e))?;
+            .map_err(|e| self.anthropic.transport_error(e, &self.shown))?;
         let status = response.status();
         let wait = retry_after(response.headers());
         let text = response
             .text()
             .await
-            .map_err(|e| self.anthropic.transport_error(e))?;
+            .map_err(|e| self.anthropic.transport_error(e, &self.shown))?;
         if status.is_success() {
             Ok(text)
         } else {
-            Err(self.anthropic.status_error(status, wait, &text))
+            Err(self
+                .anthropic
+                .status_error(status, wait, &text, &self.shown))
         }
     }
 
