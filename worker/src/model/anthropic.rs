@@ -19,7 +19,6 @@
 //! The API returns no log-probabilities: a job whose judge reads them is refused when it is
 //! checked, so [`Model::judge`] is never reached on this backend in a valid job.
 
-use std::error::Error as _;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +27,7 @@ use cai_common::message::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::openai::{redact, retry_after};
+use super::openai::{redact, retry_after, transport_failure};
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt};
 
 /// The API version every request names (`anthropic-version`).
@@ -190,32 +189,9 @@ impl AnthropicModel {
     /// A failure to send the request to `shown` (a URL without secrets) or to read the reply:
     /// always retryable.
     pub(super) fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
-        let error = error.without_url();
-        let unreachable = error.is_connect();
-        let what = if unreachable {
-            "cannot connect to".to_owned()
-        } else if error.is_timeout() {
-            format!("no reply within {} s from", self.timeout.as_secs())
-        } else {
-            "the request failed to".to_owned()
-        };
-        let mut causes = vec![error.to_string()];
-        let mut source = error.source();
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
-        ModelError::Retryable {
-            message: self.scrub(format!(
-                "model {}: {what} {shown}: {}",
-                self.name,
-                causes.join(": ")
-            )),
-            retry_after: None,
-            unreachable,
-            overloaded: error.is_timeout() && !unreachable,
-            attempts: 1,
-        }
+        transport_failure(&self.name, self.timeout, error, shown, &|message| {
+            self.scrub(message)
+        })
     }
 
     /// A reply with a non-success status from `shown` (a URL without secrets), classified by

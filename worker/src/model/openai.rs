@@ -263,31 +263,9 @@ impl OpenAiModel {
 
     /// A failure to send the request to `shown` or to read the reply: always retryable.
     pub(super) fn transport_error(&self, error: reqwest::Error, shown: &str) -> ModelError {
-        let error = error.without_url();
-        let unreachable = error.is_connect();
-        let what = if unreachable {
-            "cannot connect to".to_owned()
-        } else if error.is_timeout() {
-            format!("no reply within {} s from", self.timeout.as_secs())
-        } else if error.is_body() || error.is_decode() {
-            "the reply was cut off from".to_owned()
-        } else {
-            "the request failed to".to_owned()
-        };
-        let mut causes = vec![error.to_string()];
-        let mut source = error.source();
-        while let Some(cause) = source {
-            causes.push(cause.to_string());
-            source = cause.source();
-        }
-        let message = format!("model {}: {what} {shown}: {}", self.name, causes.join(": "));
-        ModelError::Retryable {
-            message: self.scrub(message),
-            retry_after: None,
-            unreachable,
-            overloaded: error.is_timeout() && !unreachable,
-            attempts: 1,
-        }
+        transport_failure(&self.name, self.timeout, error, shown, &|message| {
+            self.scrub(message)
+        })
     }
 
     /// A reply with a non-success status from `shown`.
@@ -447,6 +425,46 @@ impl Model for OpenAiModel {
             Endpoint::Completions => prompt.transcript().chars().count(),
         };
         (chars as u64).div_ceil(4)
+    }
+}
+
+/// A failure of model `name` to send a request to `shown` (a URL without secrets) or to read
+/// its reply, within `timeout`: always retryable, `unreachable` when no connection was made,
+/// `overloaded` when the reply did not come in time. Every HTTP backend reads its failures so;
+/// `scrub` takes the backend's secrets out of the message.
+pub(super) fn transport_failure(
+    name: &str,
+    timeout: Duration,
+    error: reqwest::Error,
+    shown: &str,
+    scrub: &dyn Fn(String) -> String,
+) -> ModelError {
+    let error = error.without_url();
+    let unreachable = error.is_connect();
+    let what = if unreachable {
+        "cannot connect to".to_owned()
+    } else if error.is_timeout() {
+        format!("no reply within {} s from", timeout.as_secs())
+    } else if error.is_body() || error.is_decode() {
+        "the reply was cut off from".to_owned()
+    } else {
+        "the request failed to".to_owned()
+    };
+    let mut causes = vec![error.to_string()];
+    let mut source = error.source();
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    ModelError::Retryable {
+        message: scrub(format!(
+            "model {name}: {what} {shown}: {}",
+            causes.join(": ")
+        )),
+        retry_after: None,
+        unreachable,
+        overloaded: error.is_timeout() && !unreachable,
+        attempts: 1,
     }
 }
 
