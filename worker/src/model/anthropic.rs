@@ -27,15 +27,13 @@ use cai_common::message::Role;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use super::openai::{redact, retry_after, transport_failure};
+use super::openai::{
+    CONNECT_TIMEOUT, redact, retry_after, scrub, server_message, transport_failure,
+};
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt};
 
 /// The API version every request names (`anthropic-version`).
 pub const ANTHROPIC_VERSION: &str = "2023-06-01";
-/// How long establishing a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Longest server message quoted in an error.
-const MAX_SERVER_MESSAGE: usize = 300;
 
 /// A model served by Anthropic's Messages API.
 pub struct AnthropicModel {
@@ -211,7 +209,7 @@ impl AnthropicModel {
             .and_then(|value| value.pointer("/error/type"))
             .and_then(Value::as_str)
             .unwrap_or("");
-        let server = self.scrub(server_message(parsed.as_ref(), body));
+        let server = self.scrub(server_message(body));
         let retryable = |overloaded: bool| ModelError::Retryable {
             message: format!("model {name}: HTTP {code} {kind} from {shown}: {server}"),
             retry_after: retry_after.filter(|_| overloaded),
@@ -259,7 +257,7 @@ impl AnthropicModel {
         let Some(content) = value.get("content").and_then(Value::as_array) else {
             return Err(retryable(format!(
                 "has no `content`: {}",
-                server_message(Some(&value), body)
+                server_message(body)
             )));
         };
         let text: String = content
@@ -278,13 +276,8 @@ impl AnthropicModel {
     }
 
     /// Removes every secret from a message.
-    pub(super) fn scrub(&self, mut message: String) -> String {
-        for secret in &self.secrets {
-            if !secret.is_empty() {
-                message = message.replace(secret.as_str(), "[redacted]");
-            }
-        }
-        message
+    pub(super) fn scrub(&self, message: String) -> String {
+        scrub(&self.secrets, message)
     }
 }
 
@@ -316,22 +309,6 @@ impl Model for AnthropicModel {
             .map(|turn| turn.text.chars().count())
             .sum();
         (chars as u64).div_ceil(4)
-    }
-}
-
-/// The API's error message (`{"error": {"message"}}`), else the body itself, shortened.
-fn server_message(parsed: Option<&Value>, body: &str) -> String {
-    let message = parsed
-        .and_then(|value| value.pointer("/error/message"))
-        .and_then(Value::as_str)
-        .unwrap_or(body)
-        .trim();
-    if message.is_empty() {
-        return "(no message)".to_owned();
-    }
-    match message.char_indices().nth(MAX_SERVER_MESSAGE) {
-        Some((cut, _)) => format!("{}…", &message[..cut]),
-        None => message.to_owned(),
     }
 }
 

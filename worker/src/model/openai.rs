@@ -28,8 +28,8 @@ use serde_json::{Value, json};
 use super::replicas::{Connect, Discovery, Health, Replicas, Resolver, Target, system_resolver};
 use super::{CallUsage, Generation, Judgment, Model, ModelError, Prompt, TokenLogprob};
 
-/// How long establishing a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long establishing a connection may take (every HTTP backend).
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Generated positions a judgment asks for: a model may emit a shared `" ("` before the letter.
 const JUDGE_MAX_TOKENS: u32 = 3;
 /// Longest server message quoted in an error.
@@ -359,13 +359,8 @@ impl OpenAiModel {
     }
 
     /// Removes every secret from a message.
-    pub(super) fn scrub(&self, mut message: String) -> String {
-        for secret in &self.secrets {
-            if !secret.is_empty() {
-                message = message.replace(secret.as_str(), "[redacted]");
-            }
-        }
-        message
+    pub(super) fn scrub(&self, message: String) -> String {
+        scrub(&self.secrets, message)
     }
 
     /// The HTTP client and the API key, for the Batch API of the same server.
@@ -511,9 +506,21 @@ pub(super) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     Duration::try_from_secs_f64(seconds).ok()
 }
 
-/// The server's error message from an error body (OpenAI `{"error": {"message"}}`, vLLM
-/// `{"message"}`, TGI and Ollama `{"error": "…"}`), else the body itself, shortened.
-fn server_message(body: &str) -> String {
+/// `message` with every one of `secrets` (an API key, a URL's password) replaced: what every
+/// HTTP backend does to a message before it reaches an error or a log line.
+pub(super) fn scrub(secrets: &[String], mut message: String) -> String {
+    for secret in secrets {
+        if !secret.is_empty() {
+            message = message.replace(secret.as_str(), "[redacted]");
+        }
+    }
+    message
+}
+
+/// The server's error message from an error body (OpenAI and Anthropic `{"error":
+/// {"message"}}`, vLLM `{"message"}`, TGI and Ollama `{"error": "…"}`), else the body itself,
+/// shortened.
+pub(super) fn server_message(body: &str) -> String {
     let parsed: Option<Value> = serde_json::from_str(body).ok();
     let message = parsed
         .as_ref()
