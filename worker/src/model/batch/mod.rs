@@ -105,8 +105,8 @@ pub struct BatchModel {
     bound: OnceLock<(String, Arc<dyn StateStore>)>,
     /// Started at the first call.
     batcher: OnceLock<Batcher>,
-    /// The provider's batch API, handed to the batcher when it starts.
-    api: std::sync::Mutex<Option<BatchApi>>,
+    /// The server's base URL, below which its batch API is.
+    base: String,
 }
 
 impl BatchModel {
@@ -117,16 +117,14 @@ impl BatchModel {
             ModelError::JobFatal(format!("model {name}: `batch = true` is not set"))
         })?;
         let timeout = Duration::from_secs(spec.policy.timeout_s);
-        let (direct, api, endpoint, base) = match &spec.backend {
+        let (direct, endpoint, base) = match &spec.backend {
             BackendSpec::Openai(openai) => {
                 let model = Arc::new(OpenAiModel::new(name, openai, &spec.sampling, timeout)?);
-                let base = openai.urls[0].clone();
-                let api = BatchApi::Openai(OpenaiBatches::new(name, &base, model.clone()));
                 let endpoint = match openai.endpoint {
                     Endpoint::Chat => "/v1/chat/completions",
                     Endpoint::Completions => "/v1/completions",
                 };
-                (Direct::Openai(model), api, endpoint, base)
+                (Direct::Openai(model), endpoint, openai.urls[0].clone())
             }
             BackendSpec::Anthropic(anthropic) => {
                 let model = Arc::new(AnthropicModel::new(
@@ -135,10 +133,8 @@ impl BatchModel {
                     &spec.sampling,
                     timeout,
                 )?);
-                let api = BatchApi::Anthropic(AnthropicBatches::new(name, model.clone()));
                 (
                     Direct::Anthropic(model),
-                    api,
                     "/v1/messages",
                     anthropic.url.clone(),
                 )
@@ -161,7 +157,7 @@ impl BatchModel {
             },
             bound: OnceLock::new(),
             batcher: OnceLock::new(),
-            api: std::sync::Mutex::new(Some(api)),
+            base,
         })
     }
 
@@ -175,12 +171,14 @@ impl BatchModel {
             ))
         })?;
         let batcher = self.batcher.get_or_init(|| {
-            let api = self
-                .api
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-                .expect("the batcher starts once");
+            let api = match &self.direct {
+                Direct::Openai(openai) => {
+                    BatchApi::Openai(OpenaiBatches::new(&self.name, &self.base, openai.clone()))
+                }
+                Direct::Anthropic(anthropic) => {
+                    BatchApi::Anthropic(AnthropicBatches::new(&self.name, anthropic.clone()))
+                }
+            };
             let context = Context {
                 name: self.name.clone(),
                 direct: self.direct.clone(),
