@@ -16,20 +16,22 @@ use cai_worker::model::{Model, ModelError, Prompt, Speaker, Turn};
 use serde_json::{Value, json};
 
 fn spec(url: &str, endpoint: &str, extra: Value) -> ModelSpec {
-    let mut spec = json!({
-        "backend": "openai",
-        "url": url,
-        "model": "test-model",
-        "endpoint": endpoint,
-        "max_tokens": 64,
-        "batch": true,
-        "batch_size": 10,
-        "batch_wait_s": 1,
-    });
-    for (key, value) in extra.as_object().expect("extra fields are an object") {
-        spec[key] = value.clone();
+    batch_spec(
+        json!({"backend": "openai", "url": url, "model": "test-model", "endpoint": endpoint}),
+        extra,
+    )
+}
+
+/// A model in batch mode (10 lines a batch, gathered for a second, 64 tokens a call) of the
+/// backend `model` sets, with the fields of `extra` over those.
+fn batch_spec(mut model: Value, extra: Value) -> ModelSpec {
+    let defaults = json!({"max_tokens": 64, "batch": true, "batch_size": 10, "batch_wait_s": 1});
+    for fields in [defaults, extra] {
+        for (key, value) in fields.as_object().expect("fields are an object") {
+            model[key] = value.clone();
+        }
     }
-    serde_json::from_value(spec).expect("a valid model spec")
+    serde_json::from_value(model).expect("a valid model spec")
 }
 
 /// Model `name` of `spec`, bound to job `job` in `state`.
@@ -55,10 +57,15 @@ fn state() -> Arc<dyn StateStore> {
 /// Makes calls `0..calls` at once and checks that each got the server's reply to its prompt
 /// and seed.
 async fn answers_all(model: &Arc<dyn Model>, calls: usize) {
+    answers_all_seeded(model, calls, |n| n as u64).await;
+}
+
+/// As [`answers_all`], the server's reply being to the seed `seed(n)` of call `n`.
+async fn answers_all_seeded(model: &Arc<dyn Model>, calls: usize, seed: fn(usize) -> u64) {
     for (n, result) in generate_all(model, calls).await.into_iter().enumerate() {
         assert_eq!(
             result.unwrap().text,
-            reply_for(&format!("question {n}"), n as u64)
+            reply_for(&format!("question {n}"), seed(n))
         );
     }
 }
@@ -302,28 +309,16 @@ async fn a_batch_that_cannot_be_read_is_waited_for_later_not_submitted_again() {
 /// An `anthropic` model in batch mode on the Message Batches stand-in at `url`, its key the
 /// value of `PATH` (always set; the stand-in takes any key when none is configured).
 fn anthropic_spec(url: &str, extra: Value) -> ModelSpec {
-    let mut spec = json!({
-        "backend": "anthropic",
-        "url": url,
-        "model": "claude-test",
-        "api_key_env": "PATH",
-        "max_tokens": 64,
-        "batch": true,
-        "batch_size": 10,
-        "batch_wait_s": 1,
-    });
-    for (key, value) in extra.as_object().expect("extra fields are an object") {
-        spec[key] = value.clone();
-    }
-    serde_json::from_value(spec).expect("a valid model spec")
+    batch_spec(
+        json!({"backend": "anthropic", "url": url, "model": "claude-test", "api_key_env": "PATH"}),
+        extra,
+    )
 }
 
 /// Makes calls `0..calls` at once and checks that each got the stand-in's reply to its prompt
 /// (the Messages API takes no seed).
 async fn answers_all_unseeded(model: &Arc<dyn Model>, calls: usize) {
-    for (n, result) in generate_all(model, calls).await.into_iter().enumerate() {
-        assert_eq!(result.unwrap().text, reply_for(&format!("question {n}"), 0));
-    }
+    answers_all_seeded(model, calls, |_| 0).await;
 }
 
 #[tokio::test]
